@@ -1,0 +1,1 @@
+"""Provisioning archives (``certificates-omni_<device-name>.zip``): make, validate, install."""

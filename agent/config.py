@@ -1,0 +1,219 @@
+"""The agent's configuration: one TOML file read into frozen dataclasses.
+
+Unknown keys are rejected, values are type-checked, and every problem in the file is
+reported at once in a single :class:`~agent.errors.ConfigError`, each with its key path
+(``network.probe_timeout_seconds``). Defaults are the embedded defaults the demo runs on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from agent.errors import ConfigError, FieldProblem
+
+DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/agent.toml")
+
+#: Certificates that claim to be older than this were issued before this agent was built,
+#: so a clock reading earlier than this is certainly wrong (the RTC lost its time).
+BUILD_TIME_FLOOR = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+
+def _state_dir_default() -> Path:
+    return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/edge-agent").split(":")[0])
+
+
+def _runtime_dir_default() -> Path:
+    return Path(os.environ.get("RUNTIME_DIRECTORY", "/run/edge-agent").split(":")[0])
+
+
+def _limits(low: float | None = None, high: float | None = None) -> dict[str, Any]:
+    return {"min": low, "max": high}
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSection:
+    """Where the agent keeps its state and runtime files."""
+
+    state_dir: Path = field(default_factory=_state_dir_default)
+    runtime_dir: Path = field(default_factory=_runtime_dir_default)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveSection:
+    """How provisioning archives are checked."""
+
+    #: PEM file with the provisioning trust anchor(s).
+    trust_anchor: Path = Path("/etc/edge-agent/provisioning-ca.pem")
+    #: The claim certificate may live at most this long (the seed's 5 minutes).
+    max_lifetime_seconds: int = field(default=300, metadata=_limits(1, 3600))
+    #: Tolerated clock difference between the factory and this appliance.
+    clock_skew_seconds: int = field(default=60, metadata=_limits(0, 3600))
+    max_archive_bytes: int = field(default=1024 * 1024, metadata=_limits(1024))
+    max_entry_bytes: int = field(default=256 * 1024, metadata=_limits(1024))
+    max_total_bytes: int = field(default=1024 * 1024, metadata=_limits(1024))
+    max_compression_ratio: int = field(default=100, metadata=_limits(1))
+    #: A clock earlier than this is not trusted (RFC 3339).
+    build_time_floor: dt.datetime = BUILD_TIME_FLOOR
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """The whole configuration file."""
+
+    agent: AgentSection = field(default_factory=AgentSection)
+    archive: ArchiveSection = field(default_factory=ArchiveSection)
+
+
+T = TypeVar("T")
+
+
+def load_config(path: Path | None = None) -> AgentConfig:
+    """Read the configuration file; a missing file at the default path means all defaults."""
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.exists():
+            return AgentConfig()
+        path = DEFAULT_CONFIG_PATH
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the configuration file {path}: {exc.strerror}",
+            reason="CONFIG_UNREADABLE",
+        ) from exc
+    return parse_config(raw.decode("utf-8", errors="replace"), source=str(path))
+
+
+def parse_config(text: str, *, source: str = "<config>") -> AgentConfig:
+    """Parse TOML text into :class:`AgentConfig`, reporting every problem at once."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{source} is not valid TOML: {exc}", reason="CONFIG_SYNTAX"
+        ) from exc
+    return from_mapping(AgentConfig, data, source=source)
+
+
+def from_mapping(cls: type[T], data: dict[str, Any], *, source: str, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data`` or raise one ConfigError listing every problem."""
+    problems: list[FieldProblem] = []
+    value = _build(cls, data, prefix, problems)
+    if problems:
+        listing = "; ".join(f"{p.path}: {p.message}" for p in problems)
+        raise ConfigError(f"{source} has {len(problems)} problem(s): {listing}", fields=problems)
+    return typing.cast("T", value)
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _build(cls: type[Any], data: Any, path: str, problems: list[FieldProblem]) -> Any:
+    if not isinstance(data, dict):
+        problems.append(FieldProblem(path or "<root>", "must be a table"))
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            problems.append(FieldProblem(_join(path, key), "unknown key"))
+    kwargs: dict[str, Any] = {}
+    for name, fld in fields.items():
+        if name not in data:
+            continue
+        value = _convert(hints[name], data[name], _join(path, name), problems)
+        if value is not None:
+            low, high = fld.metadata.get("min"), fld.metadata.get("max")
+            if low is not None and value < low:
+                problems.append(FieldProblem(_join(path, name), f"must be at least {low}"))
+            elif high is not None and value > high:
+                problems.append(FieldProblem(_join(path, name), f"must be at most {high}"))
+            kwargs[name] = value
+    if problems:
+        return None
+    return cls(**kwargs)
+
+
+def _convert(  # noqa: C901, PLR0911, PLR0912 - one branch per supported type
+    hint: Any, value: Any, path: str, problems: list[FieldProblem]
+) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(args[0], value, path, problems)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            problems.append(
+                FieldProblem(path, f"must be one of {', '.join(map(repr, choices))}")
+            )
+            return None
+        return value
+    if origin is tuple:
+        (item,) = typing.get_args(hint)[:1]
+        if not isinstance(value, list):
+            problems.append(FieldProblem(path, "must be an array"))
+            return None
+        items = [_convert(item, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        return tuple(items)
+    if dataclasses.is_dataclass(hint):
+        return _build(typing.cast("type[Any]", hint), value, path, problems)
+    if hint is bool:
+        if not isinstance(value, bool):
+            problems.append(FieldProblem(path, "must be true or false"))
+            return None
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(FieldProblem(path, "must be an integer"))
+            return None
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(FieldProblem(path, "must be a number"))
+            return None
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            problems.append(FieldProblem(path, "must be a string"))
+            return None
+        return value
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            problems.append(FieldProblem(path, "must be a non-empty path string"))
+            return None
+        return Path(value)
+    if hint is dt.datetime:
+        return _convert_datetime(value, path, problems)
+    msg = f"unsupported config type {hint!r} at {path}"
+    raise TypeError(msg)
+
+
+def _convert_datetime(value: Any, path: str, problems: list[FieldProblem]) -> dt.datetime | None:
+    if isinstance(value, str):
+        try:
+            value = parse_rfc3339(value)
+        except ValueError:
+            problems.append(FieldProblem(path, "must be an RFC 3339 date-time"))
+            return None
+    if not isinstance(value, dt.datetime) or value.tzinfo is None:
+        problems.append(FieldProblem(path, "must be an RFC 3339 date-time with a time zone"))
+        return None
+    return value.astimezone(dt.UTC)
+
+
+def parse_rfc3339(text: str) -> dt.datetime:
+    """Parse an RFC 3339 timestamp with an explicit offset (``Z`` or ``+hh:mm``)."""
+    value = dt.datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone offset")
+    return value.astimezone(dt.UTC)

@@ -1,0 +1,67 @@
+"""Durable file writes: temp file, fsync, rename, fsync of the directory.
+
+A reader (or the next boot after a power cut) sees either the old file or the complete new
+one, never a partial file. Secrets are created with their final mode from the first byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+PRIVATE_FILE = 0o600
+PUBLIC_FILE = 0o644
+PRIVATE_DIR = 0o700
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry change (create, rename, unlink) to disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(path: Path, mode: int = PRIVATE_DIR) -> Path:
+    """Create ``path`` (and parents) if missing and set its mode; return it."""
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    os.chmod(path, mode)
+    return path
+
+
+def temp_path_for(path: Path) -> Path:
+    """A unique temporary name in the same directory (so the rename is atomic)."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
+def write_synced(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` exclusively with ``mode``, write ``data`` and fsync it (no rename)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask must not widen or narrow the mode
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
+    """Replace ``path`` with ``data`` atomically and durably.
+
+    The temporary file is removed if anything fails before the rename.
+    """
+    tmp = temp_path_for(path)
+    try:
+        write_synced(tmp, data, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)

@@ -1,0 +1,1 @@
+"""The registry side: the provisioning CA, templates, RegisterThing, bulk registration."""

@@ -1,0 +1,127 @@
+"""The agent's state store: SQLite in WAL mode with versioned schema migrations.
+
+Each component owns a named migration series (``"archive"``, ``"netconf"``, ``"registry"``
+...) so components evolve their tables independently. Migrations run in one transaction
+each; a database written by a newer agent (a version this build does not know) is refused
+rather than silently used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Self
+
+from agent.errors import CorruptStateError, StateError
+
+_META = """
+CREATE TABLE IF NOT EXISTS schema_versions (
+    component TEXT PRIMARY KEY,
+    version   INTEGER NOT NULL
+)
+"""
+
+
+class Store:
+    """One SQLite database file, opened with durable settings.
+
+    Milestones are committed with ``synchronous=FULL``: once :meth:`transaction` returns, the
+    change survives a power cut.
+    """
+
+    def __init__(self, path: Path, *, timeout: float = 10.0) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(
+                path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute(_META)
+        except sqlite3.DatabaseError as exc:
+            raise CorruptStateError(
+                f"the state database {path} cannot be opened: {exc}"
+            ) from exc
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The underlying connection (autocommit; use :meth:`transaction` for writes)."""
+        return self._db
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run a write transaction (``BEGIN IMMEDIATE``), committed durably on success."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StateError(f"the state database {self.path} is busy: {exc}") from exc
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    def version(self, component: str) -> int:
+        """The schema version of ``component`` (0 when it has no tables yet)."""
+        row = self._db.execute(
+            "SELECT version FROM schema_versions WHERE component = ?", (component,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def migrate(self, component: str, migrations: Sequence[str]) -> int:
+        """Bring ``component`` to ``len(migrations)``; migration *i* makes version *i + 1*.
+
+        Returns the resulting version.
+        """
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT version FROM schema_versions WHERE component = ?", (component,)
+            ).fetchone()
+            current = int(row[0]) if row else 0
+            if current > len(migrations):
+                raise CorruptStateError(
+                    f"the state database has {component} schema version {current}, newer "
+                    f"than this agent knows ({len(migrations)}); refusing to use it",
+                    reason="STATE_TOO_NEW",
+                )
+            for version in range(current + 1, len(migrations) + 1):
+                for statement in _split_sql(migrations[version - 1]):
+                    db.execute(statement)
+            if current < len(migrations):
+                db.execute(
+                    "INSERT INTO schema_versions(component, version) VALUES (?, ?) "
+                    "ON CONFLICT(component) DO UPDATE SET version = excluded.version",
+                    (component, len(migrations)),
+                )
+            return len(migrations)
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration script into complete statements (``executescript`` would commit)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements
