@@ -39,9 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="configuration file (default: /etc/edge-agent/agent.toml if present)",
     )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="log debug messages to stderr"
-    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -70,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # the top of the command: log, report, exit 3
+    except Exception as exc:  # noqa: BLE001 - the top of the command: log, report, exit 3
         _log.exception("unexpected failure")
         error = InternalError(f"unexpected failure: {type(exc).__name__}")
         print_json(error.to_dict())

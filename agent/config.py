@@ -97,9 +97,7 @@ def parse_config(text: str, *, source: str = "<config>") -> AgentConfig:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            f"{source} is not valid TOML: {exc}", reason="CONFIG_SYNTAX"
-        ) from exc
+        raise ConfigError(f"{source} is not valid TOML: {exc}", reason="CONFIG_SYNTAX") from exc
     return from_mapping(AgentConfig, data, source=source)
 
 
@@ -123,9 +121,9 @@ def _build(cls: type[Any], data: Any, path: str, problems: list[FieldProblem]) -
         return None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            problems.append(FieldProblem(_join(path, key), "unknown key"))
+    problems.extend(
+        FieldProblem(_join(path, key), "unknown key") for key in data if key not in fields
+    )
     kwargs: dict[str, Any] = {}
     for name, fld in fields.items():
         if name not in data:
@@ -153,9 +151,7 @@ def _convert(  # noqa: C901, PLR0911, PLR0912 - one branch per supported type
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            problems.append(
-                FieldProblem(path, f"must be one of {', '.join(map(repr, choices))}")
-            )
+            problems.append(FieldProblem(path, f"must be one of {', '.join(map(repr, choices))}"))
             return None
         return value
     if origin is tuple:

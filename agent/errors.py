@@ -28,7 +28,7 @@ EXIT_RUNTIME = 3
 
 @dataclass(frozen=True, slots=True)
 class FieldProblem:
-    """One problem with one input field, named by its path (``NetworkingConfiguration.Ethernet0``)."""
+    """One problem with one input field, named by its path (``Ntp.NtpServers[2]``)."""
 
     path: str
     message: str
@@ -88,7 +88,11 @@ def error_from_dict(data: dict[str, Any]) -> AgentError:
     body = data["error"]
     code = body["code"]
     cls: type[AgentError] = next(
-        (c for c in AgentError.registry.values() if c.code == code and c.__bases__ == (AgentError,)),
+        (
+            c
+            for c in AgentError.registry.values()
+            if c.code == code and c.__bases__ == (AgentError,)
+        ),
         AgentError,
     )
     fields = [FieldProblem(f["path"], f["message"]) for f in body.get("fields", [])]

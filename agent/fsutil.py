@@ -28,7 +28,7 @@ def fsync_dir(path: Path) -> None:
 def ensure_dir(path: Path, mode: int = PRIVATE_DIR) -> Path:
     """Create ``path`` (and parents) if missing and set its mode; return it."""
     path.mkdir(parents=True, exist_ok=True, mode=mode)
-    os.chmod(path, mode)
+    path.chmod(mode)
     return path
 
 
@@ -59,7 +59,7 @@ def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
     tmp = temp_path_for(path)
     try:
         write_synced(tmp, data, mode)
-        os.replace(tmp, path)
+        tmp.replace(path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -43,9 +43,7 @@ class Store:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute(_META)
         except sqlite3.DatabaseError as exc:
-            raise CorruptStateError(
-                f"the state database {path} cannot be opened: {exc}"
-            ) from exc
+            raise CorruptStateError(f"the state database {path} cannot be opened: {exc}") from exc
 
     def __enter__(self) -> Self:
         return self

@@ -31,10 +31,10 @@ PORTS = ("Ethernet0", "Ethernet1")
 class StaticIpConnectionInfo:
     """A static address for one port, as the seed gives it (strings, unparsed)."""
 
-    IpAddress: str  # noqa: N815 - the seed's field names
-    Mask: str  # noqa: N815
-    DefaultGateway: str  # noqa: N815
-    Dns: tuple[str, ...]  # noqa: N815
+    IpAddress: str
+    Mask: str
+    DefaultGateway: str
+    Dns: tuple[str, ...]
 
     def to_json(self) -> dict[str, Any]:
         """The seed's JSON form."""
@@ -50,8 +50,8 @@ class StaticIpConnectionInfo:
 class EthernetPayload:
     """One Ethernet port's settings."""
 
-    ConnectionType: ConnectionType  # noqa: N815
-    StaticIpConnectionInfo: StaticIpConnectionInfo | None = None  # noqa: N815
+    ConnectionType: ConnectionType
+    StaticIpConnectionInfo: StaticIpConnectionInfo | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The seed's JSON form."""
@@ -65,7 +65,7 @@ class EthernetPayload:
 class NtpPayload:
     """NTP servers in order of preference."""
 
-    NtpServers: tuple[str, ...]  # noqa: N815
+    NtpServers: tuple[str, ...]
 
     def to_json(self) -> dict[str, Any]:
         """The seed's JSON form."""
@@ -76,9 +76,9 @@ class NtpPayload:
 class NetworkPayload:
     """The whole ``NetworkingConfiguration``; every part is optional."""
 
-    Ethernet0: EthernetPayload | None = None  # noqa: N815
-    Ethernet1: EthernetPayload | None = None  # noqa: N815
-    Ntp: NtpPayload | None = None  # noqa: N815
+    Ethernet0: EthernetPayload | None = None
+    Ethernet1: EthernetPayload | None = None
+    Ntp: NtpPayload | None = None
 
     def port(self, name: str) -> EthernetPayload | None:
         """The settings of ``Ethernet0`` or ``Ethernet1``."""
@@ -100,9 +100,7 @@ class NetworkPayload:
         return out
 
 
-def parse_network_payload(
-    data: Any, path: str = "NetworkingConfiguration"
-) -> NetworkPayload:
+def parse_network_payload(data: Any, path: str = "NetworkingConfiguration") -> NetworkPayload:
     """Validate ``data`` against the seed and return the model, or raise ValidationError.
 
     Every problem is reported at once; ``fields`` names each offending path.
@@ -118,10 +116,10 @@ def parse_network_payload(
     return payload
 
 
-def _unknown(data: dict[str, Any], allowed: tuple[str, ...], path: str, out: list[FieldProblem]) -> None:
-    out.extend(
-        FieldProblem(f"{path}.{key}", "unknown field") for key in data if key not in allowed
-    )
+def _unknown(
+    data: dict[str, Any], allowed: tuple[str, ...], path: str, out: list[FieldProblem]
+) -> None:
+    out.extend(FieldProblem(f"{path}.{key}", "unknown field") for key in data if key not in allowed)
 
 
 def _string(
@@ -160,17 +158,13 @@ def _ethernet(data: Any, path: str, out: list[FieldProblem]) -> EthernetPayload 
         out.append(FieldProblem(f"{path}.ConnectionType", "is required"))
         return None
     if kind not in CONNECTION_TYPES:
-        out.append(
-            FieldProblem(f"{path}.ConnectionType", "must be one of STATIC_IP, DHCP")
-        )
+        out.append(FieldProblem(f"{path}.ConnectionType", "must be one of STATIC_IP, DHCP"))
         return None
     static = None
     if "StaticIpConnectionInfo" in data:
         static = _static(data["StaticIpConnectionInfo"], f"{path}.StaticIpConnectionInfo", out)
     elif kind == "STATIC_IP":
-        out.append(
-            FieldProblem(f"{path}.StaticIpConnectionInfo", "is required for STATIC_IP")
-        )
+        out.append(FieldProblem(f"{path}.StaticIpConnectionInfo", "is required for STATIC_IP"))
     return EthernetPayload(ConnectionType=kind, StaticIpConnectionInfo=static)
 
 
@@ -181,9 +175,7 @@ def _static(data: Any, path: str, out: list[FieldProblem]) -> StaticIpConnection
     names = ("IpAddress", "Mask", "DefaultGateway", "Dns")
     _unknown(data, names, path, out)
     before = len(out)
-    for name in names:
-        if name not in data:
-            out.append(FieldProblem(f"{path}.{name}", "is required"))
+    out.extend(FieldProblem(f"{path}.{name}", "is required") for name in names if name not in data)
     if len(out) > before:
         return None
     ip = _string(data["IpAddress"], f"{path}.IpAddress", out, IPV4_WITH_PORT)
@@ -200,9 +192,7 @@ def _static(data: Any, path: str, out: list[FieldProblem]) -> StaticIpConnection
                 dns.append(value)
     if len(out) > before or ip is None or mask is None or gateway is None:
         return None
-    return StaticIpConnectionInfo(
-        IpAddress=ip, Mask=mask, DefaultGateway=gateway, Dns=tuple(dns)
-    )
+    return StaticIpConnectionInfo(IpAddress=ip, Mask=mask, DefaultGateway=gateway, Dns=tuple(dns))
 
 
 def _ntp(data: Any, path: str, out: list[FieldProblem]) -> NtpPayload | None:
@@ -218,9 +208,7 @@ def _ntp(data: Any, path: str, out: list[FieldProblem]) -> NtpPayload | None:
         out.append(FieldProblem(f"{path}.NtpServers", "must be a list of strings"))
         return None
     if len(servers) > MAX_NTP_SERVERS:
-        out.append(
-            FieldProblem(f"{path}.NtpServers", f"at most {MAX_NTP_SERVERS} servers allowed")
-        )
+        out.append(FieldProblem(f"{path}.NtpServers", f"at most {MAX_NTP_SERVERS} servers allowed"))
         return None
     result: list[str] = []
     for i, item in enumerate(servers):

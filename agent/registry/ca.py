@@ -92,12 +92,10 @@ class CertificateAuthority:
         not_before: dt.datetime,
         lifetime: dt.timedelta,
         eku: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH,
-        extra_subject: tuple[x509.NameAttribute, ...] = (),
+        extra_subject: tuple[x509.NameAttribute[str], ...] = (),
     ) -> x509.Certificate:
         """Issue an end-entity certificate from the root."""
-        subject = x509.Name(
-            [*extra_subject, x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
-        )
+        subject = x509.Name([*extra_subject, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
@@ -207,10 +205,10 @@ def load_private_key(path: Path) -> PrivateKey:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError(
-            f"cannot load the private key {path}", reason="CA_INVALID"
-        ) from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
+        raise ConfigError(f"cannot load the private key {path}", reason="CA_INVALID") from exc
+    if not isinstance(
+        key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+    ):
         raise ConfigError(f"{path}: unsupported key type", reason="CA_INVALID")
     return key
 
