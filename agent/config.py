@@ -66,11 +66,44 @@ class ArchiveSection:
 
 
 @dataclass(frozen=True, slots=True)
+class NetworkSection:
+    """How Ethernet0/Ethernet1 are applied (owned by :mod:`agent.netconf`)."""
+
+    backend: Literal["networkd", "netlink", "dry-run"] = "networkd"
+    #: Board profile name (``hw/boards/<name>.toml``).
+    board: str = "generic"
+    #: How long a trial configuration has to prove itself before it is rolled back.
+    probe_timeout_seconds: float = field(default=60.0, metadata=_limits(1, 3600))
+
+
+@dataclass(frozen=True, slots=True)
+class NtpSection:
+    """How the archive's NTP servers are applied (owned by :mod:`agent.netconf`)."""
+
+    backend: Literal["chrony", "timesyncd", "none"] = "chrony"
+    #: Bounded wait for the first synchronisation after the servers are applied.
+    sync_timeout_seconds: float = field(default=120.0, metadata=_limits(0, 3600))
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySection:
+    """The registry side: ARNs, the signing CA, bulk input (owned by :mod:`agent.registry`)."""
+
+    region: str = "us-east-1"
+    account: str = "123456789012"
+    #: CA directory written by ``edge-agent ca init``.
+    ca_dir: Path = Path("/var/lib/edge-agent/ca")
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     """The whole configuration file."""
 
     agent: AgentSection = field(default_factory=AgentSection)
     archive: ArchiveSection = field(default_factory=ArchiveSection)
+    network: NetworkSection = field(default_factory=NetworkSection)
+    ntp: NtpSection = field(default_factory=NtpSection)
+    registry: RegistrySection = field(default_factory=RegistrySection)
 
 
 T = TypeVar("T")
