@@ -199,11 +199,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _install(args: argparse.Namespace) -> int:
-    from agent.archive.install import install_archive
-    from agent.archive.verify import verify_archive
+    from agent.archive.install import provision_from_file
 
     policy, clock = _policy_and_clock(args)
-    verified = verify_archive(args.zip, policy, clock)
-    result = install_archive(verified, args.state_dir)
+    _, result = provision_from_file(args.zip, policy, clock, args.state_dir)
     _emit(result.to_json(), compact=args.json)
     return EXIT_OK

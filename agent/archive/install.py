@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.archive.manifest import CERTIFICATE, PRIVATE_KEY, ROOT_CA
-from agent.archive.verify import VerifiedArchive
+from agent.archive.clock import Clock
+from agent.archive.verify import Policy, VerifiedArchive, verify_archive
 from agent.errors import ArchiveReusedError, StateError
 from agent.fsutil import PRIVATE_FILE, PUBLIC_FILE, ensure_dir, fsync_dir, write_synced
 from agent.store import Store
@@ -161,6 +162,19 @@ def install_archive(
         previous_dir=previous,
         time_check=verified.time_check,
     )
+
+
+def provision_from_file(
+    path: Path,
+    policy: Policy,
+    clock: Clock,
+    state_dir: Path,
+    *,
+    on_step: Callable[[str], None] | None = None,
+) -> tuple[VerifiedArchive, InstallResult]:
+    """Verify the archive at ``path`` and install it (``archive install``)."""
+    verified = verify_archive(path, policy, clock)
+    return verified, install_archive(verified, state_dir, on_step=on_step)
 
 
 def _stage(verified: VerifiedArchive, sets: Path) -> str:
