@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.archive.manifest import CERTIFICATE, PRIVATE_KEY, ROOT_CA
 from agent.archive.clock import Clock
+from agent.archive.manifest import CERTIFICATE, PRIVATE_KEY, ROOT_CA
 from agent.archive.verify import Policy, VerifiedArchive, verify_archive
 from agent.errors import ArchiveReusedError, StateError
 from agent.fsutil import PRIVATE_FILE, PUBLIC_FILE, ensure_dir, fsync_dir, write_synced
@@ -119,7 +119,8 @@ def install_archive(
 ) -> InstallResult:
     """Install the credentials of a verified archive; refuse an archive used before.
 
-    ``on_step`` is called after each durable step (``staged``, ``activated``, ``recorded``).
+    ``on_step`` is called after each durable step (``wrote <file>`` while staging, then
+    ``staged``, ``activated`` and ``recorded``).
     """
     step = on_step or (lambda _name: None)
     with open_store(state_dir) as store:
@@ -128,7 +129,7 @@ def install_archive(
         credentials = ensure_dir(state_dir / "credentials")
         sets = ensure_dir(credentials / "sets")
         _remove_stale_staging(sets)
-        set_name = _stage(verified, sets)
+        set_name = _stage(verified, sets, step)
         step("staged")
         previous = current_credentials(state_dir)
         with store.transaction() as db:
@@ -177,17 +178,21 @@ def provision_from_file(
     return verified, install_archive(verified, state_dir, on_step=on_step)
 
 
-def _stage(verified: VerifiedArchive, sets: Path) -> str:
+def _stage(verified: VerifiedArchive, sets: Path, step: Callable[[str], None]) -> str:
     entries = verified.contents.entries
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     set_name = f"{stamp}-{verified.fingerprint[:16]}"
     staging = sets / f"{_STAGING_PREFIX}{secrets.token_hex(6)}"
     staging.mkdir(mode=0o700)
     try:
-        write_synced(staging / CERTIFICATE, entries[CERTIFICATE], PUBLIC_FILE)
-        write_synced(staging / PRIVATE_KEY, entries[PRIVATE_KEY], PRIVATE_FILE)
-        write_synced(staging / ROOT_CA, entries[ROOT_CA], PUBLIC_FILE)
-        write_synced(staging / "manifest.json", verified.manifest.encode(), PUBLIC_FILE)
+        for name, data, mode in (
+            (CERTIFICATE, entries[CERTIFICATE], PUBLIC_FILE),
+            (PRIVATE_KEY, entries[PRIVATE_KEY], PRIVATE_FILE),
+            (ROOT_CA, entries[ROOT_CA], PUBLIC_FILE),
+            ("manifest.json", verified.manifest.encode(), PUBLIC_FILE),
+        ):
+            write_synced(staging / name, data, mode)
+            step(f"wrote {name}")
         fsync_dir(staging)
         target = sets / set_name
         if target.exists():

@@ -90,9 +90,9 @@ class Forge:
             eku=self.eku,
         )
         files = {
-            SIGNER: self.signer_pem if self.signer_pem is not None else cert_to_pem(
-                self.ca.signer_cert
-            ),
+            SIGNER: self.signer_pem
+            if self.signer_pem is not None
+            else cert_to_pem(self.ca.signer_cert),
             CERTIFICATE: cert_to_pem(cert),
             PRIVATE_KEY: key_to_pem(key),
             ROOT_CA: cert_to_pem(self.ca.root_cert),
@@ -102,7 +102,8 @@ class Forge:
             "formatVersion": 1,
             "deviceName": self.name,
             "deviceId": "device-abcdefghijklmnopqrstuvwxyz",
-            "arn": "arn:aws:panorama:us-east-1:123456789012:device/device-abcdefghijklmnopqrstuvwxyz",
+            "arn": "arn:aws:panorama:us-east-1:123456789012:device/"
+            "device-abcdefghijklmnopqrstuvwxyz",
             "iotThingName": self.name,
             "createdAt": "2026-11-23T12:00:00Z",
             "iotEndpoint": "localhost:8883",

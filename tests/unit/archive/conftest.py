@@ -70,7 +70,7 @@ def snapshot(root: Path) -> dict[str, tuple[int, str, bytes]]:
             rel = str(path.relative_to(root))
             st = path.lstat()
             if path.is_symlink():
-                out[rel] = (st.st_mode, "link", os.readlink(path).encode())
+                out[rel] = (st.st_mode, "link", str(path.readlink()).encode())
             elif path.is_dir():
                 out[rel] = (st.st_mode, "dir", b"")
             else:

@@ -49,9 +49,10 @@ def test_valid_archive_for_each_key_type(
     assert summary["notBefore"] == "2026-11-23T12:00:00Z"
     assert summary["notAfter"] == "2026-11-23T12:05:00Z"
     cert = x509.load_pem_x509_certificate(verified.contents.entries["certificate.pem"])
-    assert summary["certificateFingerprint"] == hashlib.sha256(
-        cert.public_bytes(serialization.Encoding.DER)
-    ).hexdigest()
+    assert (
+        summary["certificateFingerprint"]
+        == hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    )
 
 
 def test_summary_carries_networking_configuration_verbatim(
@@ -199,7 +200,9 @@ def test_make_writes_the_seed_response(ca: CertificateAuthority, tmp_path: Path)
     response = built.response()
     assert response["Status"] == "AWAITING_PROVISIONING"
     assert response["IotThingName"] == "edge-7"
-    assert response["Arn"] == f"arn:aws:panorama:eu-west-3:111122223333:device/{response['DeviceId']}"
+    assert (
+        response["Arn"] == f"arn:aws:panorama:eu-west-3:111122223333:device/{response['DeviceId']}"
+    )
     assert base64.b64decode(response["Certificates"]) == path.read_bytes()
     verified = verify_archive(path, Policy(trust_anchors=(ca.root_cert,)), FixedClock(NOW))
     assert verified.manifest.networking_configuration == parse_network_payload(NETWORK)

@@ -25,29 +25,86 @@ STATIC = {
         ([], "NetworkingConfiguration"),
         ({"Ethernet2": {}}, "NetworkingConfiguration.Ethernet2"),
         ({"Ethernet0": {}}, "NetworkingConfiguration.Ethernet0.ConnectionType"),
-        ({"Ethernet0": {"ConnectionType": "PPPOE"}}, "NetworkingConfiguration.Ethernet0.ConnectionType"),
-        ({"Ethernet0": {"ConnectionType": "STATIC_IP"}},
-         "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo"),
-        ({"Ethernet1": {"ConnectionType": "STATIC_IP", "StaticIpConnectionInfo": {**STATIC, "IpAddress": "256.1.1.1"}}},
-         "NetworkingConfiguration.Ethernet1.StaticIpConnectionInfo.IpAddress"),
-        ({"Ethernet1": {"ConnectionType": "STATIC_IP", "StaticIpConnectionInfo": {**STATIC, "IpAddress": "10.0.0.1:65536"}}},
-         "NetworkingConfiguration.Ethernet1.StaticIpConnectionInfo.IpAddress"),
-        ({"Ethernet1": {"ConnectionType": "STATIC_IP", "StaticIpConnectionInfo": {**STATIC, "IpAddress": "01.2.3.4"}}},
-         "NetworkingConfiguration.Ethernet1.StaticIpConnectionInfo.IpAddress"),
-        ({"Ethernet0": {"ConnectionType": "STATIC_IP", "StaticIpConnectionInfo": {**STATIC, "Mask": ""}}},
-         "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.Mask"),
-        ({"Ethernet0": {"ConnectionType": "STATIC_IP", "StaticIpConnectionInfo": {**STATIC, "Dns": "8.8.8.8"}}},
-         "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.Dns"),
-        ({"Ethernet0": {"ConnectionType": "STATIC_IP", "StaticIpConnectionInfo": {**STATIC, "Dns": [""]}}},
-         "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.Dns[0]"),
-        ({"Ethernet0": {"ConnectionType": "STATIC_IP", "StaticIpConnectionInfo": {"IpAddress": "1.2.3.4"}}},
-         "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.Mask"),
+        (
+            {"Ethernet0": {"ConnectionType": "PPPOE"}},
+            "NetworkingConfiguration.Ethernet0.ConnectionType",
+        ),
+        (
+            {"Ethernet0": {"ConnectionType": "STATIC_IP"}},
+            "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo",
+        ),
+        (
+            {
+                "Ethernet1": {
+                    "ConnectionType": "STATIC_IP",
+                    "StaticIpConnectionInfo": {**STATIC, "IpAddress": "256.1.1.1"},
+                }
+            },
+            "NetworkingConfiguration.Ethernet1.StaticIpConnectionInfo.IpAddress",
+        ),
+        (
+            {
+                "Ethernet1": {
+                    "ConnectionType": "STATIC_IP",
+                    "StaticIpConnectionInfo": {**STATIC, "IpAddress": "10.0.0.1:65536"},
+                }
+            },
+            "NetworkingConfiguration.Ethernet1.StaticIpConnectionInfo.IpAddress",
+        ),
+        (
+            {
+                "Ethernet1": {
+                    "ConnectionType": "STATIC_IP",
+                    "StaticIpConnectionInfo": {**STATIC, "IpAddress": "01.2.3.4"},
+                }
+            },
+            "NetworkingConfiguration.Ethernet1.StaticIpConnectionInfo.IpAddress",
+        ),
+        (
+            {
+                "Ethernet0": {
+                    "ConnectionType": "STATIC_IP",
+                    "StaticIpConnectionInfo": {**STATIC, "Mask": ""},
+                }
+            },
+            "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.Mask",
+        ),
+        (
+            {
+                "Ethernet0": {
+                    "ConnectionType": "STATIC_IP",
+                    "StaticIpConnectionInfo": {**STATIC, "Dns": "8.8.8.8"},
+                }
+            },
+            "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.Dns",
+        ),
+        (
+            {
+                "Ethernet0": {
+                    "ConnectionType": "STATIC_IP",
+                    "StaticIpConnectionInfo": {**STATIC, "Dns": [""]},
+                }
+            },
+            "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.Dns[0]",
+        ),
+        (
+            {
+                "Ethernet0": {
+                    "ConnectionType": "STATIC_IP",
+                    "StaticIpConnectionInfo": {"IpAddress": "1.2.3.4"},
+                }
+            },
+            "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.Mask",
+        ),
         ({"Ntp": {}}, "NetworkingConfiguration.Ntp.NtpServers"),
         ({"Ntp": {"NtpServers": ["a.pool.ntp.org"] * 6}}, "NetworkingConfiguration.Ntp.NtpServers"),
         ({"Ntp": {"NtpServers": ["Pool.NTP.org"]}}, "NetworkingConfiguration.Ntp.NtpServers[0]"),
         ({"Ntp": {"NtpServers": ["localhost"]}}, "NetworkingConfiguration.Ntp.NtpServers[0]"),
         ({"Ntp": {"NtpServers": [123]}}, "NetworkingConfiguration.Ntp.NtpServers[0]"),
-        ({"Ntp": {"NtpServers": ["a" * 252 + ".org"]}}, "NetworkingConfiguration.Ntp.NtpServers[0]"),
+        (
+            {"Ntp": {"NtpServers": ["a" * 252 + ".org"]}},
+            "NetworkingConfiguration.Ntp.NtpServers[0]",
+        ),
     ],
 )
 def test_invalid_network_payload(payload: Any, path: str) -> None:
@@ -59,7 +116,10 @@ def test_invalid_network_payload(payload: Any, path: str) -> None:
 
 def test_every_problem_is_reported_at_once() -> None:
     payload = {
-        "Ethernet0": {"ConnectionType": "STATIC_IP", "StaticIpConnectionInfo": {**STATIC, "IpAddress": "x"}},
+        "Ethernet0": {
+            "ConnectionType": "STATIC_IP",
+            "StaticIpConnectionInfo": {**STATIC, "IpAddress": "x"},
+        },
         "Ethernet1": {"ConnectionType": "WIFI"},
         "Ntp": {"NtpServers": ["UPPER.example.com", "1.2.3.4:99999"]},
     }
@@ -77,7 +137,9 @@ def test_valid_payload_round_trips() -> None:
     payload = {
         "Ethernet0": {"ConnectionType": "STATIC_IP", "StaticIpConnectionInfo": STATIC},
         "Ethernet1": {"ConnectionType": "DHCP"},
-        "Ntp": {"NtpServers": ["0.pool.ntp.org", "time-1.example.co", "198.18.0.1:123", "0.0.0.0:0"]},
+        "Ntp": {
+            "NtpServers": ["0.pool.ntp.org", "time-1.example.co", "198.18.0.1:123", "0.0.0.0:0"]
+        },
     }
     assert parse_network_payload(payload).to_json() == payload
     assert parse_network_payload({}).to_json() == {}
