@@ -243,19 +243,7 @@ class NetConf:
             "time": self.time_backend.snapshot() if plan.ntp is not None else None,
         }
         self._begin(plan, snapshot)
-        try:
-            self.backend.apply(plan)
-            if plan.ntp is not None:
-                self.time_backend.apply(plan.ntp)
-        except AgentError as exc:
-            self._revert(snapshot, "reverted", exc.reason, exc.message)
-            raise NetworkRolledBackError(
-                f"applying failed and the previous configuration is back: {exc.message}",
-                reason=exc.reason,
-            ) from exc
-        except BaseException:
-            self._revert(snapshot, "reverted", "APPLY_INTERRUPTED", "applying was interrupted")
-            raise
+        self._apply_trial(plan, snapshot)
         if self.backend.live:
             try:
                 result = self._probe(plan, probe_timeout, endpoint)
@@ -293,6 +281,29 @@ class NetConf:
         return ApplyResult(
             "committed", "PROBE_PASSED", result.message, plan, result, sync, self.backend.name
         )
+
+    def _apply_trial(self, plan: NetworkPlan, snapshot: Snapshot) -> None:
+        """Apply network then time; on any failure revert and raise."""
+        try:
+            self.backend.apply(plan)
+            if plan.ntp is not None:
+                self.time_backend.apply(plan.ntp)
+        except AgentError as exc:
+            self._revert(snapshot, "reverted", exc.reason, exc.message)
+            raise NetworkRolledBackError(
+                f"applying failed and the previous configuration is back: {exc.message}",
+                reason=exc.reason,
+            ) from exc
+        except OSError as exc:
+            message = f"{exc.filename or 'a file'}: {exc.strerror or exc}"
+            self._revert(snapshot, "reverted", "APPLY_FAILED", message)
+            raise NetworkRolledBackError(
+                f"applying failed and the previous configuration is back: {message}",
+                reason="APPLY_FAILED",
+            ) from exc
+        except BaseException:
+            self._revert(snapshot, "reverted", "APPLY_INTERRUPTED", "applying was interrupted")
+            raise
 
     def _probe(
         self, plan: NetworkPlan, window: float, endpoint: tuple[str, int] | None
