@@ -154,25 +154,29 @@ def _check_spec(port: str, spec: PortSpec, problems: list[FieldProblem]) -> None
         problems.append(FieldProblem(f"{port}.path", "must be a sysfs path under /sys/"))
 
 
-def resolve_interfaces(
-    board: Board, sys_class_net: Path = Path("/sys/class/net")
-) -> dict[str, str]:
+def resolve_interfaces(board: Board, sysfs: Path = Path("/sys")) -> dict[str, str]:
     """Map each configured port to the kernel interface name present now.
 
     Ports given by ``name`` resolve without looking; ``mac`` and ``path`` are looked up in
-    ``sys_class_net`` (each entry's ``address`` file and ``device`` link).
+    ``<sysfs>/class/net`` (each entry's ``address`` file and ``device`` link; ``path``
+    patterns are written as ``/sys/...`` and read under ``sysfs``).
 
     Raises:
         BoardProfileError: A port given by MAC or path matches no interface, or several.
     """
     out: dict[str, str] = {}
     problems: list[FieldProblem] = []
+    sys_class_net = sysfs / "class" / "net"
     for port, spec in board.specs().items():
         if spec.name:
             out[port] = spec.name
             continue
         matches = (
-            [entry.name for entry in sorted(sys_class_net.iterdir()) if _matches(entry, spec)]
+            [
+                entry.name
+                for entry in sorted(sys_class_net.iterdir())
+                if _matches(entry, spec, sysfs)
+            ]
             if sys_class_net.is_dir()
             else []
         )
@@ -191,7 +195,7 @@ def resolve_interfaces(
     return out
 
 
-def _matches(entry: Path, spec: PortSpec) -> bool:
+def _matches(entry: Path, spec: PortSpec, sysfs: Path) -> bool:
     if spec.mac:
         try:
             return (entry / "address").read_text().strip().lower() == spec.mac.lower()
@@ -201,4 +205,5 @@ def _matches(entry: Path, spec: PortSpec) -> bool:
     if not device.exists():
         return False
     real = os.path.realpath(device)
-    return fnmatch.fnmatch(real, spec.path) or fnmatch.fnmatch(real, spec.path.rstrip("/") + "/*")
+    pattern = str(sysfs) + spec.path.removeprefix("/sys")
+    return fnmatch.fnmatch(real, pattern) or fnmatch.fnmatch(real, pattern.rstrip("/") + "/*")

@@ -9,6 +9,7 @@ is removed afterwards even when the test fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -163,6 +164,9 @@ def _toml(config: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: The default route's destination as netlink reports it.
+DEFAULT_DST = "0.0.0.0"  # noqa: S104 - a route destination, not a bind address
+
 PREVIOUS = [
     ("addr", "add", "198.18.1.10/24", "brd", "+", "dev", "eth0"),
     ("route", "add", "default", "via", "198.18.1.1", "dev", "eth0", "metric", "50"),
@@ -188,10 +192,8 @@ def _teardown(lab: Lab) -> None:
     # daemons the agent started inside the namespaces (dhclient): ours, stopped by pid
     for name in (lab.ns, lab.peer):
         for pid in _netns_pids(name):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     for name in (lab.ns, lab.peer):
         sh("ip", "netns", "del", name, check=False)
     shutil.rmtree(Path("/etc/netns") / lab.ns, ignore_errors=True)

@@ -62,7 +62,7 @@ def reload(state: Path) -> int:
         if int((state / "generation").read_text() or before) > before:
             return 0
         time.sleep(0.02)
-    print("networkd did not restart within 10 s", file=sys.stderr)
+    sys.stderr.write("networkd did not restart within 10 s\n")
     return 1
 
 

@@ -32,7 +32,7 @@ def main(ifnames: list[str]) -> None:
     gateways = netifaces.gateways()
     out["default_gateway"] = list(gateways.get("default", {}).get(netifaces.AF_INET, ()))
     out["gateways"] = [list(g) for g in gateways.get(netifaces.AF_INET, [])]
-    print(json.dumps(out))
+    sys.stdout.write(json.dumps(out) + "\n")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def chrony(tmp_path: Path) -> Iterator[Chrony]:
         _start(["chronyd", "-x", "-d", "-f", str(client_conf)], tmp_path / "client.log"),
     ]
     try:
-        wait_for(lambda: (sock_dir / "chronyd.sock").exists(), 10, "chronyd's command socket")
+        wait_for((sock_dir / "chronyd.sock").exists, 10, "chronyd's command socket")
         yield Chrony(server_port=port, sources_dir=sources, socket=sock_dir / "chronyd.sock")
     finally:
         for proc in procs:
@@ -127,7 +127,9 @@ def test_apply_reloads_chronyd_and_waits_for_sync(tmp_path: Path, chrony: Chrony
         f'chrony_source_options = "iburst minpoll 0 maxpoll 0"\n'
     )
     agent = [sys.executable, "-m", "agent", "--config", str(config)]
-    status = subprocess.run([*agent, "net", "status", "--json"], capture_output=True, text=True)
+    status = subprocess.run(
+        [*agent, "net", "status", "--json"], capture_output=True, text=True, check=True
+    )
     assert json.loads(status.stdout)["NetworkingStatus"]["NtpStatus"] == {
         "NtpServerName": "",
         "IpAddress": "",
@@ -152,7 +154,9 @@ def test_apply_reloads_chronyd_and_waits_for_sync(tmp_path: Path, chrony: Chrony
         [*chrony.chronyc, "-c", "sources"], capture_output=True, text=True, check=True
     )
     assert ",127.0.0.1," in sources.stdout
-    status = subprocess.run([*agent, "net", "status", "--json"], capture_output=True, text=True)
+    status = subprocess.run(
+        [*agent, "net", "status", "--json"], capture_output=True, text=True, check=True
+    )
     assert json.loads(status.stdout)["NetworkingStatus"]["NtpStatus"] == {
         "NtpServerName": "127.0.0.1",
         "IpAddress": "127.0.0.1",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.netconf.conftest import Lab, sh, wait_for
+from tests.integration.netconf.conftest import DEFAULT_DST, Lab, sh, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -53,8 +53,8 @@ def test_static_ip_on_both_ports(lab: Lab) -> None:
     ]
     # only one default route wins: Ethernet0's (metric 100); Ethernet1's has metric 200
     assert state["default_gateway"][:2] == ["198.18.1.1", "eth0"]
-    assert ("0.0.0.0", 0, "198.18.1.1", 100, 4) in routes(state, "eth0")
-    assert ("0.0.0.0", 0, "198.18.2.1", 200, 4) in routes(state, "eth1")
+    assert (DEFAULT_DST, 0, "198.18.1.1", 100, 4) in routes(state, "eth0")
+    assert (DEFAULT_DST, 0, "198.18.2.1", 200, 4) in routes(state, "eth1")
     # the previous static route on eth1 is gone with the previous configuration
     assert all(r[0] != "198.18.200.0" for r in routes(state, "eth1"))
     assert (lab.tmp / "resolv.conf").read_text().splitlines()[1:] == [
@@ -200,7 +200,7 @@ def test_committed_plan_is_reapplied_at_start(lab: Lab) -> None:
     assert state["netifaces"]["eth0"]["inet"] == [
         {"addr": "198.18.1.60", "netmask": "255.255.255.0"}
     ]
-    assert ("0.0.0.0", 0, "198.18.1.1", 100, 4) in routes(state, "eth0")
+    assert (DEFAULT_DST, 0, "198.18.1.1", 100, 4) in routes(state, "eth0")
 
 
 def test_dhcp_hands_the_port_to_the_dhcp_client(lab: Lab) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.netconf.conftest import HERE, Lab, sh, wait_for
+from tests.integration.netconf.conftest import DEFAULT_DST, HERE, Lab, sh, wait_for
 from tests.integration.netconf.test_netlink import routes, static
 
 pytestmark = pytest.mark.netns
@@ -71,7 +71,7 @@ def test_networkd_configures_the_link_then_commit_persists(lab: Lab, networkd: P
 
     state = lab.inspect()
     assert {"addr": "198.18.2.20", "netmask": "255.255.255.0"} in state["netifaces"]["eth1"]["inet"]
-    assert ("0.0.0.0", 0, "198.18.2.1", 200, 4) in routes(state, "eth1")
+    assert (DEFAULT_DST, 0, "198.18.2.1", 200, 4) in routes(state, "eth1")
     # the commit moved the file from the volatile trial directory to the persistent one
     persisted = lab.tmp / "etc-network" / "10-edge-agent-ethernet1.network"
     assert "Address=198.18.2.20/24" in persisted.read_text()

@@ -20,6 +20,7 @@ E0 = "NetworkingConfiguration.Ethernet0"
 E1 = "NetworkingConfiguration.Ethernet1"
 S0 = f"{E0}.StaticIpConnectionInfo"
 S1 = f"{E1}.StaticIpConnectionInfo"
+UNSPECIFIED = "0.0.0.0"  # noqa: S104 - an address in a payload, not a bind address
 
 
 def static(
@@ -41,24 +42,99 @@ def static(
 
 # (id, payload, [(field path, message fragment), ...], extra CLI args)
 CASES: list[tuple[str, Any, list[tuple[str, str]], list[str]]] = [
-    ("mask-not-contiguous", {"Ethernet0": static(mask="255.0.255.0")}, [(f"{S0}.Mask", "contiguous")], []),
+    (
+        "mask-not-contiguous",
+        {"Ethernet0": static(mask="255.0.255.0")},
+        [(f"{S0}.Mask", "contiguous")],
+        [],
+    ),
     ("mask-too-long", {"Ethernet0": static(mask="33")}, [(f"{S0}.Mask", "prefix length")], []),
     ("mask-zero", {"Ethernet0": static(mask="0")}, [(f"{S0}.Mask", "prefix length")], []),
     ("mask-words", {"Ethernet0": static(mask="class C")}, [(f"{S0}.Mask", "netmask")], []),
-    ("address-with-port", {"Ethernet0": static(ip="198.18.1.10:8080")}, [(f"{S0}.IpAddress", ":port")], []),
-    ("gateway-with-port", {"Ethernet0": static(gateway="198.18.1.1:80")}, [(f"{S0}.DefaultGateway", ":port")], []),
-    ("gateway-name", {"Ethernet0": static(gateway="router.lan")}, [(f"{S0}.DefaultGateway", "IPv4")], []),
-    ("gateway-other-subnet", {"Ethernet0": static(gateway="198.18.2.1")}, [(f"{S0}.DefaultGateway", "not in the port's subnet")], []),
-    ("gateway-is-address", {"Ethernet0": static(gateway="198.18.1.10")}, [(f"{S0}.DefaultGateway", "differ")], []),
-    ("gateway-network-address", {"Ethernet0": static(gateway="198.18.1.0")}, [(f"{S0}.DefaultGateway", "network or broadcast")], []),
-    ("gateway-broadcast", {"Ethernet0": static(gateway="198.18.1.255")}, [(f"{S0}.DefaultGateway", "network or broadcast")], []),
-    ("address-network", {"Ethernet0": static(ip="198.18.1.0")}, [(f"{S0}.IpAddress", "not a host address")], []),
-    ("address-broadcast", {"Ethernet0": static(ip="198.18.1.255")}, [(f"{S0}.IpAddress", "not a host address")], []),
-    ("address-unspecified", {"Ethernet0": static(ip="0.0.0.0")}, [(f"{S0}.IpAddress", "0.0.0.0")], []),
-    ("address-loopback", {"Ethernet0": static(ip="127.0.0.5", gateway="127.0.0.1")}, [(f"{S0}.IpAddress", "loopback")], []),
-    ("address-multicast", {"Ethernet0": static(ip="224.0.0.5", gateway="224.0.0.1")}, [(f"{S0}.IpAddress", "unicast")], []),
-    ("dns-name", {"Ethernet0": static(dns=["dns.example.com"])}, [(f"{S0}.Dns[0]", "IP address")], []),
-    ("dns-with-port", {"Ethernet0": static(dns=["198.18.1.53", "198.18.1.54:53"])}, [(f"{S0}.Dns[1]", "IP address")], []),
+    (
+        "address-with-port",
+        {"Ethernet0": static(ip="198.18.1.10:8080")},
+        [(f"{S0}.IpAddress", ":port")],
+        [],
+    ),
+    (
+        "gateway-with-port",
+        {"Ethernet0": static(gateway="198.18.1.1:80")},
+        [(f"{S0}.DefaultGateway", ":port")],
+        [],
+    ),
+    (
+        "gateway-name",
+        {"Ethernet0": static(gateway="router.lan")},
+        [(f"{S0}.DefaultGateway", "IPv4")],
+        [],
+    ),
+    (
+        "gateway-other-subnet",
+        {"Ethernet0": static(gateway="198.18.2.1")},
+        [(f"{S0}.DefaultGateway", "not in the port's subnet")],
+        [],
+    ),
+    (
+        "gateway-is-address",
+        {"Ethernet0": static(gateway="198.18.1.10")},
+        [(f"{S0}.DefaultGateway", "differ")],
+        [],
+    ),
+    (
+        "gateway-network-address",
+        {"Ethernet0": static(gateway="198.18.1.0")},
+        [(f"{S0}.DefaultGateway", "network or broadcast")],
+        [],
+    ),
+    (
+        "gateway-broadcast",
+        {"Ethernet0": static(gateway="198.18.1.255")},
+        [(f"{S0}.DefaultGateway", "network or broadcast")],
+        [],
+    ),
+    (
+        "address-network",
+        {"Ethernet0": static(ip="198.18.1.0")},
+        [(f"{S0}.IpAddress", "not a host address")],
+        [],
+    ),
+    (
+        "address-broadcast",
+        {"Ethernet0": static(ip="198.18.1.255")},
+        [(f"{S0}.IpAddress", "not a host address")],
+        [],
+    ),
+    (
+        "address-unspecified",
+        {"Ethernet0": static(ip=UNSPECIFIED)},
+        [(f"{S0}.IpAddress", UNSPECIFIED)],
+        [],
+    ),
+    (
+        "address-loopback",
+        {"Ethernet0": static(ip="127.0.0.5", gateway="127.0.0.1")},
+        [(f"{S0}.IpAddress", "loopback")],
+        [],
+    ),
+    (
+        "address-multicast",
+        {"Ethernet0": static(ip="224.0.0.5", gateway="224.0.0.1")},
+        [(f"{S0}.IpAddress", "unicast")],
+        [],
+    ),
+    (
+        "dns-name",
+        {"Ethernet0": static(dns=["dns.example.com"])},
+        [(f"{S0}.Dns[0]", "IP address")],
+        [],
+    ),
+    (
+        "dns-with-port",
+        {"Ethernet0": static(dns=["198.18.1.53", "198.18.1.54:53"])},
+        [(f"{S0}.Dns[1]", "IP address")],
+        [],
+    ),
     (
         "subnets-overlap",
         {"Ethernet0": static(), "Ethernet1": static("198.18.1.130", "/25", "198.18.1.129")},
@@ -71,16 +147,36 @@ CASES: list[tuple[str, Any, list[tuple[str, str]], list[str]]] = [
         [(f"{S1}.IpAddress", "overlaps")],
         [],
     ),
-    ("seed-connection-type", {"Ethernet0": {"ConnectionType": "PPPOE"}}, [(f"{E0}.ConnectionType", "STATIC_IP, DHCP")], []),
-    ("seed-static-info-missing", {"Ethernet0": {"ConnectionType": "STATIC_IP"}}, [(f"{S0}", "required")], []),
-    ("seed-unknown-field", {"Ethernet2": {"ConnectionType": "DHCP"}}, [("NetworkingConfiguration.Ethernet2", "unknown")], []),
+    (
+        "seed-connection-type",
+        {"Ethernet0": {"ConnectionType": "PPPOE"}},
+        [(f"{E0}.ConnectionType", "STATIC_IP, DHCP")],
+        [],
+    ),
+    (
+        "seed-static-info-missing",
+        {"Ethernet0": {"ConnectionType": "STATIC_IP"}},
+        [(f"{S0}", "required")],
+        [],
+    ),
+    (
+        "seed-unknown-field",
+        {"Ethernet2": {"ConnectionType": "DHCP"}},
+        [("NetworkingConfiguration.Ethernet2", "unknown")],
+        [],
+    ),
     (
         "seed-too-many-ntp",
         {"Ntp": {"NtpServers": [f"ntp{i}.example.com" for i in range(6)]}},
         [("NetworkingConfiguration.Ntp.NtpServers", "at most 5")],
         [],
     ),
-    ("seed-ntp-upper-case", {"Ntp": {"NtpServers": ["POOL.NTP.ORG"]}}, [("NetworkingConfiguration.Ntp.NtpServers[0]", "lower-case")], []),
+    (
+        "seed-ntp-upper-case",
+        {"Ntp": {"NtpServers": ["POOL.NTP.ORG"]}},
+        [("NetworkingConfiguration.Ntp.NtpServers[0]", "lower-case")],
+        [],
+    ),
     ("seed-dns-not-list", {"Ethernet0": static(dns="198.18.1.53")}, [(f"{S0}.Dns", "list")], []),  # type: ignore[arg-type]
     ("not-an-object", ["Ethernet0"], [("NetworkingConfiguration", "object")], []),
     (
@@ -103,7 +199,7 @@ CASES: list[tuple[str, Any, list[tuple[str, str]], list[str]]] = [
         ],
         [],
     ),
-]  # fmt: skip
+]
 
 GOOD = {
     "Ethernet0": static(),
