@@ -29,6 +29,7 @@ ENOENT = 2
 EEXIST = 17
 ESRCH = 3
 EADDRNOTAVAIL = 99
+ENODEV = 19
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +56,15 @@ def ipr() -> Iterator[Any]:
 
 def link(route: Any, ifname: str) -> LinkInfo | None:
     """The link named ``ifname``, or None."""
-    indexes = route.link_lookup(ifname=ifname)
-    if not indexes:
-        return None
-    msg = route.get_links(indexes[0])[0]
+    try:
+        msg = route.link("get", ifname=ifname)[0]
+    except NetlinkError as exc:
+        if exc.code == ENODEV:
+            return None
+        raise
     return LinkInfo(
         ifname=ifname,
-        index=indexes[0],
+        index=int(msg["index"]),
         up=bool(msg["flags"] & 1),
         carrier=bool(msg.get("IFLA_CARRIER")),
         operstate=str(msg.get("IFLA_OPERSTATE") or "UNKNOWN"),
