@@ -249,3 +249,36 @@ def test_dhcp_without_a_server_rolls_back(lab: Lab) -> None:
         10,
         "the DHCP client to stop",
     )
+
+
+def test_missing_interface_is_refused_and_nothing_changes(lab: Lab) -> None:
+    before = lab.inspect()
+    board = lab.tmp / "board.toml"
+    board.write_text('[Ethernet0]\nname = "eth0"\n[Ethernet1]\nname = "eth9"\n')
+    payload = {
+        "Ethernet0": static("198.18.1.30", "24", "198.18.1.1"),
+        "Ethernet1": static("198.18.2.30", "24", "198.18.2.1"),
+    }
+    result = lab.agent("net", "apply", str(lab.payload_file(payload)), "--board", str(board))
+    assert result.returncode == 3
+    error = json.loads(result.stdout)["error"]
+    assert error["reason"] == "INTERFACE_NOT_FOUND"
+    assert "eth9" in error["message"]
+    assert lab.inspect()["exact"] == before["exact"]
+    assert lab.marker_row() is None
+
+
+def test_board_resolves_ports_by_mac_in_the_namespace(lab: Lab) -> None:
+    macs = {i: lab.inspect()["netifaces"][i]["mac"] for i in ("eth0", "eth1")}
+    board = lab.tmp / "swapped.toml"
+    # the integrator's board wires Ethernet0 to the interface the kernel calls eth1
+    board.write_text(f'[Ethernet0]\nmac = "{macs["eth1"]}"\n[Ethernet1]\nmac = "{macs["eth0"]}"\n')
+    status = json.loads(lab.agent("net", "status", "--board", str(board), "--json").stdout)
+    assert status["interfaces"] == {"Ethernet0": "eth1", "Ethernet1": "eth0"}
+    assert status["NetworkingStatus"]["Ethernet0Status"]["HwAddress"] == macs["eth1"]
+    payload = {"Ethernet0": static("198.18.2.40", "24", "198.18.2.1")}
+    result = lab.agent("net", "apply", str(lab.payload_file(payload)), "--board", str(board))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert lab.inspect()["netifaces"]["eth1"]["inet"] == [
+        {"addr": "198.18.2.40", "netmask": "255.255.255.0"}
+    ]
