@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import EXIT_OK, FieldProblem, InvalidRequestError
+from agent.netconf.factory import NETWORK_BACKENDS
+from agent.netconf.plan import describe_plan
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
+    from agent.netconf.base import NetworkBackend, TimeBackend
     from agent.netconf.plan import NetworkPlan
     from agent.netconf.rollback import NetConf
-
-BACKENDS = ("networkd", "netlink", "dry-run")
+    from agent.store import Store
 
 
 def register(sub: Any) -> None:
@@ -62,7 +64,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, metavar="FILE", help="NetworkingConfiguration JSON")
     parser.add_argument("--board", metavar="B", default=None, help="board profile name or file")
     parser.add_argument(
-        "--backend", choices=BACKENDS, default=None, help="network backend (default: config)"
+        "--backend",
+        choices=NETWORK_BACKENDS,
+        default=None,
+        help="network backend (default: config)",
     )
 
 
@@ -99,20 +104,21 @@ def _read_plan(args: argparse.Namespace, config: AgentConfig) -> tuple[str, Netw
     return board, plan_from_json(data, interfaces, board_name=board)
 
 
-def _netconf(config: AgentConfig, backend_name: str) -> NetConf:
-    from agent.fsutil import ensure_dir
+def _backends(config: AgentConfig, backend_name: str) -> tuple[NetworkBackend, TimeBackend]:
+    """The network backend by name and its time backend (dry-run renders NTP under its root)."""
+    from agent.netconf.factory import dry_run_time_backend, network_backend, time_backend
+
+    network = network_backend(backend_name, config)
+    if backend_name == "dry-run":
+        return network, dry_run_time_backend(config.network.dry_run_root)
+    return network, time_backend(config.ntp.backend, config)
+
+
+def _netconf(config: AgentConfig, backend_name: str, store: Store) -> NetConf:
     from agent.netconf.factory import network_backend, time_backend
     from agent.netconf.rollback import NetConf
-    from agent.store import Store
 
-    ensure_dir(config.agent.state_dir)
-    store = Store(config.agent.state_dir / "state.db")
-    network = network_backend(backend_name, config)
-    clock = time_backend(config.ntp.backend, config)
-    if backend_name == "dry-run":
-        from agent.netconf.factory import dry_run_time_backend
-
-        clock = dry_run_time_backend(config.network.dry_run_root)
+    network, clock = _backends(config, backend_name)
     return NetConf(
         store,
         network,
@@ -123,34 +129,20 @@ def _netconf(config: AgentConfig, backend_name: str) -> NetConf:
     )
 
 
-def _describe(plan: NetworkPlan) -> list[str]:
-    lines = []
-    for port in plan.ports:
-        if port.mode == "dhcp":
-            lines.append(f"{port.port} ({port.ifname}): DHCP, route metric {port.metric}")
-        else:
-            dns = f", DNS {' '.join(str(d) for d in port.dns)}" if port.dns else ""
-            lines.append(
-                f"{port.port} ({port.ifname}): {port.address} via {port.gateway} "
-                f"metric {port.metric}{dns}"
-            )
-    if plan.ntp is not None:
-        lines.append("NTP: " + (" ".join(str(s) for s in plan.ntp) or "(no servers)"))
-    return lines
+def _store(config: AgentConfig) -> Store:
+    from agent.fsutil import ensure_dir
+    from agent.store import Store
+
+    ensure_dir(config.agent.state_dir)
+    return Store(config.agent.state_dir / "state.db")
 
 
 def _plan(args: argparse.Namespace) -> int:
     from agent.cli import print_json
-    from agent.netconf.factory import dry_run_time_backend, network_backend, time_backend
 
     config = _config(args)
     board, plan = _read_plan(args, config)
-    backend_name = args.backend or config.network.backend
-    backend = network_backend(backend_name, config)
-    if backend_name == "dry-run":
-        clock = dry_run_time_backend(config.network.dry_run_root)
-    else:
-        clock = time_backend(config.ntp.backend, config)
+    backend, clock = _backends(config, args.backend or config.network.backend)
     changes = backend.changes(plan)
     if plan.ntp is not None:
         changes += clock.changes(plan.ntp)
@@ -166,7 +158,7 @@ def _plan(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     print(f"board {board}, backend {backend.name}, NTP backend {clock.name}")
-    for line in _describe(plan):
+    for line in describe_plan(plan):
         print(f"  {line}")
     print("changes:" if changes else "changes: none")
     for change in changes:
@@ -201,8 +193,9 @@ def _apply(args: argparse.Namespace) -> int:
             "--probe-timeout must be more than 0 and at most 3600 seconds",
             reason="PROBE_TIMEOUT_INVALID",
         )
-    netconf = _netconf(config, args.backend or config.network.backend)
-    result = netconf.apply(plan, probe_timeout=timeout, endpoint=endpoint)
+    with _store(config) as store:
+        netconf = _netconf(config, args.backend or config.network.backend, store)
+        result = netconf.apply(plan, probe_timeout=timeout, endpoint=endpoint)
     if result.outcome == "reverted":
         raise NetworkRolledBackError(
             f"the new configuration failed its probe and the previous one is back: "
@@ -213,7 +206,7 @@ def _apply(args: argparse.Namespace) -> int:
         print_json(result.to_json())
         return EXIT_OK
     print(f"committed ({result.backend}): {result.message}")
-    for line in _describe(plan):
+    for line in describe_plan(plan):
         print(f"  {line}")
     if result.sync is not None:
         trusted = "trusted" if result.sync.trusted else "NOT trusted"
@@ -271,8 +264,8 @@ def _recover(args: argparse.Namespace) -> int:
     from agent.cli import print_json
 
     config = _config(args)
-    netconf = _netconf(config, config.network.backend)
-    result = netconf.startup()
+    with _store(config) as store:
+        result = _netconf(config, config.network.backend, store).startup()
     if args.json:
         print_json(result)
     else:

@@ -9,7 +9,7 @@ from agent.archive.network import NetworkPayload
 from agent.netconf.boards import load_board, resolve_interfaces
 from agent.netconf.dryrun import DryRunBackend
 from agent.netconf.factory import dry_run_time_backend
-from agent.netconf.plan import build_plan
+from agent.netconf.plan import build_plan, describe_plan
 from agent.netconf.rollback import NetConf
 from agent.store import Store
 
@@ -27,16 +27,8 @@ def run_demo_step(payload: NetworkPayload, root: Path, echo: Callable[[str], Non
     """
     board = load_board("generic")
     plan = build_plan(payload, resolve_interfaces(board), board_name=board.name)
-    for port in plan.ports:
-        if port.mode == "dhcp":
-            echo(f"network: {port.port} -> {port.ifname}: DHCP (metric {port.metric})")
-        else:
-            echo(
-                f"network: {port.port} -> {port.ifname}: {port.address} via {port.gateway} "
-                f"(metric {port.metric})"
-            )
-    if plan.ntp is not None:
-        echo("network: NTP servers " + (", ".join(str(s) for s in plan.ntp) or "(none)"))
+    for line in describe_plan(plan):
+        echo(f"network: {line}")
     backend = DryRunBackend(root)
     clock = dry_run_time_backend(root)
     changes = backend.changes(plan) + (clock.changes(plan.ntp) if plan.ntp is not None else [])

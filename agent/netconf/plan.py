@@ -122,6 +122,23 @@ class NetworkPlan:
         )
 
 
+def describe_plan(plan: NetworkPlan) -> list[str]:
+    """One human line per port, and one for NTP."""
+    lines = []
+    for port in plan.ports:
+        if port.mode == "dhcp":
+            lines.append(f"{port.port} -> {port.ifname}: DHCP (route metric {port.metric})")
+        else:
+            dns = f", DNS {' '.join(str(d) for d in port.dns)}" if port.dns else ""
+            lines.append(
+                f"{port.port} -> {port.ifname}: {port.address} via {port.gateway} "
+                f"(metric {port.metric}){dns}"
+            )
+    if plan.ntp is not None:
+        lines.append("NTP servers: " + (", ".join(str(s) for s in plan.ntp) or "(none)"))
+    return lines
+
+
 def _split_server(text: str) -> NtpServer:
     host, _, port = text.partition(":")
     return NtpServer(host, int(port) if port else DEFAULT_NTP_PORT)

@@ -14,6 +14,7 @@ and tells the caller whether the clock can now be trusted (the archive's clock p
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -70,8 +71,6 @@ def parse_tracking(text: str) -> TimeStatus:
 
 
 def _looks_ip(text: str) -> bool:
-    import ipaddress  # noqa: PLC0415 - tiny helper
-
     try:
         ipaddress.ip_address(text)
     except ValueError:
