@@ -65,7 +65,7 @@ def test_demo_step_renders_under_root_only(tmp_path: Path) -> None:
     assert lines[:3] == [
         "network: Ethernet0 -> eth0: 198.18.1.10/24 via 198.18.1.1 (metric 100), DNS 198.18.1.53",
         "network: Ethernet1 -> eth1: DHCP (route metric 200)",
-        "network: NTP servers pool.ntp.org, 198.18.1.123:11123",
+        "network: NTP servers: pool.ntp.org, 198.18.1.123:11123",
     ]
     assert lines[-1] == f"network: committed with the dry-run backend under {root}"
     assert {p.name for p in root.iterdir()} <= {"etc", "state.db", "state.db-wal", "state.db-shm"}
