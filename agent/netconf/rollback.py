@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from agent.errors import AgentError, ConflictError
 from agent.netconf.base import (
@@ -72,6 +72,7 @@ MIGRATIONS = [
 ]
 
 Outcome = Literal["committed", "reverted"]
+T = TypeVar("T")
 
 
 class NetworkRolledBackError(NetworkApplyError):
@@ -243,13 +244,11 @@ class NetConf:
             "time": self.time_backend.snapshot() if plan.ntp is not None else None,
         }
         self._begin(plan, snapshot)
-        self._apply_trial(plan, snapshot)
+        self._step("applying", snapshot, lambda: self._apply_both(plan))
         if self.backend.live:
-            try:
-                result = self._probe(plan, probe_timeout, endpoint)
-            except BaseException:
-                self._revert(snapshot, "reverted", "APPLY_INTERRUPTED", "probing was interrupted")
-                raise
+            result = self._step(
+                "probing", snapshot, lambda: self._probe(plan, probe_timeout, endpoint)
+            )
         else:
             result = ProbeResult(ok=True, message=f"{self.backend.name}: nothing to probe")
         if not result.ok:
@@ -257,14 +256,7 @@ class NetConf:
             return ApplyResult(
                 "reverted", result.reason, result.message, plan, result, backend=self.backend.name
             )
-        try:
-            self.backend.commit(plan)
-        except AgentError as exc:
-            self._revert(snapshot, "reverted", exc.reason, exc.message)
-            raise NetworkRolledBackError(
-                f"committing failed and the previous configuration is back: {exc.message}",
-                reason=exc.reason,
-            ) from exc
+        self._step("committing", snapshot, lambda: self.backend.commit(plan))
         with self.store.transaction() as db:
             db.execute("DELETE FROM netconf_trial WHERE id = 1")
             db.execute(
@@ -282,28 +274,31 @@ class NetConf:
             "committed", "PROBE_PASSED", result.message, plan, result, sync, self.backend.name
         )
 
-    def _apply_trial(self, plan: NetworkPlan, snapshot: Snapshot) -> None:
-        """Apply network then time; on any failure revert and raise."""
+    def _apply_both(self, plan: NetworkPlan) -> None:
+        self.backend.apply(plan)
+        if plan.ntp is not None:
+            self.time_backend.apply(plan.ntp)
+
+    def _step(self, what: str, snapshot: Snapshot, step: Callable[[], T]) -> T:
+        """Run one step of the trial; if it fails in any way, revert first, then raise."""
+        error: Exception
         try:
-            self.backend.apply(plan)
-            if plan.ntp is not None:
-                self.time_backend.apply(plan.ntp)
+            return step()
         except AgentError as exc:
-            self._revert(snapshot, "reverted", exc.reason, exc.message)
-            raise NetworkRolledBackError(
-                f"applying failed and the previous configuration is back: {exc.message}",
-                reason=exc.reason,
-            ) from exc
+            reason, message, error = exc.reason, exc.message, exc
         except OSError as exc:
-            message = f"{exc.filename or 'a file'}: {exc.strerror or exc}"
-            self._revert(snapshot, "reverted", "APPLY_FAILED", message)
-            raise NetworkRolledBackError(
-                f"applying failed and the previous configuration is back: {message}",
-                reason="APPLY_FAILED",
-            ) from exc
+            reason, message, error = (
+                "APPLY_FAILED",
+                f"{exc.filename or 'a file'}: {exc.strerror or exc}",
+                exc,
+            )
         except BaseException:
-            self._revert(snapshot, "reverted", "APPLY_INTERRUPTED", "applying was interrupted")
+            self._revert(snapshot, "reverted", "APPLY_INTERRUPTED", f"{what} was interrupted")
             raise
+        self._revert(snapshot, "reverted", reason, message)
+        raise NetworkRolledBackError(
+            f"{what} failed and the previous configuration is back: {message}", reason=reason
+        ) from error
 
     def _probe(
         self, plan: NetworkPlan, window: float, endpoint: tuple[str, int] | None
