@@ -212,9 +212,14 @@ def test_dhcp_hands_the_port_to_the_dhcp_client(lab: Lab) -> None:
             "--dhcp-range=198.18.1.100,198.18.1.150,255.255.255.0,1h",
             "--dhcp-option=option:router,198.18.1.1", f"--dhcp-leasefile={leases}",
         ),
-        "apply",
+        "dnsmasq",
     )  # fmt: skip
-    assert dnsmasq.poll() is None
+    wait_for(
+        lambda: "sockets bound exclusively" in lab.log("dnsmasq") or dnsmasq.poll() is not None,
+        10,
+        "dnsmasq to listen",
+    )
+    assert dnsmasq.poll() is None, lab.log("dnsmasq")
     payload = {"Ethernet0": {"ConnectionType": "DHCP"}}
     result = lab.agent("net", "apply", str(lab.payload_file(payload)), "--probe-timeout", "60")
     assert result.returncode == 0, result.stdout + result.stderr
