@@ -133,3 +133,38 @@ def test_a_live_trial_of_another_process_is_not_touched(tmp_path: Path) -> None:
         other.wait(timeout=10)
     # once that process is gone, its trial is stale and is reverted
     assert netconf.recover() is not None
+
+
+def test_networkd_plan_lists_trial_commit_and_reload(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from agent.cli import main
+
+    config = tmp_path / "agent.toml"
+    run_dir, etc_dir = tmp_path / "run", tmp_path / "etc"
+    config.write_text(
+        f'[agent]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[network]\nbackend = "networkd"\nnetworkd_runtime_dir = "{run_dir}"\n'
+        f'networkd_persist_dir = "{etc_dir}"\n'
+        f'[ntp]\nbackend = "chrony"\nchrony_sources_dir = "{tmp_path / "sources.d"}"\n'
+    )
+    payload = tmp_path / "net.json"
+    payload.write_text(json.dumps(_payload()))
+    assert main(["--config", str(config), "net", "plan", str(payload), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["backend"], out["timeBackend"]) == ("networkd", "chrony")
+    assert [(c["target"], c["action"]) for c in out["changes"]] == [
+        (str(run_dir / "09-edge-agent-trial-ethernet0.network"), "write"),
+        (str(etc_dir / "10-edge-agent-ethernet0.network"), "write"),
+        (str(run_dir / "09-edge-agent-trial-ethernet1.network"), "write"),
+        (str(etc_dir / "10-edge-agent-ethernet1.network"), "write"),
+        ("systemd-networkd", "run"),
+        (str(tmp_path / "sources.d" / "edge-agent.sources"), "write"),
+        ("chronyd", "run"),
+    ]
+    assert not run_dir.exists()
+    assert not etc_dir.exists()
+    assert not (tmp_path / "sources.d").exists()
+    assert not (tmp_path / "state").exists()
