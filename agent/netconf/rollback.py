@@ -172,6 +172,21 @@ def load_history(store: Store, limit: int = 20) -> list[dict[str, str]]:
     return [dict(r) for r in rows]
 
 
+B = TypeVar("B", NetworkBackend, TimeBackend)
+
+
+def _pick(current: B, wanted: str, factory: Callable[[str], B] | None, what: str) -> B:
+    """The backend an interrupted trial used: the current one, or one built by name."""
+    if current.name == wanted:
+        return current
+    if factory is None:
+        raise NetworkApplyError(
+            f"the interrupted trial used {what} {wanted!r}, which is not available",
+            reason="BACKEND_UNAVAILABLE",
+        )
+    return factory(wanted)
+
+
 class NetConf:
     """Applies plans through one network backend and one time backend, with rollback."""
 
@@ -367,24 +382,10 @@ class NetConf:
                 f"a network trial by process {marker.pid} is in progress",
                 reason="NETWORK_TRIAL_IN_PROGRESS",
             )
-        backend = self.backend
-        if marker.backend != backend.name:
-            if self._backend_for is None:
-                raise NetworkApplyError(
-                    f"the interrupted trial used backend {marker.backend!r}, "
-                    f"which is not available",
-                    reason="BACKEND_UNAVAILABLE",
-                )
-            backend = self._backend_for(marker.backend)
+        backend = _pick(self.backend, marker.backend, self._backend_for, "backend")
         clock = self.time_backend
-        if marker.time_backend != clock.name and marker.snapshot.get("time") is not None:
-            if self._time_backend_for is None:
-                raise NetworkApplyError(
-                    f"the interrupted trial used time backend {marker.time_backend!r}, "
-                    f"which is not available",
-                    reason="BACKEND_UNAVAILABLE",
-                )
-            clock = self._time_backend_for(marker.time_backend)
+        if marker.snapshot.get("time") is not None:
+            clock = _pick(clock, marker.time_backend, self._time_backend_for, "time backend")
         self._revert(
             marker.snapshot,
             "recovered",

@@ -168,3 +168,35 @@ def test_networkd_plan_lists_trial_commit_and_reload(
     assert not etc_dir.exists()
     assert not (tmp_path / "sources.d").exists()
     assert not (tmp_path / "state").exists()
+
+
+def test_recover_uses_the_backend_the_trial_used(tmp_path: Path) -> None:
+    from agent.netconf.base import NetworkApplyError
+    from agent.netconf.netlink import NetlinkBackend
+
+    first = _netconf(tmp_path)
+    root = tmp_path / "root"
+    trial = build_plan(parse_network_payload(_payload()), GENERIC)
+    snapshot = {"network": first.backend.snapshot(trial), "time": first.time_backend.snapshot()}
+    first._begin(trial, snapshot)
+    first.backend.apply(trial)
+    first.time_backend.apply(trial.ntp or ())
+    first.store.close()
+
+    # the configuration now says netlink, but the interrupted trial was a dry run
+    store = Store(tmp_path / "state.db")
+    without_factory = NetConf(store, NetlinkBackend(), dry_run_time_backend(root))
+    with pytest.raises(NetworkApplyError) as caught:
+        without_factory.recover()
+    assert caught.value.reason == "BACKEND_UNAVAILABLE"
+    assert without_factory.marker() is not None
+
+    with_factory = NetConf(
+        store,
+        NetlinkBackend(),
+        dry_run_time_backend(root),
+        backend_for=lambda name: DryRunBackend(root) if name == "dry-run" else NetlinkBackend(),
+    )
+    assert with_factory.recover() is not None
+    assert _files(root) == {}
+    store.close()
