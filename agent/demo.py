@@ -2,8 +2,9 @@
 
 Everything happens under one work directory (a new temporary one unless ``--out`` is
 given), and nothing outside it is touched: a factory CA, an archive on a simulated stick
-(a directory), validation, installation into a private state directory, and the refusals
-a technician would meet (a tampered archive, a second use).
+(a directory), validation, installation into a private state directory, the archive's
+network and NTP settings applied with the dry-run backend under a private root, and the
+refusals a technician would meet (a tampered archive, a second use).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Callable
@@ -69,6 +71,9 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - a linear script of 
     from agent.config import load_config
     from agent.registry.ca import init_ca
 
+    if not args.verbose:
+        # The demo provokes refusals on purpose; it shows them itself.
+        logging.getLogger("agent").setLevel(logging.ERROR)
     config = load_config(args.config)
     work = args.out or Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -125,6 +130,12 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - a linear script of 
         f"credentials in force: {state / 'credentials' / 'current'} -> {result.credential_dir}"
     )
     show.say("private.key is 0600 in a 0700 directory; the archive is recorded as used")
+
+    show.step("Appliance: apply Ethernet0/Ethernet1 and NTP (dry-run backend, private root)")
+    from agent.netconf.demo import run_demo_step
+
+    if verified.manifest.networking_configuration is not None:
+        run_demo_step(verified.manifest.networking_configuration, work / "root", show.say)
 
     show.step("Appliance: refusals a technician may meet")
     _refusal(

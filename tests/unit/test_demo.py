@@ -16,8 +16,12 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     assert "status: SUCCEEDED" in out
     assert "ARCHIVE_ALREADY_USED" in out
+    assert "eth0: 198.18.10.20/24 via 198.18.10.1" in out
+    assert "committed with the dry-run backend" in out
     assert "BEGIN" not in out  # no key or certificate material on the console
     current = current_credentials(tmp_path / "demo" / "state")
     assert current is not None
     assert stat.S_IMODE((current / "private.key").stat().st_mode) == 0o600
     assert (tmp_path / "demo" / "stick" / "certificates-omni_demo-appliance-1.zip").is_file()
+    rendered = tmp_path / "demo" / "root" / "etc" / "systemd" / "network"
+    assert "Address=198.18.10.20/24" in (rendered / "10-edge-agent-ethernet0.network").read_text()
