@@ -22,10 +22,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from cryptography import x509
 
@@ -57,8 +57,10 @@ from agent.registry.storage import (
 )
 from agent.registry.template import (
     CERTIFICATE_PREFIX,
+    CertificateResource,
     Evaluation,
     OverrideAction,
+    PolicyResource,
     Template,
     ThingResource,
     parse_template,
@@ -281,13 +283,11 @@ class Registry:
             )
         evaluation = tpl.evaluate(params)
         when = now or dt.datetime.now(dt.UTC)
-        scope: AbstractContextManager[Any]
-        if transaction is None:
-            scope = self.storage.transaction()
-        else:
-            scope = nullcontext(transaction)
+        scope: AbstractContextManager[Any] = (
+            self.storage.transaction() if transaction is None else nullcontext(transaction)
+        )
         with scope as tx, tx.savepoint():
-            return self._apply(tx, tpl, evaluation, issued, when)
+            return self._apply(tx, evaluation, issued, when)
 
     def register_batch(
         self,
@@ -404,7 +404,6 @@ class Registry:
     def _apply(
         self,
         tx: RegistryTransaction,
-        tpl: Template,
         evaluation: Evaluation,
         issued: IssuedCertificate | None,
         now: dt.datetime,
@@ -412,22 +411,9 @@ class Registry:
         arns: dict[str, str] = {}
         certificate_id = None
         if evaluation.certificate is not None and issued is not None:
-            spec = evaluation.certificate
             certificate_id = issued.certificate_id
-            existing = tx.get_certificate(certificate_id)
-            if existing is None:
-                tx.put_certificate(
-                    CertificateRecord(
-                        certificate_id, issued.certificate_pem, spec.status or "ACTIVE", now, now
-                    )
-                )
-            elif spec.status is not None and spec.status != existing.status:
-                action = spec.overrides.get("Status", DEFAULT_OVERRIDE)
-                if action == "FAIL":
-                    raise _conflict(spec.logical_id, "Status", f"certificate {certificate_id}")
-                if action == "REPLACE":
-                    tx.put_certificate(replace(existing, status=spec.status, updated_at=now))
-            arns[spec.logical_id] = self.arn("cert", certificate_id)
+            _apply_certificate(tx, evaluation.certificate, issued, now)
+            arns[evaluation.certificate.logical_id] = self.arn("cert", certificate_id)
         thing_name = None
         if evaluation.thing is not None:
             thing_name = evaluation.thing.thing_name
@@ -436,24 +422,11 @@ class Registry:
             if certificate_id is not None:
                 tx.attach_principal(thing_name, certificate_id)
         for policy in evaluation.policies:
-            path = f"Resources.{policy.logical_id}.Properties"
-            if policy.policy_name is not None:
-                if tx.get_policy(policy.policy_name) is None:
-                    raise ResourceRegistrationFailureError(
-                        f"no policy named {policy.policy_name!r} exists",
-                        reason="POLICY_NOT_FOUND",
-                        fields=[FieldProblem(f"{path}.PolicyName", "no such policy")],
-                    )
-                name = policy.policy_name
-            else:
-                assert policy.policy_document is not None  # noqa: S101 - one of the two
-                name = policy_name_for(policy.policy_document)
-                if tx.get_policy(name) is None:
-                    tx.put_policy(PolicyRecord(name, policy.policy_document, now))
+            name = _apply_policy(tx, policy, now)
+            if policy.policy_document is not None:
                 arns[policy.logical_id] = self.arn("policy", name)
             if certificate_id is not None:
                 tx.attach_policy(name, certificate_id)
-        del tpl
         return RegisterThingResult(
             certificate_pem=issued.certificate_pem if issued else None,
             resource_arns=arns,
@@ -461,6 +434,75 @@ class Registry:
             thing_name=thing_name,
             device_configuration=evaluation.device_configuration,
         )
+
+
+def _apply_certificate(
+    tx: RegistryTransaction,
+    spec: CertificateResource,
+    issued: IssuedCertificate,
+    now: dt.datetime,
+) -> None:
+    existing = tx.get_certificate(issued.certificate_id)
+    if existing is None:
+        tx.put_certificate(
+            CertificateRecord(
+                issued.certificate_id, issued.certificate_pem, spec.status or "ACTIVE", now, now
+            )
+        )
+        return
+    status = _override(
+        spec.logical_id,
+        "Status",
+        existing.status,
+        spec.status,
+        action=spec.overrides.get("Status", DEFAULT_OVERRIDE),
+        what=f"certificate {issued.certificate_id}",
+    )
+    if status != existing.status:
+        tx.put_certificate(replace(existing, status=status, updated_at=now))
+
+
+def _apply_policy(tx: RegistryTransaction, policy: PolicyResource, now: dt.datetime) -> str:
+    if policy.policy_name is not None:
+        if tx.get_policy(policy.policy_name) is None:
+            raise ResourceRegistrationFailureError(
+                f"no policy named {policy.policy_name!r} exists",
+                reason="POLICY_NOT_FOUND",
+                fields=[
+                    FieldProblem(
+                        f"Resources.{policy.logical_id}.Properties.PolicyName", "no such policy"
+                    )
+                ],
+            )
+        return policy.policy_name
+    assert policy.policy_document is not None  # noqa: S101 - one of the two is set
+    name = policy_name_for(policy.policy_document)
+    if tx.get_policy(name) is None:
+        tx.put_policy(PolicyRecord(name, policy.policy_document, now))
+    return name
+
+
+T = TypeVar("T")
+
+
+def _override(
+    logical_id: str,
+    prop: str,
+    current: T,
+    wanted: T | None,
+    *,
+    action: OverrideAction,
+    what: str,
+    merge: Callable[[T, T], T] | None = None,
+) -> T:
+    """The value a property of an existing resource takes under its override setting."""
+    if wanted is None or wanted == current or action == "DO_NOTHING":
+        return current
+    if action == "FAIL":
+        raise _conflict(logical_id, prop, what)
+    if action == "MERGE" and merge is not None:
+        return merge(current, wanted)
+    return wanted
 
 
 def _conflict(logical_id: str, prop: str, what: str) -> ConflictingResourceUpdateError:
@@ -493,38 +535,36 @@ def _apply_thing(tx: RegistryTransaction, spec: ThingResource, now: dt.datetime)
         )
         return
     what = f"thing {spec.thing_name}"
-    attributes = existing.attributes
-    if spec.attributes is not None and spec.attributes != attributes:
-        action = spec.overrides.get("AttributePayload", DEFAULT_OVERRIDE)
-        if action == "FAIL":
-            raise _conflict(spec.logical_id, "AttributePayload", what)
-        if action == "REPLACE":
-            attributes = dict(spec.attributes)
-        elif action == "MERGE":
-            attributes = {**attributes, **spec.attributes}
-    type_name = existing.thing_type_name
-    if spec.thing_type_name is not None and spec.thing_type_name != type_name:
-        action = spec.overrides.get("ThingTypeName", DEFAULT_OVERRIDE)
-        if action == "FAIL":
-            raise _conflict(spec.logical_id, "ThingTypeName", what)
-        if action == "REPLACE":
-            type_name = spec.thing_type_name
-    groups = existing.thing_groups
-    if spec.thing_groups is not None and _unique(spec.thing_groups) != groups:
-        action = spec.overrides.get("ThingGroups", DEFAULT_OVERRIDE)
-        if action == "FAIL":
-            raise _conflict(spec.logical_id, "ThingGroups", what)
-        if action == "REPLACE":
-            groups = _unique(spec.thing_groups)
-        elif action == "MERGE":
-            groups = _unique((*groups, *spec.thing_groups))
-    billing = existing.billing_group or spec.billing_group
+    settings = spec.overrides
     updated = replace(
         existing,
-        attributes=attributes,
-        thing_type_name=type_name,
-        thing_groups=groups,
-        billing_group=billing,
+        attributes=_override(
+            spec.logical_id,
+            "AttributePayload",
+            existing.attributes,
+            spec.attributes,
+            action=settings.get("AttributePayload", DEFAULT_OVERRIDE),
+            what=what,
+            merge=lambda old, new: {**old, **new},
+        ),
+        thing_type_name=_override(
+            spec.logical_id,
+            "ThingTypeName",
+            existing.thing_type_name,
+            spec.thing_type_name,
+            action=settings.get("ThingTypeName", DEFAULT_OVERRIDE),
+            what=what,
+        ),
+        thing_groups=_override(
+            spec.logical_id,
+            "ThingGroups",
+            existing.thing_groups,
+            None if spec.thing_groups is None else _unique(spec.thing_groups),
+            action=settings.get("ThingGroups", DEFAULT_OVERRIDE),
+            what=what,
+            merge=lambda old, new: _unique((*old, *new)),
+        ),
+        billing_group=existing.billing_group or spec.billing_group,
     )
     if updated != existing:
         tx.put_thing(replace(updated, version=existing.version + 1, updated_at=now))

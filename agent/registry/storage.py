@@ -11,16 +11,16 @@ registrations (bulk registration commits a batch of lines at once), each inside 
 
 from __future__ import annotations
 
-import datetime as dt
 import contextlib
+import datetime as dt
 import itertools
 import json
 import sqlite3
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol, Self, cast
 
 from agent.store import Store

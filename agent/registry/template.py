@@ -208,6 +208,7 @@ class Template:
     def __init__(
         self,
         body: dict[str, Any],
+        *,
         parameters: dict[str, ParameterSpec],
         resource_types: dict[str, str],
         thing: _Thing | None,
@@ -486,11 +487,25 @@ class _Parser:
                 self.problem(key, "unknown top-level section")
         self._parameters(self.data.get("Parameters", {}))
         self._mappings(self.data.get("Mappings", {}))
+        resource_types, thing, certificate, policies = self._resources(self.data.get("Resources"))
+        config = self._device_configuration(self.data.get("DeviceConfiguration", {}))
+        return Template(
+            self.data,
+            parameters=self.parameters,
+            resource_types=resource_types,
+            thing=thing,
+            certificate=certificate,
+            policies=tuple(policies),
+            device_configuration=config,
+        )
+
+    def _resources(  # noqa: C901 - one branch per resource type and shape check
+        self, resources: Any
+    ) -> tuple[dict[str, str], _Thing | None, _Certificate | None, list[_Policy]]:
         resource_types: dict[str, str] = {}
         thing: _Thing | None = None
         certificate: _Certificate | None = None
         policies: list[_Policy] = []
-        resources = self.data.get("Resources")
         if resources is None:
             self.problem("Resources", "is required")
             resources = {}
@@ -505,7 +520,7 @@ class _Parser:
             if kind is None:
                 continue
             resource_types[logical_id] = kind
-            props = resource.get("Properties", {})
+            props = resource["Properties"]
             overrides = self._overrides(kind, resource.get("OverrideSettings"), path)
             if kind == THING:
                 parsed_thing = self._thing(logical_id, props, overrides, path)
@@ -521,16 +536,7 @@ class _Parser:
                 parsed_policy = self._policy(logical_id, props, path)
                 if parsed_policy is not None:
                     policies.append(parsed_policy)
-        config = self._device_configuration(self.data.get("DeviceConfiguration", {}))
-        return Template(
-            self.data,
-            self.parameters,
-            resource_types,
-            thing,
-            certificate,
-            tuple(policies),
-            config,
-        )
+        return resource_types, thing, certificate, policies
 
     # sections
 
@@ -539,33 +545,41 @@ class _Parser:
             self.problem("Parameters", "must be an object")
             return
         for name, spec in params.items():
-            path = f"Parameters.{name}"
-            if not name or len(name) > 2048:  # noqa: PLR2004 - the seed's key length
-                self.problem(path, "a parameter name has 1 to 2048 characters")
-                continue
-            if not isinstance(spec, dict):
-                self.problem(path, "must be an object with a Type")
-                continue
-            for key in spec:
-                if key not in ("Type", "Default", "Description"):
-                    self.problem(f"{path}.{key}", "unknown parameter property")
-            kind = spec.get("Type")
-            if kind not in ("String", "Number"):
-                self.problem(f"{path}.Type", "must be String or Number")
-                continue
-            default = spec.get("Default")
-            if isinstance(default, int | float) and not isinstance(default, bool):
-                default = str(default)
-            if default is not None and not isinstance(default, str):
-                self.problem(f"{path}.Default", "must be a string")
-                continue
-            if default is not None and len(default) > 4096:  # noqa: PLR2004 - value limit
-                self.problem(f"{path}.Default", "at most 4096 characters")
-                continue
-            if kind == "Number" and default is not None and not _is_number(default):
-                self.problem(f"{path}.Default", "must be a number")
-                continue
-            self.parameters[name] = ParameterSpec(name, kind, default)
+            parsed = self._parameter(name, spec, f"Parameters.{name}")
+            if parsed is not None:
+                self.parameters[name] = parsed
+
+    def _parameter(  # noqa: C901 - one check per rule, each with its own path
+        self, name: str, spec: Any, path: str
+    ) -> ParameterSpec | None:
+        if not name or len(name) > 2048:  # noqa: PLR2004 - the seed's key length
+            self.problem(path, "a parameter name has 1 to 2048 characters")
+            return None
+        if not isinstance(spec, dict):
+            self.problem(path, "must be an object with a Type")
+            return None
+        for key in spec:
+            if key not in ("Type", "Default", "Description"):
+                self.problem(f"{path}.{key}", "unknown parameter property")
+        kind = spec.get("Type")
+        if kind not in ("String", "Number"):
+            self.problem(f"{path}.Type", "must be String or Number")
+            return None
+        raw = spec.get("Default")
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            raw = str(raw)
+        default: str | None = raw if isinstance(raw, str) else None
+        problem = None
+        if raw is not None and default is None:
+            problem = "must be a string"
+        elif default is not None and len(default) > 4096:  # noqa: PLR2004 - value limit
+            problem = "at most 4096 characters"
+        elif kind == "Number" and default is not None and not _is_number(default):
+            problem = "must be a number"
+        if problem is not None:
+            self.problem(f"{path}.Default", problem)
+            return None
+        return ParameterSpec(name, kind, default)
 
     def _mappings(self, mappings: Any) -> None:
         if not isinstance(mappings, dict):
@@ -725,21 +739,23 @@ class _Parser:
             return _Policy(
                 logical_id, path, self.string(props["PolicyName"], f"{base}.PolicyName"), None
             )
-        doc = props["PolicyDocument"]
-        dpath = f"{base}.PolicyDocument"
+        document = self._policy_document(props["PolicyDocument"], f"{base}.PolicyDocument")
+        return None if document is None else _Policy(logical_id, path, None, document)
+
+    def _policy_document(self, doc: Any, path: str) -> Expr | None:
         if isinstance(doc, str):
             try:
                 parsed = json.loads(doc)
             except json.JSONDecodeError as exc:
-                self.problem(dpath, f"is not valid JSON: {exc.msg}")
+                self.problem(path, f"is not valid JSON: {exc.msg}")
                 return None
             if not isinstance(parsed, dict):
-                self.problem(dpath, "must be a JSON object")
+                self.problem(path, "must be a JSON object")
                 return None
-            return _Policy(logical_id, path, None, _const(doc))
+            return _const(doc)
         if isinstance(doc, dict) and not _is_intrinsic(doc):
-            return _Policy(logical_id, path, None, self.json_value(doc, dpath))
-        return _Policy(logical_id, path, None, self.string(doc, dpath))
+            return self.json_value(doc, path)
+        return self.string(doc, path)
 
     def _device_configuration(self, config: Any) -> tuple[tuple[str, str, Expr], ...]:
         if not isinstance(config, dict) or _is_intrinsic(config):
@@ -748,15 +764,14 @@ class _Parser:
         items = []
         for key, value in config.items():
             path = f"DeviceConfiguration.{key}"
-            if isinstance(value, int | float | bool):
-                value = json.dumps(value)
-            if isinstance(value, dict) and not _is_intrinsic(value):
+            node = json.dumps(value) if isinstance(value, int | float | bool) else value
+            if isinstance(node, dict) and not _is_intrinsic(node):
                 self.problem(path, "DeviceConfiguration may not contain nested objects")
                 continue
-            if isinstance(value, list):
+            if isinstance(node, list):
                 self.problem(path, "DeviceConfiguration values are strings")
                 continue
-            items.append((key, path, self.string(value, path)))
+            items.append((key, path, self.string(node, path)))
         return tuple(items)
 
     # values
@@ -767,7 +782,7 @@ class _Parser:
             return _const(node)
         if isinstance(node, dict) and _is_intrinsic(node):
             name = next(iter(node))
-            if name in ("Fn::Split",):
+            if name == "Fn::Split":
                 self.problem(f"{path}.{name}", "returns a list where a string is expected")
             return self.intrinsic(node, path)
         self.problem(path, "must be a string or a function returning one")
@@ -802,24 +817,22 @@ class _Parser:
         """Compile ``{"Ref": ...}`` or ``{"Fn::...": ...}``."""
         name, args = next(iter(node.items()))
         fpath = f"{path}.{name}"
-        if name == "Ref":
-            return self._ref(args, fpath)
-        if name == "Fn::Join":
-            return self._join(args, fpath)
-        if name == "Fn::Select":
-            return self._select(args, fpath)
-        if name == "Fn::Split":
-            return self._split(args, fpath)
-        if name == "Fn::FindInMap":
-            return self._find_in_map(args, fpath)
-        if name == "Fn::Sub":
-            return self._sub(args, fpath)
-        self.problem(
-            fpath,
-            "unsupported function (Ref, Fn::Join, Fn::Select, Fn::Split, "
-            "Fn::FindInMap, Fn::Sub are supported)",
-        )
-        return _const("")
+        compile_function = {
+            "Ref": self._ref,
+            "Fn::Join": self._join,
+            "Fn::Select": self._select,
+            "Fn::Split": self._split,
+            "Fn::FindInMap": self._find_in_map,
+            "Fn::Sub": self._sub,
+        }.get(name)
+        if compile_function is None:
+            self.problem(
+                fpath,
+                "unsupported function (Ref, Fn::Join, Fn::Select, Fn::Split, Fn::FindInMap "
+                "and Fn::Sub are supported)",
+            )
+            return _const("")
+        return compile_function(args, fpath)
 
     def _known_name(self, name: str) -> bool:
         return name in self.parameters or name in CERTIFICATE_PSEUDO_PARAMETERS
@@ -931,20 +944,32 @@ class _Parser:
 
     def _sub(self, args: Any, path: str) -> Expr:
         variables: dict[str, Expr] = {}
-        if isinstance(args, list):
-            if not (len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], dict)):  # noqa: PLR2004
-                self.problem(path, "must be a string or [string, {variable: value}]")
-                return _const("")
-            text = args[0]
+        if isinstance(args, str):
+            text, tpath = args, path
+        elif (
+            isinstance(args, list)
+            and len(args) == 2  # noqa: PLR2004
+            and isinstance(args[0], str)
+            and isinstance(args[1], dict)
+        ):
+            text, tpath = args[0], f"{path}[0]"
             for key, value in args[1].items():
                 variables[key] = self.string(value, f"{path}[1].{key}")
-            tpath = f"{path}[0]"
-        elif isinstance(args, str):
-            text = args
-            tpath = path
         else:
             self.problem(path, "must be a string or [string, {variable: value}]")
             return _const("")
+        compiled = self._sub_parts(text, variables, tpath)
+        if all(isinstance(p, str) for p in compiled):
+            return _const("".join(cast("tuple[str, ...]", compiled)))
+
+        def sub(env: Env) -> str:
+            return "".join(p if isinstance(p, str) else p(env) for p in compiled)
+
+        return sub
+
+    def _sub_parts(
+        self, text: str, variables: dict[str, Expr], path: str
+    ) -> tuple[str | Expr, ...]:
         parts: list[str | Expr] = []
         last = 0
         for match in _SUB_RE.finditer(text):
@@ -956,18 +981,11 @@ class _Parser:
             elif name in variables:
                 parts.append(variables[name])
             elif self._known_name(name):
-                parts.append(_lookup(name, tpath))
+                parts.append(_lookup(name, path))
             else:
-                self.problem(tpath, f"${{{name}}} is not a declared parameter or variable")
+                self.problem(path, f"${{{name}}} is not a declared parameter or variable")
         parts.append(text[last:])
-        compiled = tuple(p for p in parts if p != "")
-        if all(isinstance(p, str) for p in compiled):
-            return _const("".join(cast("tuple[str, ...]", compiled)))
-
-        def sub(env: Env) -> str:
-            return "".join(p if isinstance(p, str) else p(env) for p in compiled)
-
-        return sub
+        return tuple(p for p in parts if p != "")
 
 
 def _is_intrinsic(node: dict[str, Any]) -> bool:
