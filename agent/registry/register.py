@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import uuid
+import os
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -161,6 +161,7 @@ class Registry:
         self.hook_timeout = hook_timeout
         self._signer = CsrSigner(ca, csr_policy) if ca is not None else None
         self._arn_prefix = f"arn:aws:iot:{region}:{account}:"
+        self._policy_names: dict[str, str] = {}
 
     @classmethod
     def from_config(
@@ -286,7 +287,7 @@ class Registry:
         scope: AbstractContextManager[Any] = (
             self.storage.transaction() if transaction is None else nullcontext(transaction)
         )
-        with scope as tx, tx.savepoint():
+        with scope as tx:
             return self._apply(tx, evaluation, issued, when)
 
     def register_batch(
@@ -304,12 +305,18 @@ class Registry:
         """
         tpl = template if isinstance(template, Template) else parse_template(template)
         outcomes: list[RegisterThingResult | AgentError] = []
+        now = dt.datetime.now(dt.UTC)
         with self.storage.transaction() as tx:
             for params in parameter_sets:
                 try:
                     outcomes.append(
                         self.register_thing(
-                            tpl, params, transaction=tx, hook=hook, template_arn=template_arn
+                            tpl,
+                            params,
+                            transaction=tx,
+                            hook=hook,
+                            template_arn=template_arn,
+                            now=now,
                         )
                     )
                 except AgentError as exc:
@@ -408,25 +415,41 @@ class Registry:
         issued: IssuedCertificate | None,
         now: dt.datetime,
     ) -> RegisterThingResult:
+        """Check every resource against the registry first, then write them all.
+
+        Every check that can refuse the registration (override conflicts, missing
+        policies) runs before the first write, so a refused registration writes nothing
+        without needing a savepoint.
+        """
         arns: dict[str, str] = {}
         certificate_id = None
+        certificate_record = None
         if evaluation.certificate is not None and issued is not None:
             certificate_id = issued.certificate_id
-            _apply_certificate(tx, evaluation.certificate, issued, now)
+            certificate_record = _plan_certificate(tx, evaluation.certificate, issued, now)
             arns[evaluation.certificate.logical_id] = self.arn("cert", certificate_id)
         thing_name = None
+        thing_record = None
         if evaluation.thing is not None:
             thing_name = evaluation.thing.thing_name
-            _apply_thing(tx, evaluation.thing, now)
+            thing_record = _plan_thing(tx, evaluation.thing, now)
             arns[evaluation.thing.logical_id] = self.arn("thing", thing_name)
-            if certificate_id is not None:
-                tx.attach_principal(thing_name, certificate_id)
+        policy_names: list[str] = []
+        new_policies: list[PolicyRecord] = []
         for policy in evaluation.policies:
-            name = _apply_policy(tx, policy, now)
+            name, record = self._plan_policy(tx, policy, now)
+            policy_names.append(name)
+            if record is not None and all(p.name != name for p in new_policies):
+                new_policies.append(record)
             if policy.policy_document is not None:
                 arns[policy.logical_id] = self.arn("policy", name)
-            if certificate_id is not None:
-                tx.attach_policy(name, certificate_id)
+        _write(
+            tx,
+            certificate_record,
+            thing_record,
+            new_policies,
+            attach=(certificate_id, thing_name, policy_names),
+        )
         return RegisterThingResult(
             certificate_pem=issued.certificate_pem if issued else None,
             resource_arns=arns,
@@ -435,21 +458,70 @@ class Registry:
             device_configuration=evaluation.device_configuration,
         )
 
+    def _plan_policy(
+        self, tx: RegistryTransaction, policy: PolicyResource, now: dt.datetime
+    ) -> tuple[str, PolicyRecord | None]:
+        if policy.policy_name is not None:
+            if tx.get_policy(policy.policy_name) is None:
+                raise ResourceRegistrationFailureError(
+                    f"no policy named {policy.policy_name!r} exists",
+                    reason="POLICY_NOT_FOUND",
+                    fields=[
+                        FieldProblem(
+                            f"Resources.{policy.logical_id}.Properties.PolicyName",
+                            "no such policy",
+                        )
+                    ],
+                )
+            return policy.policy_name, None
+        assert policy.policy_document is not None  # noqa: S101 - one of the two is set
+        name = self._policy_names.get(policy.policy_document)
+        if name is None:
+            name = policy_name_for(policy.policy_document)
+            if len(self._policy_names) < _POLICY_NAME_CACHE:
+                self._policy_names[policy.policy_document] = name
+        if tx.get_policy(name) is not None:
+            return name, None
+        return name, PolicyRecord(name, policy.policy_document, now)
 
-def _apply_certificate(
+
+_POLICY_NAME_CACHE = 256
+
+
+def _write(
+    tx: RegistryTransaction,
+    certificate: CertificateRecord | None,
+    thing: ThingRecord | None,
+    policies: list[PolicyRecord],
+    *,
+    attach: tuple[str | None, str | None, list[str]],
+) -> None:
+    """Write a checked registration (nothing here refuses it)."""
+    if certificate is not None:
+        tx.put_certificate(certificate)
+    if thing is not None:
+        tx.put_thing(thing)
+    for record in policies:
+        tx.put_policy(record)
+    certificate_id, thing_name, policy_names = attach
+    if certificate_id is not None:
+        if thing_name is not None:
+            tx.attach_principal(thing_name, certificate_id)
+        for name in policy_names:
+            tx.attach_policy(name, certificate_id)
+
+
+def _plan_certificate(
     tx: RegistryTransaction,
     spec: CertificateResource,
     issued: IssuedCertificate,
     now: dt.datetime,
-) -> None:
+) -> CertificateRecord | None:
     existing = tx.get_certificate(issued.certificate_id)
     if existing is None:
-        tx.put_certificate(
-            CertificateRecord(
-                issued.certificate_id, issued.certificate_pem, spec.status or "ACTIVE", now, now
-            )
+        return CertificateRecord(
+            issued.certificate_id, issued.certificate_pem, spec.status or "ACTIVE", now, now
         )
-        return
     status = _override(
         spec.logical_id,
         "Status",
@@ -458,28 +530,9 @@ def _apply_certificate(
         action=spec.overrides.get("Status", DEFAULT_OVERRIDE),
         what=f"certificate {issued.certificate_id}",
     )
-    if status != existing.status:
-        tx.put_certificate(replace(existing, status=status, updated_at=now))
-
-
-def _apply_policy(tx: RegistryTransaction, policy: PolicyResource, now: dt.datetime) -> str:
-    if policy.policy_name is not None:
-        if tx.get_policy(policy.policy_name) is None:
-            raise ResourceRegistrationFailureError(
-                f"no policy named {policy.policy_name!r} exists",
-                reason="POLICY_NOT_FOUND",
-                fields=[
-                    FieldProblem(
-                        f"Resources.{policy.logical_id}.Properties.PolicyName", "no such policy"
-                    )
-                ],
-            )
-        return policy.policy_name
-    assert policy.policy_document is not None  # noqa: S101 - one of the two is set
-    name = policy_name_for(policy.policy_document)
-    if tx.get_policy(name) is None:
-        tx.put_policy(PolicyRecord(name, policy.policy_document, now))
-    return name
+    if status == existing.status:
+        return None
+    return replace(existing, status=status, updated_at=now)
 
 
 T = TypeVar("T")
@@ -517,23 +570,22 @@ def _conflict(logical_id: str, prop: str, what: str) -> ConflictingResourceUpdat
     )
 
 
-def _apply_thing(tx: RegistryTransaction, spec: ThingResource, now: dt.datetime) -> None:
+def _plan_thing(
+    tx: RegistryTransaction, spec: ThingResource, now: dt.datetime
+) -> ThingRecord | None:
     existing = tx.get_thing(spec.thing_name)
     if existing is None:
-        tx.put_thing(
-            ThingRecord(
-                name=spec.thing_name,
-                thing_id=str(uuid.uuid4()),
-                attributes=dict(spec.attributes or {}),
-                thing_type_name=spec.thing_type_name,
-                thing_groups=_unique(spec.thing_groups or ()),
-                billing_group=spec.billing_group,
-                version=1,
-                created_at=now,
-                updated_at=now,
-            )
+        return ThingRecord(
+            name=spec.thing_name,
+            thing_id=_thing_id(),
+            attributes=dict(spec.attributes or {}),
+            thing_type_name=spec.thing_type_name,
+            thing_groups=_unique(spec.thing_groups or ()),
+            billing_group=spec.billing_group,
+            version=1,
+            created_at=now,
+            updated_at=now,
         )
-        return
     what = f"thing {spec.thing_name}"
     settings = spec.overrides
     updated = replace(
@@ -566,8 +618,16 @@ def _apply_thing(tx: RegistryTransaction, spec: ThingResource, now: dt.datetime)
         ),
         billing_group=existing.billing_group or spec.billing_group,
     )
-    if updated != existing:
-        tx.put_thing(replace(updated, version=existing.version + 1, updated_at=now))
+    if updated == existing:
+        return None
+    return replace(updated, version=existing.version + 1, updated_at=now)
+
+
+def _thing_id() -> str:
+    """A random (version 4) UUID, formatted without the cost of :func:`uuid.uuid4`."""
+    h = os.urandom(16).hex()
+    variant = "89ab"[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
 
 
 def _unique(items: Iterable[str]) -> tuple[str, ...]:

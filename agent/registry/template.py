@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal, NoReturn, cast
 
 from agent.errors import FieldProblem
 from agent.registry.errors import ParameterError, TemplateError
@@ -166,7 +166,8 @@ class _Thing:
     logical_id: str
     path: str
     name: Expr
-    attributes: tuple[tuple[str, Expr], ...] | None
+    #: (attribute name, its JSON path, its value)
+    attributes: tuple[tuple[str, str, Expr], ...] | None
     thing_type_name: Expr | None
     thing_groups: Expr | None
     billing_group: Expr | None
@@ -190,6 +191,8 @@ class _Policy:
     path: str
     name: Expr | None
     document: Expr | None
+    #: The canonical document when it holds no function (computed once, at parse time).
+    constant_document: str | None = None
 
 
 class Template:
@@ -289,33 +292,44 @@ class Template:
         return Evaluation(parameters, thing, certificate, policies, config)
 
     @staticmethod
-    def _eval_thing(spec: _Thing, env: Env) -> ThingResource:
-        base = f"{spec.path}.Properties"
-        name = _check(_want_str(spec.name(env), base), THING_NAME_RE, f"{base}.ThingName")
+    def _eval_thing(  # noqa: C901 - one inline check per property (hot path)
+        spec: _Thing, env: Env
+    ) -> ThingResource:
+        # Hot path of bulk registration: paths are built only when something fails.
+        name = spec.name(env)
+        if type(name) is not str or THING_NAME_RE.fullmatch(name) is None:
+            _fail(name, THING_NAME_RE, f"{spec.path}.Properties.ThingName")
         attributes: dict[str, str] | None = None
         if spec.attributes is not None:
             attributes = {}
-            for key, expr in spec.attributes:
-                path = f"{base}.AttributePayload.{key}"
-                attributes[key] = _check(_want_str(expr(env), path), ATTRIBUTE_VALUE_RE, path)
+            for key, path, expr in spec.attributes:
+                value = expr(env)
+                if type(value) is not str or ATTRIBUTE_VALUE_RE.fullmatch(value) is None:
+                    _fail(value, ATTRIBUTE_VALUE_RE, path)
+                attributes[key] = value
         type_name = None
         if spec.thing_type_name is not None:
-            path = f"{base}.ThingTypeName"
-            type_name = _check(_want_str(spec.thing_type_name(env), path), GROUP_NAME_RE, path)
+            type_name = spec.thing_type_name(env)
+            if type(type_name) is not str or GROUP_NAME_RE.fullmatch(type_name) is None:
+                _fail(type_name, GROUP_NAME_RE, f"{spec.path}.Properties.ThingTypeName")
         groups = None
         if spec.thing_groups is not None:
-            path = f"{base}.ThingGroups"
             raw = spec.thing_groups(env)
             if not isinstance(raw, list):
-                raise _EvalError("TEMPLATE_EVALUATION_FAILED", path, "must be a list")
-            groups = tuple(
-                _check(_want_str(g, f"{path}[{i}]"), GROUP_NAME_RE, f"{path}[{i}]")
-                for i, g in enumerate(raw)
-            )
+                raise _EvalError(
+                    "TEMPLATE_EVALUATION_FAILED",
+                    f"{spec.path}.Properties.ThingGroups",
+                    "must be a list",
+                )
+            for i, group in enumerate(raw):
+                if type(group) is not str or GROUP_NAME_RE.fullmatch(group) is None:
+                    _fail(group, GROUP_NAME_RE, f"{spec.path}.Properties.ThingGroups[{i}]")
+            groups = tuple(raw)
         billing = None
         if spec.billing_group is not None:
-            path = f"{base}.BillingGroup"
-            billing = _check(_want_str(spec.billing_group(env), path), GROUP_NAME_RE, path)
+            billing = spec.billing_group(env)
+            if type(billing) is not str or GROUP_NAME_RE.fullmatch(billing) is None:
+                _fail(billing, GROUP_NAME_RE, f"{spec.path}.Properties.BillingGroup")
         return ThingResource(
             spec.logical_id, name, attributes, type_name, groups, billing, spec.overrides
         )
@@ -347,6 +361,8 @@ class Template:
             path = f"{base}.PolicyName"
             name = _check(_want_str(spec.name(env), path), POLICY_NAME_RE, path)
             return PolicyResource(spec.logical_id, policy_name=name)
+        if spec.constant_document is not None:
+            return PolicyResource(spec.logical_id, policy_document=spec.constant_document)
         assert spec.document is not None  # noqa: S101 - parse_template guarantees one of them
         path = f"{base}.PolicyDocument"
         raw = spec.document(env)
@@ -385,6 +401,11 @@ def _check(value: str, pattern: re.Pattern[str], path: str, message: str | None 
             message or f"{value[:80]!r} does not match {pattern.pattern}",
         )
     return value
+
+
+def _fail(value: Any, pattern: re.Pattern[str], path: str) -> NoReturn:
+    _check(_want_str(value, path), pattern, path)
+    raise AssertionError(path)  # pragma: no cover - _check raised
 
 
 def _status(value: str, path: str) -> Literal["ACTIVE", "INACTIVE"]:
@@ -675,7 +696,7 @@ class _Parser:
             self.problem(f"{base}.ThingName", "is required")
             return None
         name = self.string(props["ThingName"], f"{base}.ThingName")
-        attributes: tuple[tuple[str, Expr], ...] | None = None
+        attributes: tuple[tuple[str, str, Expr], ...] | None = None
         if "AttributePayload" in props:
             payload = props["AttributePayload"]
             apath = f"{base}.AttributePayload"
@@ -686,7 +707,7 @@ class _Parser:
                 for key, value in payload.items():
                     if not ATTRIBUTE_NAME_RE.fullmatch(key):
                         self.problem(f"{apath}.{key}", "attribute names match [a-zA-Z0-9_.,@/:#-]")
-                    items.append((key, self.string(value, f"{apath}.{key}")))
+                    items.append((key, f"{apath}.{key}", self.string(value, f"{apath}.{key}")))
                 attributes = tuple(items)
         type_name = self._optional_string(props, "ThingTypeName", base)
         groups = None
@@ -739,8 +760,15 @@ class _Parser:
             return _Policy(
                 logical_id, path, self.string(props["PolicyName"], f"{base}.PolicyName"), None
             )
-        document = self._policy_document(props["PolicyDocument"], f"{base}.PolicyDocument")
-        return None if document is None else _Policy(logical_id, path, None, document)
+        raw = props["PolicyDocument"]
+        document = self._policy_document(raw, f"{base}.PolicyDocument")
+        if document is None:
+            return None
+        constant = None
+        if isinstance(raw, str) or (isinstance(raw, dict) and not _has_function(raw)):
+            parsed = json.loads(raw) if isinstance(raw, str) else raw
+            constant = json.dumps(parsed, sort_keys=True, separators=(",", ":"))
+        return _Policy(logical_id, path, None, document, constant)
 
     def _policy_document(self, doc: Any, path: str) -> Expr | None:
         if isinstance(doc, str):
@@ -986,6 +1014,14 @@ class _Parser:
                 self.problem(path, f"${{{name}}} is not a declared parameter or variable")
         parts.append(text[last:])
         return tuple(p for p in parts if p != "")
+
+
+def _has_function(node: Any) -> bool:
+    if isinstance(node, dict):
+        return _is_intrinsic(node) or any(_has_function(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_function(v) for v in node)
+    return False
 
 
 def _is_intrinsic(node: dict[str, Any]) -> bool:

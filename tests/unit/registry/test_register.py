@@ -603,3 +603,25 @@ def test_threads_share_one_registry(registry: Registry, storage: SqliteRegistryS
         thread.join()
     assert errors == []
     assert storage.count_things() == 400
+
+
+def test_thing_ids_are_version_4_uuids(registry: Registry, storage: SqliteRegistryStorage) -> None:
+    import uuid
+
+    template = parse_template(
+        {
+            "Parameters": {"Name": {"Type": "String"}},
+            "Resources": {
+                "thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": {"Ref": "Name"}}}
+            },
+        }
+    )
+    registry.register_batch(template, [{"Name": f"id-{i}"} for i in range(200)])
+    ids = set()
+    for i in range(200):
+        thing = storage.get_thing(f"id-{i}")
+        assert thing is not None
+        parsed = uuid.UUID(thing.thing_id)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        ids.add(thing.thing_id)
+    assert len(ids) == 200
