@@ -57,6 +57,7 @@ from agent.registry.storage import (
 )
 from agent.registry.template import (
     CERTIFICATE_PREFIX,
+    POLICY_NAME_RE,
     CertificateResource,
     Evaluation,
     OverrideAction,
@@ -195,6 +196,11 @@ class Registry:
         """Create or replace a named policy; returns its ARN."""
         import json  # noqa: PLC0415 - only here
 
+        if POLICY_NAME_RE.fullmatch(name) is None:
+            raise ParameterError(
+                f"the policy name {name[:64]!r} does not match {POLICY_NAME_RE.pattern}",
+                fields=[FieldProblem("policyName", f"must match {POLICY_NAME_RE.pattern}")],
+            )
         text = document if isinstance(document, str) else json.dumps(document)
         with self.storage.transaction() as tx:
             tx.put_policy(PolicyRecord(name=name, document=text))

@@ -204,6 +204,7 @@ class Template:
         resource_types: every logical resource name with its type, in template order.
         certificate_method: how the certificate resource names its certificate (or None when
             the template has no certificate resource).
+        certificate_logical_id: the certificate resource's logical name (or None).
         certificate_fields: certificate pseudo-parameters the template declares (other than
             ``AWS::IoT::Certificate::Id``); the certificate must carry every one of them.
     """
@@ -231,6 +232,7 @@ class Template:
         self.certificate_method: CertificateMethod | None = (
             certificate.method if certificate else None
         )
+        self.certificate_logical_id: str | None = certificate.logical_id if certificate else None
         self.certificate_fields: tuple[str, ...] = tuple(
             n
             for n in parameters
@@ -377,6 +379,42 @@ class Template:
             raise _EvalError("POLICY_DOCUMENT_INVALID", path, "must be a JSON object")
         document = json.dumps(raw, sort_keys=True, separators=(",", ":"))
         return PolicyResource(spec.logical_id, policy_document=document)
+
+
+TemplateType = Literal["FLEET_PROVISIONING", "JITP"]
+
+
+def check_template_type(template: Template, template_type: TemplateType) -> None:
+    """Check the rules that depend on a stored template's ``type``.
+
+    Both types name their certificate by ``CertificateId`` (fleet provisioning injects
+    ``AWS::IoT::Certificate::Id``; JITP registers the device's certificate first).
+    ``Mappings`` and ``DeviceConfiguration`` exist only in fleet-provisioning templates.
+
+    Raises:
+        TemplateError: ``TEMPLATE_INVALID`` with the offending paths.
+    """
+    problems: list[FieldProblem] = []
+    method = template.certificate_method
+    if method is not None and method != "CertificateId":
+        problems.append(
+            FieldProblem(
+                f"Resources.{template.certificate_logical_id}.Properties.{method}",
+                f"a {template_type} template names its certificate by CertificateId",
+            )
+        )
+    if template_type == "JITP":
+        problems.extend(
+            FieldProblem(section, "only fleet-provisioning templates have this section")
+            for section in ("Mappings", "DeviceConfiguration")
+            if section in template.body
+        )
+    if problems:
+        raise TemplateError(
+            f"the template does not suit type {template_type}: "
+            f"{problems[0].path}: {problems[0].message}",
+            fields=problems,
+        )
 
 
 def _is_number(value: str) -> bool:

@@ -625,3 +625,10 @@ def test_thing_ids_are_version_4_uuids(registry: Registry, storage: SqliteRegist
         assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
         ids.add(thing.thing_id)
     assert len(ids) == 200
+
+
+def test_create_policy_checks_the_name(registry: Registry) -> None:
+    with pytest.raises(ParameterError) as caught:
+        registry.create_policy("bad name!", {"Version": "2012-10-17"})
+    assert caught.value.fields[0].path == "policyName"
+    assert registry.create_policy("Good.Name-1", "{}") == f"{ARN}policy/Good.Name-1"

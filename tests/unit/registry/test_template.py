@@ -479,3 +479,21 @@ def test_error_wire_shape() -> None:
     assert {"path": "Resources.thing.Properties.ThingName", "message": "is required"} in wire[
         "fields"
     ]
+
+
+def test_template_type_rules() -> None:
+    from agent.registry.template import check_template_type
+
+    fleet = parse_template(example_template())
+    check_template_type(fleet, "FLEET_PROVISIONING")
+    with pytest.raises(TemplateError) as caught:
+        check_template_type(fleet, "JITP")
+    assert [f.path for f in caught.value.fields] == ["DeviceConfiguration"]
+
+    body = example_template()
+    body["Resources"]["certificate"]["Properties"] = {"CertificateSigningRequest": "x"}
+    with pytest.raises(TemplateError) as caught:
+        check_template_type(parse_template(body), "FLEET_PROVISIONING")
+    assert caught.value.fields[0].path == (
+        "Resources.certificate.Properties.CertificateSigningRequest"
+    )
