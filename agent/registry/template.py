@@ -921,6 +921,8 @@ class _Parser:
 
         def join(env: Env) -> str:
             items = values(env)
+            if not isinstance(items, list):
+                raise _EvalError("TEMPLATE_EVALUATION_FAILED", f"{path}[1]", "must be a list")
             for i, item in enumerate(items):
                 if not isinstance(item, str):
                     raise _EvalError(
@@ -954,6 +956,8 @@ class _Parser:
                     "TEMPLATE_EVALUATION_FAILED", f"{path}[0]", f"{raw!r} is not an integer"
                 ) from None
             items = values(env)
+            if not isinstance(items, list):
+                raise _EvalError("TEMPLATE_EVALUATION_FAILED", f"{path}[1]", "must be a list")
             if not 0 <= position < len(items):
                 raise _EvalError(
                     "TEMPLATE_EVALUATION_FAILED",

@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.registry.errors import ParameterError, TemplateError
 from agent.registry.template import (
@@ -497,3 +499,46 @@ def test_template_type_rules() -> None:
     assert caught.value.fields[0].path == (
         "Resources.certificate.Properties.CertificateSigningRequest"
     )
+
+
+@pytest.mark.parametrize("function", ["Fn::Join", "Fn::Select"])
+def test_list_functions_refuse_a_mapping_string(function: str) -> None:
+    lookup = {"Fn::FindInMap": ["Endpoints", "eu", "Url"]}
+    name = {"Fn::Join": ["", lookup]} if function == "Fn::Join" else {"Fn::Select": [0, lookup]}
+    with pytest.raises(TemplateError) as caught:
+        evaluate_name(name)
+    assert caught.value.fields[0].path == f"Resources.thing.Properties.ThingName.{function}[1]"
+    assert caught.value.fields[0].message == "must be a list"
+
+
+def test_find_in_map_list_values_feed_list_functions() -> None:
+    body = thing_template(
+        {"Fn::Join": ["_", {"Fn::FindInMap": ["Lists", "k", "v"]}]},
+        Mappings={"Lists": {"k": {"v": ["a", "b"]}}},
+    )
+    template = parse_template(body)
+    evaluation = template.evaluate(template.resolve_parameters({}))
+    assert evaluation.thing is not None
+    assert evaluation.thing.thing_name == "a_b"
+
+
+@given(
+    items=st.lists(st.text(alphabet="abcXYZ019_-", min_size=1, max_size=8), min_size=1, max_size=6),
+    delimiter=st.sampled_from([",", "/", ";", "|"]),
+    data=st.data(),
+)
+def test_split_select_join_round_trip(
+    items: list[str], delimiter: str, data: st.DataObject
+) -> None:
+    index = data.draw(st.integers(min_value=0, max_value=len(items) - 1))
+    body = thing_template(
+        {"Fn::Select": [index, {"Fn::Split": [delimiter, {"Ref": "Serial"}]}]},
+        DeviceConfiguration={
+            "joined": {"Fn::Join": [delimiter, {"Fn::Split": [delimiter, {"Ref": "Serial"}]}]}
+        },
+    )
+    template = parse_template(body)
+    evaluation = template.evaluate(template.resolve_parameters({"Serial": delimiter.join(items)}))
+    assert evaluation.thing is not None
+    assert evaluation.thing.thing_name == items[index]
+    assert evaluation.device_configuration["joined"] == delimiter.join(items)
