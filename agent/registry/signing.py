@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
@@ -180,13 +180,13 @@ def load_csr(
         ) from None
     try:
         valid = csr.is_signature_valid
-    except (ValueError, x509.UnsupportedGeneralNameType):
+    except (ValueError, UnsupportedAlgorithm):
         valid = False
     if not valid:
         raise _csr_problem("the CSR's signature does not verify", "CSR_SIGNATURE_INVALID", path)
     try:
         key = csr.public_key()
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):
         raise _csr_problem(
             "the CSR's public key is not supported", "KEY_TYPE_NOT_ALLOWED", path
         ) from None
