@@ -233,7 +233,7 @@ class Registry:
 
     def register_thing(
         self,
-        template: Template | str | Mapping[str, Any],
+        template_body: Template | str | Mapping[str, Any],
         parameters: Mapping[str, Any] | None = None,
         *,
         transaction: RegistryTransaction | None = None,
@@ -246,7 +246,8 @@ class Registry:
         """Run RegisterThing.
 
         Args:
-            template: a parsed template, or the template body (JSON text or object).
+            template_body: the template body (JSON text or object) or, to skip parsing it
+                again, a :class:`Template` from :func:`parse_template`.
             parameters: the device's parameters (string to string).
             transaction: an open storage transaction to write into (bulk registration
                 batches many lines into one); the registration runs in a savepoint inside
@@ -270,7 +271,9 @@ class Registry:
                 the certificate lacks a declared subject field, or it was not issued by the CA.
             ConflictingResourceUpdateError: ``OverrideSettings`` ``FAIL`` on a change.
         """
-        tpl = template if isinstance(template, Template) else parse_template(template)
+        tpl = (
+            template_body if isinstance(template_body, Template) else parse_template(template_body)
+        )
         caller_params = check_parameters(parameters)
         params = tpl.resolve_parameters(caller_params)
         reader: RegistryReader = transaction if transaction is not None else self.storage
@@ -298,7 +301,7 @@ class Registry:
 
     def register_batch(
         self,
-        template: Template | str | Mapping[str, Any],
+        template_body: Template | str | Mapping[str, Any],
         parameter_sets: Iterable[Mapping[str, Any] | None],
         *,
         hook: PreProvisioningHook | None = None,
@@ -309,7 +312,9 @@ class Registry:
         Returns:
             One entry per parameter set, in order: the result or the error it raised.
         """
-        tpl = template if isinstance(template, Template) else parse_template(template)
+        tpl = (
+            template_body if isinstance(template_body, Template) else parse_template(template_body)
+        )
         outcomes: list[RegisterThingResult | AgentError] = []
         now = dt.datetime.now(dt.UTC)
         with self.storage.transaction() as tx:

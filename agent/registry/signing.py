@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from agent.config import RegistrySection
-from agent.errors import FieldProblem
+from agent.errors import ConfigError, FieldProblem
 from agent.registry.ca import CertificateAuthority, cert_to_pem
 from agent.registry.errors import CsrError, ResourceRegistrationFailureError
 from agent.registry.template import CERTIFICATE_PREFIX
@@ -53,7 +53,18 @@ class CsrPolicy:
 
     @classmethod
     def from_config(cls, section: RegistrySection) -> CsrPolicy:
-        """The policy from the ``[registry]`` section."""
+        """The policy from the ``[registry]`` section.
+
+        Raises:
+            ConfigError: ``common_name_pattern`` is not a regular expression.
+        """
+        try:
+            re.compile(section.common_name_pattern)
+        except re.error as exc:
+            raise ConfigError(
+                f"registry.common_name_pattern is not a regular expression: {exc}",
+                fields=[FieldProblem("registry.common_name_pattern", str(exc))],
+            ) from None
         return cls(
             allowed_key_types=section.allowed_key_types,
             min_rsa_bits=section.min_rsa_bits,
