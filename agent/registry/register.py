@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -66,6 +67,8 @@ from agent.registry.template import (
     ThingResource,
     parse_template,
 )
+
+_log = logging.getLogger(__name__)
 
 PARAMETER_KEY_MAX = 2048
 PARAMETER_VALUE_MAX = 4096
@@ -297,7 +300,11 @@ class Registry:
             self.storage.transaction() if transaction is None else nullcontext(transaction)
         )
         with scope as tx:
-            return self._apply(tx, evaluation, issued, when)
+            result = self._apply(tx, evaluation, issued, when)
+        _log.debug(
+            "registered thing %s with certificate %s", result.thing_name, result.certificate_id
+        )
+        return result
 
     def register_batch(
         self,

@@ -54,6 +54,7 @@ ATTRIBUTE_NAME_RE = re.compile(r"[a-zA-Z0-9_.,@/:#-]{1,128}")
 ATTRIBUTE_VALUE_RE = re.compile(r"[a-zA-Z0-9_.,@/:#=\[\]-]{0,800}")
 POLICY_NAME_RE = re.compile(r"[\w+=,.@-]{1,128}")
 CERTIFICATE_ID_RE = re.compile(r"[a-f0-9]{64}")
+_CERTIFICATE_ID_LITERAL_RE = re.compile(r"(0x)?[a-fA-F0-9]{64}")
 LOGICAL_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _SUB_RE = re.compile(r"\$\{([^}]*)\}")
 
@@ -733,7 +734,7 @@ class _Parser:
         if "ThingName" not in props:
             self.problem(f"{base}.ThingName", "is required")
             return None
-        name = self.string(props["ThingName"], f"{base}.ThingName")
+        name = self.string(props["ThingName"], f"{base}.ThingName", THING_NAME_RE)
         attributes: tuple[tuple[str, str, Expr], ...] | None = None
         if "AttributePayload" in props:
             payload = props["AttributePayload"]
@@ -745,17 +746,24 @@ class _Parser:
                 for key, value in payload.items():
                     if not ATTRIBUTE_NAME_RE.fullmatch(key):
                         self.problem(f"{apath}.{key}", "attribute names match [a-zA-Z0-9_.,@/:#-]")
-                    items.append((key, f"{apath}.{key}", self.string(value, f"{apath}.{key}")))
+                    vpath = f"{apath}.{key}"
+                    items.append((key, vpath, self.string(value, vpath, ATTRIBUTE_VALUE_RE)))
                 attributes = tuple(items)
-        type_name = self._optional_string(props, "ThingTypeName", base)
+        type_name = self._optional_string(props, "ThingTypeName", base, GROUP_NAME_RE)
         groups = None
         if "ThingGroups" in props:
-            groups = self.string_list(props["ThingGroups"], f"{base}.ThingGroups")
-        billing = self._optional_string(props, "BillingGroup", base)
+            groups = self.string_list(props["ThingGroups"], f"{base}.ThingGroups", GROUP_NAME_RE)
+        billing = self._optional_string(props, "BillingGroup", base, GROUP_NAME_RE)
         return _Thing(logical_id, path, name, attributes, type_name, groups, billing, overrides)
 
-    def _optional_string(self, props: dict[str, Any], key: str, base: str) -> Expr | None:
-        return self.string(props[key], f"{base}.{key}") if key in props else None
+    def _optional_string(
+        self,
+        props: dict[str, Any],
+        key: str,
+        base: str,
+        pattern: re.Pattern[str] | None = None,
+    ) -> Expr | None:
+        return self.string(props[key], f"{base}.{key}", pattern) if key in props else None
 
     def _certificate(
         self,
@@ -777,7 +785,11 @@ class _Parser:
         method = methods[0]
         if "CACertificatePem" in props and method != "CertificatePem":
             self.problem(f"{base}.CACertificatePem", "is only allowed with CertificatePem")
-        value = self.string(props[method], f"{base}.{method}")
+        value = self.string(
+            props[method],
+            f"{base}.{method}",
+            _CERTIFICATE_ID_LITERAL_RE if method == "CertificateId" else None,
+        )
         ca_pem = self._optional_string(props, "CACertificatePem", base)
         status = None
         if "Status" in props:
@@ -796,7 +808,10 @@ class _Parser:
             return None
         if has_name:
             return _Policy(
-                logical_id, path, self.string(props["PolicyName"], f"{base}.PolicyName"), None
+                logical_id,
+                path,
+                self.string(props["PolicyName"], f"{base}.PolicyName", POLICY_NAME_RE),
+                None,
             )
         raw = props["PolicyDocument"]
         document = self._policy_document(raw, f"{base}.PolicyDocument")
@@ -842,9 +857,11 @@ class _Parser:
 
     # values
 
-    def string(self, node: Any, path: str) -> Expr:
-        """Compile a value that must evaluate to a string."""
+    def string(self, node: Any, path: str, pattern: re.Pattern[str] | None = None) -> Expr:
+        """Compile a value that must evaluate to a string (a literal must match ``pattern``)."""
         if isinstance(node, str):
+            if pattern is not None and pattern.fullmatch(node) is None:
+                self.problem(path, f"{node[:80]!r} does not match {pattern.pattern}")
             return _const(node)
         if isinstance(node, dict) and _is_intrinsic(node):
             name = next(iter(node))
@@ -854,10 +871,10 @@ class _Parser:
         self.problem(path, "must be a string or a function returning one")
         return _const("")
 
-    def string_list(self, node: Any, path: str) -> Expr:
+    def string_list(self, node: Any, path: str, pattern: re.Pattern[str] | None = None) -> Expr:
         """Compile a value that must evaluate to a list of strings."""
         if isinstance(node, list):
-            items = tuple(self.string(v, f"{path}[{i}]") for i, v in enumerate(node))
+            items = tuple(self.string(v, f"{path}[{i}]", pattern) for i, v in enumerate(node))
             return lambda env: [item(env) for item in items]
         if isinstance(node, dict) and _is_intrinsic(node):
             name = next(iter(node))

@@ -305,6 +305,16 @@ PARSE_ERRORS = [
     (_delete([*THING, "ThingName"]), "Resources.thing.Properties.ThingName"),
     (_set([*THING, "Color"], "red"), "Resources.thing.Properties.Color"),
     (_set([*THING, "ThingName"], 7), "Resources.thing.Properties.ThingName"),
+    (_set([*THING, "ThingName"], "has space"), "Resources.thing.Properties.ThingName"),
+    (_set([*THING, "ThingTypeName"], "a/b"), "Resources.thing.Properties.ThingTypeName"),
+    (_set([*THING, "BillingGroup"], ""), "Resources.thing.Properties.BillingGroup"),
+    (_set([*THING, "ThingGroups"], ["ok", "not ok"]), "Resources.thing.Properties.ThingGroups[1]"),
+    (
+        _set([*THING, "AttributePayload"], {"a": 'quote"d'}),
+        "Resources.thing.Properties.AttributePayload.a",
+    ),
+    (_set([*POLICY, "PolicyName"], "no spaces"), "Resources.policy.Properties.PolicyName"),
+    (_set([*CERT, "CertificateId"], "abc"), "Resources.certificate.Properties.CertificateId"),
     (_set([*THING, "AttributePayload"], ["a"]), "Resources.thing.Properties.AttributePayload"),
     (
         _set([*THING, "AttributePayload"], {"bad name": "x"}),
