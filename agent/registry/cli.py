@@ -92,6 +92,11 @@ def _parameters(text: str | None) -> dict[str, Any] | None:
             f"--parameters is not valid JSON: {exc.msg}",
             fields=[FieldProblem("parameters", "not valid JSON")],
         ) from None
+    except RecursionError:
+        raise ParameterError(
+            "--parameters nests too deeply",
+            fields=[FieldProblem("parameters", "nested too deeply")],
+        ) from None
     if not isinstance(value, dict):
         raise ParameterError(
             "--parameters must be a JSON object",

@@ -24,6 +24,8 @@ from agent.errors import FieldProblem
 from agent.registry.errors import ParameterError, TemplateError
 
 TEMPLATE_BODY_MAX = 10240
+#: Deepest JSON nesting a template may have (functions nest; evaluation recurses).
+TEMPLATE_DEPTH_MAX = 32
 
 THING = "AWS::IoT::Thing"
 CERTIFICATE = "AWS::IoT::Certificate"
@@ -483,6 +485,8 @@ def load_template_body(body: str | Mapping[str, Any]) -> dict[str, Any]:
         )
     try:
         data = json.loads(body, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise _too_deep("templateBody") from None
     except json.JSONDecodeError as exc:
         raise TemplateError(
             f"the template body is not valid JSON: {exc.msg} at line {exc.lineno} "
@@ -516,6 +520,9 @@ def parse_template(body: str | Mapping[str, Any]) -> Template:
             ``TEMPLATE_TOO_LARGE``), listing every problem with its JSON path in ``fields``.
     """
     data = load_template_body(body)
+    deep = _too_deep_path(data, "", 0)
+    if deep is not None:
+        raise _too_deep(deep)
     parser = _Parser(data)
     template = parser.parse()
     if parser.problems:
@@ -527,6 +534,30 @@ def parse_template(body: str | Mapping[str, Any]) -> Template:
             fields=parser.problems,
         )
     return template
+
+
+def _too_deep(path: str) -> TemplateError:
+    return TemplateError(
+        f"the template nests deeper than {TEMPLATE_DEPTH_MAX} levels at {path}",
+        fields=[FieldProblem(path, f"nested deeper than {TEMPLATE_DEPTH_MAX} levels")],
+    )
+
+
+def _too_deep_path(node: Any, path: str, depth: int) -> str | None:
+    """The path of the first value nested deeper than the limit, or None."""
+    if depth > TEMPLATE_DEPTH_MAX:
+        return path or "templateBody"
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found = _too_deep_path(value, f"{path}.{key}" if path else key, depth + 1)
+            if found is not None:
+                return found
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found = _too_deep_path(value, f"{path}[{index}]", depth + 1)
+            if found is not None:
+                return found
+    return None
 
 
 class _Parser:

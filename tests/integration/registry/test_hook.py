@@ -279,3 +279,19 @@ def test_call_hook_directly(tmp_path: Path) -> None:
     )
     assert decision.allowed
     assert decision.parameter_overrides == {"seen": "c1"}
+
+
+def test_deeply_nested_answer_denies(registry: Registry, tmp_path: Path) -> None:
+    hook = write_hook(tmp_path, "deep", "print('[' * 20000 + ']' * 20000)")
+    error = denied(registry, PreProvisioningHook(str(hook)))
+    assert error.reason == "HOOK_BAD_RESPONSE"
+    assert "nests too deeply" in error.message
+
+
+def test_too_long_answer_denies(registry: Registry, tmp_path: Path) -> None:
+    hook = write_hook(
+        tmp_path, "long", "print(json.dumps({'allowProvisioning': True, 'x': 'y' * 70000}))"
+    )
+    error = denied(registry, PreProvisioningHook(str(hook)))
+    assert error.reason == "HOOK_BAD_RESPONSE"
+    assert "too long" in error.message

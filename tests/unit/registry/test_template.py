@@ -552,3 +552,27 @@ def test_split_select_join_round_trip(
     assert evaluation.thing is not None
     assert evaluation.thing.thing_name == items[index]
     assert evaluation.device_configuration["joined"] == delimiter.join(items)
+
+
+def test_deep_nesting_is_refused_with_its_path() -> None:
+    name: Any = "x"
+    for _ in range(40):
+        name = {"Fn::Join": ["", [name]]}
+    with pytest.raises(TemplateError) as caught:
+        parse_template(json.dumps(thing_template(name)))
+    path = caught.value.fields[0].path
+    assert path.startswith("Resources.thing.Properties.ThingName.Fn::Join[1][0].Fn::Join")
+    assert "deeper than 32" in caught.value.fields[0].message
+
+
+def test_json_too_deep_for_the_decoder() -> None:
+    with pytest.raises(TemplateError) as caught:
+        parse_template("[" * 5000 + "]" * 5000)
+    assert caught.value.fields[0].path == "templateBody"
+
+
+def test_moderate_nesting_is_fine() -> None:
+    name: Any = {"Ref": "Serial"}
+    for _ in range(8):
+        name = {"Fn::Join": ["", ["a", name]]}
+    assert evaluate_name(name) == "a" * 8 + "42"
