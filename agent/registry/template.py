@@ -898,7 +898,11 @@ class _Parser:
             name = next(iter(node))
             if name == "Fn::Split":
                 self.problem(f"{path}.{name}", "returns a list where a string is expected")
-            return self.intrinsic(node, path)
+            expr = self.intrinsic(node, path)
+            if name == "Fn::FindInMap":
+                # A mapping value may be a list: check where a string is needed.
+                return _string_only(expr, f"{path}.{name}")
+            return expr
         self.problem(path, "must be a string or a function returning one")
         return _const("")
 
@@ -1119,6 +1123,16 @@ def _is_intrinsic(node: dict[str, Any]) -> bool:
         return False
     key = next(iter(node))
     return key == "Ref" or key.startswith("Fn::")
+
+
+def _string_only(expr: Expr, path: str) -> Expr:
+    def checked(env: Env) -> str:
+        value = expr(env)
+        if type(value) is not str:
+            raise _EvalError("TEMPLATE_EVALUATION_FAILED", path, "must evaluate to a string")
+        return value
+
+    return checked
 
 
 def _const(value: Any) -> Expr:

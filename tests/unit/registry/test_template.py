@@ -576,3 +576,33 @@ def test_moderate_nesting_is_fine() -> None:
     for _ in range(8):
         name = {"Fn::Join": ["", ["a", name]]}
     assert evaluate_name(name) == "a" * 8 + "42"
+
+
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [
+        (
+            {"Fn::Split": [",", {"Fn::FindInMap": ["Lists", "k", "v"]}]},
+            "Fn::Select[1].Fn::Split[1].Fn::FindInMap",
+        ),
+        (
+            {"Fn::Sub": ["${x}", {"x": {"Fn::FindInMap": ["Lists", "k", "v"]}}]},
+            "Fn::Sub[1].x.Fn::FindInMap",
+        ),
+        (
+            {"Fn::FindInMap": ["Lists", {"Fn::FindInMap": ["Lists", "k", "v"]}, "v"]},
+            "Fn::FindInMap[1].Fn::FindInMap",
+        ),
+        ({"Fn::FindInMap": ["Lists", "k", "v"]}, "Fn::FindInMap"),
+    ],
+    ids=["split-source", "sub-variable", "map-key", "thing-name"],
+)
+def test_a_list_from_a_mapping_where_a_string_is_needed(name: Any, path: str) -> None:
+    if "Fn::Split" in name:
+        name = {"Fn::Select": [0, name]}
+    body = thing_template(name, Mappings={"Lists": {"k": {"v": ["a", "b"]}}})
+    template = parse_template(body)
+    with pytest.raises(TemplateError) as caught:
+        template.evaluate(template.resolve_parameters({}))
+    assert caught.value.fields[0].path == f"Resources.thing.Properties.ThingName.{path}"
+    assert caught.value.fields[0].message == "must evaluate to a string"
