@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -210,8 +211,6 @@ class Registry:
 
     def create_policy(self, name: str, document: str | Mapping[str, Any]) -> str:
         """Create or replace a named policy; returns its ARN."""
-        import json  # noqa: PLC0415 - only here
-
         if POLICY_NAME_RE.fullmatch(name) is None:
             raise ParameterError(
                 f"the policy name {name[:64]!r} does not match {POLICY_NAME_RE.pattern}",
@@ -503,7 +502,9 @@ class Registry:
                 f"the pre-provisioning hook denied provisioning: {decision.detail}",
                 reason=decision.reason,
             )
-        return {**params, **decision.parameter_overrides}
+        # The certificate's own facts cannot be overridden.
+        facts = issued.parameters if issued else {}
+        return {**params, **decision.parameter_overrides, **facts}
 
     def _apply(
         self,
