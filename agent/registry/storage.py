@@ -5,14 +5,16 @@ PostgreSQL implementation can sit beside the embedded SQLite one
 (:class:`SqliteRegistryStorage`, component ``registry`` of :class:`agent.store.Store`).
 
 Writes happen inside :meth:`RegistryStorage.transaction`; one transaction may carry many
-registrations (bulk registration commits a batch of lines at once), each inside its own
-:meth:`RegistryTransaction.savepoint` so a failed line leaves nothing behind.
+registrations (bulk registration commits a batch of lines at once). The registry checks a
+registration completely before its first write, so a refused one leaves nothing behind;
+:meth:`RegistryTransaction.savepoint` undoes a caller's own partial work.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import itertools
 import json
 import sqlite3
@@ -186,20 +188,13 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-_last_ts: tuple[dt.datetime, str] = (dt.datetime.min.replace(tzinfo=dt.UTC), "")
-
-
 _json = json.JSONEncoder(separators=(",", ":")).encode
 
 
+@functools.lru_cache(maxsize=16)
 def _ts(value: dt.datetime) -> str:
-    global _last_ts  # noqa: PLW0603 - a one-entry cache: batches share one timestamp
-    cached_value, cached_text = _last_ts
-    if value is cached_value:
-        return cached_text
-    text = value.astimezone(dt.UTC).isoformat()
-    _last_ts = (value, text)
-    return text
+    # Cached: the registrations of one batch share one timestamp.
+    return value.astimezone(dt.UTC).isoformat()
 
 
 def _dt(text: str) -> dt.datetime:
