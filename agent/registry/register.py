@@ -440,7 +440,10 @@ class Registry:
         if spec.method == "CertificateSigningRequest":
             issued = self._signer_or_fail().sign(spec.value, path=path)
         elif spec.method == "CertificatePem":
-            issued = self._signer_or_fail().verify_issued(spec.value, path=path)
+            signer = self._signer_or_fail()
+            if spec.ca_certificate_pem is not None:
+                self._check_ca_pem(signer, spec.ca_certificate_pem, spec.logical_id)
+            issued = signer.verify_issued(spec.value, path=path)
         else:
             record = reader.get_certificate(spec.value)
             if record is None:
@@ -462,6 +465,24 @@ class Registry:
                 fields=[FieldProblem(f"Parameters.{m}", "not in the certificate") for m in missing],
             )
         return issued
+
+    @staticmethod
+    def _check_ca_pem(signer: CsrSigner, ca_pem: str, logical_id: str) -> None:
+        try:
+            given = x509.load_pem_x509_certificate(ca_pem.encode("utf-8"))
+        except ValueError:
+            given = None
+        if given != signer.ca.root_cert:
+            raise ResourceRegistrationFailureError(
+                "CACertificatePem is not the registry's CA certificate",
+                reason="CA_CERTIFICATE_NOT_REGISTERED",
+                fields=[
+                    FieldProblem(
+                        f"Resources.{logical_id}.Properties.CACertificatePem",
+                        "not the registry's CA certificate",
+                    )
+                ],
+            )
 
     def _ask_hook(
         self,

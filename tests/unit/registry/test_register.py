@@ -647,3 +647,33 @@ def test_prepare_writes_nothing_and_commit_writes_everything(
         result = registry.commit(prepared, transaction=tx)
     assert result.certificate_id == prepared.certificate.certificate_id
     assert storage.thing_principals("split-1") == (result.certificate_id,)
+
+
+def test_ca_certificate_pem_must_be_the_registry_ca(
+    registry: Registry,
+    storage: SqliteRegistryStorage,
+    ca: CertificateAuthority,
+    other_ca: CertificateAuthority,
+) -> None:
+    from agent.registry.ca import cert_to_pem
+
+    pem = CsrSigner(ca).sign(make_csr("pem-ca")).certificate_pem
+    template = {
+        "Parameters": {"Pem": {"Type": "String"}, "Ca": {"Type": "String"}},
+        "Resources": {
+            "cert": {
+                "Type": "AWS::IoT::Certificate",
+                "Properties": {"CertificatePem": {"Ref": "Pem"}, "CACertificatePem": {"Ref": "Ca"}},
+            }
+        },
+    }
+    for wrong in (cert_to_pem(other_ca.root_cert).decode(), "garbage"):
+        with pytest.raises(ResourceRegistrationFailureError) as caught:
+            registry.register_thing(template, {"Pem": pem, "Ca": wrong})
+        assert caught.value.reason == "CA_CERTIFICATE_NOT_REGISTERED"
+        assert caught.value.fields[0].path == "Resources.cert.Properties.CACertificatePem"
+    result = registry.register_thing(
+        template, {"Pem": pem, "Ca": cert_to_pem(ca.root_cert).decode()}
+    )
+    assert result.certificate_id is not None
+    assert storage.get_certificate(result.certificate_id) is not None
