@@ -244,6 +244,22 @@ class Registry:
         """Check and sign a CSR without registering anything."""
         return self._signer_or_fail().sign(csr_pem)
 
+    def create_certificate_from_csr(
+        self, csr_pem: str, *, status: Literal["ACTIVE", "INACTIVE"] = "ACTIVE"
+    ) -> IssuedCertificate:
+        """Sign a CSR and register the certificate (fleet provisioning's CreateCertificateFromCsr).
+
+        Raises:
+            CsrError: the CSR was refused (field ``certificateSigningRequest``).
+        """
+        issued = self._signer_or_fail().sign(csr_pem)
+        now = dt.datetime.now(dt.UTC)
+        with self.storage.transaction() as tx:
+            tx.put_certificate(
+                CertificateRecord(issued.certificate_id, issued.certificate_pem, status, now, now)
+            )
+        return issued
+
     # --- RegisterThing ----------------------------------------------------------------
 
     def register_thing(

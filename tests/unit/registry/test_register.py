@@ -677,3 +677,13 @@ def test_ca_certificate_pem_must_be_the_registry_ca(
     )
     assert result.certificate_id is not None
     assert storage.get_certificate(result.certificate_id) is not None
+
+
+def test_create_certificate_from_csr(registry: Registry, storage: SqliteRegistryStorage) -> None:
+    issued = registry.create_certificate_from_csr(make_csr("fp-1"), status="INACTIVE")
+    record = storage.get_certificate(issued.certificate_id)
+    assert record is not None
+    assert (record.status, record.certificate_pem) == ("INACTIVE", issued.certificate_pem)
+    with pytest.raises(CsrError) as caught:
+        registry.create_certificate_from_csr(tampered_csr())
+    assert caught.value.fields[0].path == "certificateSigningRequest"
