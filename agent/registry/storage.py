@@ -101,6 +101,12 @@ class RegistryReader(Protocol):
     def count_things(self) -> int:
         """How many things the registry holds."""
 
+    def things_in_group(self, group_name: str) -> tuple[str, ...]:
+        """Names of the things in a thing group, sorted."""
+
+    def thing_groups(self) -> tuple[str, ...]:
+        """Every thing group some thing belongs to, sorted."""
+
 
 class RegistryTransaction(RegistryReader, Protocol):
     """One write transaction; it commits when its context ends without an exception."""
@@ -291,6 +297,23 @@ class _SqliteReader:
     def count_things(self) -> int:
         """How many things the registry holds."""
         return int(self._one("SELECT count(*) FROM registry_things")[0])
+
+    def things_in_group(self, group_name: str) -> tuple[str, ...]:
+        """Names of the things in a thing group, sorted."""
+        rows = self._all(
+            "SELECT t.name FROM registry_things AS t, json_each(t.thing_groups) AS g "
+            "WHERE g.value = ? ORDER BY t.name",
+            (group_name,),
+        )
+        return tuple(r[0] for r in rows)
+
+    def thing_groups(self) -> tuple[str, ...]:
+        """Every thing group some thing belongs to, sorted."""
+        rows = self._all(
+            "SELECT DISTINCT g.value FROM registry_things AS t, json_each(t.thing_groups) AS g "
+            "ORDER BY g.value"
+        )
+        return tuple(r[0] for r in rows)
 
 
 class SqliteRegistryTransaction(_SqliteReader):

@@ -687,3 +687,32 @@ def test_create_certificate_from_csr(registry: Registry, storage: SqliteRegistry
     with pytest.raises(CsrError) as caught:
         registry.create_certificate_from_csr(tampered_csr())
     assert caught.value.fields[0].path == "certificateSigningRequest"
+
+
+def test_thing_group_queries(registry: Registry, storage: SqliteRegistryStorage) -> None:
+    template = parse_template(
+        {
+            "Parameters": {"Name": {"Type": "String"}, "Groups": {"Type": "String"}},
+            "Resources": {
+                "thing": {
+                    "Type": "AWS::IoT::Thing",
+                    "Properties": {
+                        "ThingName": {"Ref": "Name"},
+                        "ThingGroups": {"Fn::Split": [",", {"Ref": "Groups"}]},
+                    },
+                }
+            },
+        }
+    )
+    registry.register_batch(
+        template,
+        [
+            {"Name": "b", "Groups": "west,all"},
+            {"Name": "a", "Groups": "east,all"},
+            {"Name": "c", "Groups": "west"},
+        ],
+    )
+    assert storage.things_in_group("all") == ("a", "b")
+    assert storage.things_in_group("west") == ("b", "c")
+    assert storage.things_in_group("none") == ()
+    assert storage.thing_groups() == ("all", "east", "west")
