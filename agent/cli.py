@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.demo",
     "agent.archive.cli",
     "agent.netconf.cli",
+    "agent.registry.cli",
 )
 
 _log = logging.getLogger(__name__)
