@@ -3,8 +3,9 @@
 Everything happens under one work directory (a new temporary one unless ``--out`` is
 given), and nothing outside it is touched: a factory CA, an archive on a simulated stick
 (a directory), validation, installation into a private state directory, the archive's
-network and NTP settings applied with the dry-run backend under a private root, and the
-refusals a technician would meet (a tampered archive, a second use).
+network and NTP settings applied with the dry-run backend under a private root, a
+self-hosted registry signing a device CSR and evaluating a fleet-provisioning template
+(RegisterThing), and the refusals a technician would meet (a tampered archive, a second use).
 """
 
 from __future__ import annotations
@@ -136,6 +137,11 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - a linear script of 
 
     if verified.manifest.networking_configuration is not None:
         run_demo_step(verified.manifest.networking_configuration, work / "root", show.say)
+
+    show.step("Registry (self-hosted): sign a device CSR and RegisterThing from a template")
+    from agent.registry.demo import run_demo_step as registry_step
+
+    registry_step(work / "factory-ca", work / "registry", show.say)
 
     show.step("Appliance: refusals a technician may meet")
     _refusal(

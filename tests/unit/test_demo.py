@@ -18,6 +18,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "ARCHIVE_ALREADY_USED" in out
     assert "eth0: 198.18.10.20/24 via 198.18.10.1" in out
     assert "committed with the dry-run backend" in out
+    assert "registry: thing -> arn:aws:iot:eu-central-1:123456789012:thing/edge-" in out
     assert "BEGIN" not in out  # no key or certificate material on the console
     current = current_credentials(tmp_path / "demo" / "state")
     assert current is not None
