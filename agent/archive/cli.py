@@ -117,11 +117,11 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
 
 
 def _load_networking(path: Path) -> Any:
-    from agent.archive.manifest import load_json_strict
     from agent.archive.network import parse_network_payload
+    from agent.jsonutil import loads_strict
 
     try:
-        data = load_json_strict(path.read_bytes())
+        data = loads_strict(path.read_bytes())
     except OSError as exc:
         raise ValidationError(
             f"cannot read {path}: {exc.strerror}", reason="NETWORK_CONFIGURATION_UNREADABLE"

@@ -10,6 +10,7 @@ from typing import Any
 from agent.archive.network import NetworkPayload, parse_network_payload
 from agent.config import parse_rfc3339
 from agent.errors import FieldProblem, ManifestError, ValidationError
+from agent.jsonutil import loads_strict
 
 FORMAT_VERSION = 1
 
@@ -84,28 +85,6 @@ class Manifest:
         return (json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n").encode()
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def load_json_strict(data: bytes) -> Any:
-    """Parse UTF-8 JSON, refusing duplicate keys, NaN and Infinity."""
-
-    def _no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not allowed")
-
-    return json.loads(
-        data.decode("utf-8"),
-        object_pairs_hook=_reject_duplicate_keys,
-        parse_constant=_no_constants,
-    )
-
-
 _REQUIRED = (
     "formatVersion",
     "deviceName",
@@ -164,7 +143,7 @@ def _string_map(
 def parse_manifest(data: bytes) -> Manifest:  # noqa: C901, PLR0912, PLR0915 - one check per field
     """Parse and schema-check ``manifest.json``; every problem is reported at once."""
     try:
-        raw = load_json_strict(data)
+        raw = loads_strict(data)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ManifestError(
             f"manifest.json is not valid JSON: {exc}", reason="MANIFEST_INVALID"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn, cast
 
 from agent.errors import FieldProblem
+from agent.jsonutil import reject_duplicate_keys
 from agent.registry.errors import ParameterError, TemplateError
 
 TEMPLATE_BODY_MAX = 10240
@@ -459,15 +460,6 @@ def _status(value: str, path: str) -> Literal["ACTIVE", "INACTIVE"]:
 # --- parsing ------------------------------------------------------------------------------
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
 def load_template_body(body: str | Mapping[str, Any]) -> dict[str, Any]:
     """Decode a template body (JSON text of at most 10,240 characters, or an object).
 
@@ -484,7 +476,7 @@ def load_template_body(body: str | Mapping[str, Any]) -> dict[str, Any]:
             fields=[FieldProblem("templateBody", f"at most {TEMPLATE_BODY_MAX} characters")],
         )
     try:
-        data = json.loads(body, object_pairs_hook=_no_duplicates)
+        data = json.loads(body, object_pairs_hook=reject_duplicate_keys)
     except RecursionError:
         raise _too_deep("templateBody") from None
     except json.JSONDecodeError as exc:
