@@ -93,6 +93,9 @@ class RegistrySection:
     account: str = "123456789012"
     #: CA directory written by ``edge-agent ca init``.
     ca_dir: Path = Path("/var/lib/edge-agent/ca")
+    #: Local root of bulk registration input: ``inputFileBucket`` is a directory of it and
+    #: ``inputFileKey`` a path inside that; nothing outside the root is ever read.
+    bulk_root: Path = Path("/var/lib/edge-agent/bulk-input")
 
 
 @dataclass(frozen=True, slots=True)
