@@ -93,6 +93,22 @@ class RegistrySection:
     account: str = "123456789012"
     #: CA directory written by ``edge-agent ca init``.
     ca_dir: Path = Path("/var/lib/edge-agent/ca")
+    #: SQLite database of things, certificates and policies (component ``registry``).
+    database: Path = Path("/var/lib/edge-agent/registry.db")
+    #: Lifetime of certificates signed from CSRs.
+    certificate_lifetime_days: int = field(default=365, metadata=_limits(1, 3650))
+    #: Key types a CSR may carry (``rsa`` means RSA of at least ``min_rsa_bits``).
+    allowed_key_types: tuple[Literal["ec-p256", "ec-p384", "rsa", "ed25519"], ...] = (
+        "ec-p256",
+        "ec-p384",
+        "rsa",
+        "ed25519",
+    )
+    min_rsa_bits: int = field(default=2048, metadata=_limits(2048, 16384))
+    #: A CSR's subject common name must match this regular expression (full match).
+    common_name_pattern: str = "[A-Za-z0-9:_.-]{1,64}"
+    #: Time budget of the pre-provisioning hook (the AWS limit is 5 seconds).
+    hook_timeout_seconds: float = field(default=5.0, metadata=_limits(0.1, 5.0))
     #: Local root of bulk registration input: ``inputFileBucket`` is a directory of it and
     #: ``inputFileKey`` a path inside that; nothing outside the root is ever read.
     bulk_root: Path = Path("/var/lib/edge-agent/bulk-input")

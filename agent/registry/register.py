@@ -1,0 +1,534 @@
+"""RegisterThing: evaluate a provisioning template and register its resources.
+
+:class:`Registry` runs the seed's ``RegisterThing {templateBody, parameters}`` and answers
+``{certificatePem, resourceArns}``, ``resourceArns`` keyed by the template's logical resource
+names. The steps of one registration:
+
+1. the parameters are checked (a string-to-string map, keys at most 2,048 characters, values
+   at most 4,096) and completed with the template's defaults;
+2. the certificate resource is resolved: a CSR is checked and signed by the CA, a PEM must
+   have been issued by the CA, a certificate id must be registered; the certificate's
+   pseudo-parameters (``AWS::IoT::Certificate::Id``, ``::CommonName``...) join the parameters;
+3. the pre-provisioning hook, when there is one, allows or denies and may override
+   parameters; its decision is recorded;
+4. the rest of the template is evaluated and written in one transaction, honouring each
+   resource's ``OverrideSettings`` when it exists already.
+
+Nothing is written unless every step succeeds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from cryptography import x509
+
+from agent.config import RegistrySection
+from agent.errors import AgentError, ConfigError, FieldProblem
+from agent.registry.ca import CertificateAuthority, load_ca
+from agent.registry.errors import (
+    ConflictingResourceUpdateError,
+    ParameterError,
+    ProvisioningDeniedError,
+    ResourceRegistrationFailureError,
+)
+from agent.registry.hook import HookRequest, PreProvisioningHook, call_hook
+from agent.registry.signing import (
+    CsrPolicy,
+    CsrSigner,
+    IssuedCertificate,
+    describe_certificate,
+)
+from agent.registry.storage import (
+    CertificateRecord,
+    HookDecisionRecord,
+    PolicyRecord,
+    RegistryReader,
+    RegistryStorage,
+    RegistryTransaction,
+    SqliteRegistryStorage,
+    ThingRecord,
+)
+from agent.registry.template import (
+    CERTIFICATE_PREFIX,
+    Evaluation,
+    OverrideAction,
+    Template,
+    ThingResource,
+    parse_template,
+)
+
+PARAMETER_KEY_MAX = 2048
+PARAMETER_VALUE_MAX = 4096
+DEFAULT_OVERRIDE: OverrideAction = "REPLACE"
+
+ArnKind = Literal["thing", "cert", "policy", "provisioningtemplate"]
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterThingResult:
+    """The outcome of one registration.
+
+    Attributes:
+        certificate_pem: the registered certificate (None when the template has none).
+        resource_arns: ARNs by logical resource name.
+        certificate_id: the certificate's 64-hex id (None when the template has none).
+        thing_name: the registered thing's name (None when the template has none).
+        device_configuration: the evaluated ``DeviceConfiguration``.
+    """
+
+    certificate_pem: str | None
+    resource_arns: dict[str, str]
+    certificate_id: str | None = None
+    thing_name: str | None = None
+    device_configuration: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The seed's response: ``{"certificatePem", "resourceArns"}``."""
+        body: dict[str, Any] = {}
+        if self.certificate_pem is not None:
+            body["certificatePem"] = self.certificate_pem
+        body["resourceArns"] = dict(self.resource_arns)
+        return body
+
+
+def check_parameters(parameters: Mapping[str, Any] | None) -> dict[str, str]:
+    """Check a RegisterThing parameter map against the seed's model.
+
+    Raises:
+        ParameterError: ``PARAMETER_INVALID`` with the path of every bad entry.
+    """
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, Mapping):
+        raise ParameterError(
+            "parameters must be a map of strings to strings",
+            fields=[FieldProblem("parameters", "must be an object")],
+        )
+    problems: list[FieldProblem] = []
+    for key, value in parameters.items():
+        if not isinstance(key, str) or len(key) > PARAMETER_KEY_MAX:
+            problems.append(
+                FieldProblem(f"parameters.{str(key)[:64]}", "keys are strings of at most 2048")
+            )
+        elif not isinstance(value, str):
+            problems.append(FieldProblem(f"parameters.{key}", "must be a string"))
+        elif len(value) > PARAMETER_VALUE_MAX:
+            problems.append(FieldProblem(f"parameters.{key}", "at most 4096 characters"))
+    if problems:
+        raise ParameterError(
+            f"parameters are not valid: {problems[0].path}: {problems[0].message}",
+            fields=problems,
+        )
+    return dict(parameters)
+
+
+def policy_name_for(document: str) -> str:
+    """The name of a policy created from a template's document: its SHA-256, 64 hex."""
+    return hashlib.sha256(document.encode("utf-8")).hexdigest()
+
+
+class Registry:
+    """The local registry of things, certificates and policies.
+
+    Thread-safe as far as its storage is (the SQLite storage serialises writers across
+    threads and processes). Parse a template once (:func:`parse_template`) and pass the
+    :class:`Template` to every call when registering many devices.
+    """
+
+    def __init__(
+        self,
+        storage: RegistryStorage,
+        ca: CertificateAuthority | None,
+        *,
+        region: str,
+        account: str,
+        csr_policy: CsrPolicy | None = None,
+        hook_timeout: float = 5.0,
+    ) -> None:
+        self.storage = storage
+        self.ca = ca
+        self.region = region
+        self.account = account
+        self.hook_timeout = hook_timeout
+        self._signer = CsrSigner(ca, csr_policy) if ca is not None else None
+        self._arn_prefix = f"arn:aws:iot:{region}:{account}:"
+
+    @classmethod
+    def from_config(
+        cls, section: RegistrySection, *, storage: RegistryStorage | None = None
+    ) -> Registry:
+        """A registry from the ``[registry]`` section (CA from ``ca_dir`` when present).
+
+        Args:
+            section: the configuration.
+            storage: the storage to use (default: SQLite at ``section.database``).
+        """
+        ca = load_ca(section.ca_dir) if (section.ca_dir / "ca.pem").exists() else None
+        if storage is None:
+            storage = SqliteRegistryStorage.open(section.database)
+        return cls(
+            storage,
+            ca,
+            region=section.region,
+            account=section.account,
+            csr_policy=CsrPolicy.from_config(section),
+            hook_timeout=section.hook_timeout_seconds,
+        )
+
+    def arn(self, kind: ArnKind, name: str) -> str:
+        """``arn:aws:iot:<region>:<account>:<kind>/<name>``."""
+        return f"{self._arn_prefix}{kind}/{name}"
+
+    # --- administration used by tests, the demo and operators ---------------------------
+
+    def create_policy(self, name: str, document: str | Mapping[str, Any]) -> str:
+        """Create or replace a named policy; returns its ARN."""
+        import json  # noqa: PLC0415 - only here
+
+        text = document if isinstance(document, str) else json.dumps(document)
+        with self.storage.transaction() as tx:
+            tx.put_policy(PolicyRecord(name=name, document=text))
+        return self.arn("policy", name)
+
+    def register_certificate(
+        self, certificate_pem: str, *, status: Literal["ACTIVE", "INACTIVE"] = "ACTIVE"
+    ) -> str:
+        """Register a certificate issued by the CA (fleet provisioning's create-from-csr).
+
+        Returns:
+            The certificate id.
+        """
+        issued = self._signer_or_fail().verify_issued(certificate_pem, path="certificatePem")
+        now = dt.datetime.now(dt.UTC)
+        with self.storage.transaction() as tx:
+            if tx.get_certificate(issued.certificate_id) is None:
+                tx.put_certificate(
+                    CertificateRecord(
+                        issued.certificate_id, issued.certificate_pem, status, now, now
+                    )
+                )
+        return issued.certificate_id
+
+    def sign_csr(self, csr_pem: str) -> IssuedCertificate:
+        """Check and sign a CSR without registering anything."""
+        return self._signer_or_fail().sign(csr_pem)
+
+    # --- RegisterThing ----------------------------------------------------------------
+
+    def register_thing(
+        self,
+        template: Template | str | Mapping[str, Any],
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        transaction: RegistryTransaction | None = None,
+        hook: PreProvisioningHook | None = None,
+        template_arn: str = "",
+        client_id: str = "",
+        claim_certificate_id: str = "",
+        now: dt.datetime | None = None,
+    ) -> RegisterThingResult:
+        """Run RegisterThing.
+
+        Args:
+            template: a parsed template, or the template body (JSON text or object).
+            parameters: the device's parameters (string to string).
+            transaction: an open storage transaction to write into (bulk registration
+                batches many lines into one); the registration runs in a savepoint inside
+                it. Without one, the registration commits its own transaction.
+            hook: the pre-provisioning hook to ask, if any.
+            template_arn: the template's ARN, sent to the hook and recorded.
+            client_id: the MQTT client id, sent to the hook.
+            claim_certificate_id: the claim certificate's id, sent to the hook.
+            now: the registration time (default: the current time).
+
+        Returns:
+            The certificate PEM and the ARNs by logical resource name.
+
+        Raises:
+            TemplateError: the template is invalid or its evaluation failed (JSON path in
+                ``fields``).
+            ParameterError: a parameter is missing or breaks the limits.
+            CsrError: the CSR was refused.
+            ProvisioningDeniedError: the hook denied (reason ``HOOK_*``).
+            ResourceRegistrationFailureError: a named certificate or policy does not exist,
+                the certificate lacks a declared subject field, or it was not issued by the CA.
+            ConflictingResourceUpdateError: ``OverrideSettings`` ``FAIL`` on a change.
+        """
+        tpl = template if isinstance(template, Template) else parse_template(template)
+        caller_params = check_parameters(parameters)
+        params = tpl.resolve_parameters(caller_params)
+        reader: RegistryReader = transaction if transaction is not None else self.storage
+        issued = self._resolve_certificate(tpl, params, reader)
+        if issued is not None:
+            params = {**params, **issued.parameters}
+        if hook is not None:
+            params = self._ask_hook(
+                hook,
+                issued,
+                caller_params,
+                params,
+                transaction,
+                template_arn=template_arn,
+                client_id=client_id,
+                claim_certificate_id=claim_certificate_id,
+            )
+        evaluation = tpl.evaluate(params)
+        when = now or dt.datetime.now(dt.UTC)
+        scope: AbstractContextManager[Any]
+        if transaction is None:
+            scope = self.storage.transaction()
+        else:
+            scope = nullcontext(transaction)
+        with scope as tx, tx.savepoint():
+            return self._apply(tx, tpl, evaluation, issued, when)
+
+    def register_batch(
+        self,
+        template: Template | str | Mapping[str, Any],
+        parameter_sets: Iterable[Mapping[str, Any] | None],
+        *,
+        hook: PreProvisioningHook | None = None,
+        template_arn: str = "",
+    ) -> list[RegisterThingResult | AgentError]:
+        """Register many devices in one transaction; one failure never stops the others.
+
+        Returns:
+            One entry per parameter set, in order: the result or the error it raised.
+        """
+        tpl = template if isinstance(template, Template) else parse_template(template)
+        outcomes: list[RegisterThingResult | AgentError] = []
+        with self.storage.transaction() as tx:
+            for params in parameter_sets:
+                try:
+                    outcomes.append(
+                        self.register_thing(
+                            tpl, params, transaction=tx, hook=hook, template_arn=template_arn
+                        )
+                    )
+                except AgentError as exc:
+                    outcomes.append(exc)
+        return outcomes
+
+    # --- steps ---------------------------------------------------------------------------
+
+    def _signer_or_fail(self) -> CsrSigner:
+        if self._signer is None:
+            raise ConfigError(
+                "the registry has no CA; create one with 'edge-agent ca init' and set "
+                "registry.ca_dir",
+                reason="CA_MISSING",
+            )
+        return self._signer
+
+    def _resolve_certificate(
+        self, tpl: Template, params: dict[str, str], reader: RegistryReader
+    ) -> IssuedCertificate | None:
+        spec = tpl.evaluate_certificate(params)
+        if spec is None:
+            return None
+        path = f"Resources.{spec.logical_id}.Properties.{spec.method}"
+        if spec.method == "CertificateSigningRequest":
+            issued = self._signer_or_fail().sign(spec.value, path=path)
+        elif spec.method == "CertificatePem":
+            issued = self._signer_or_fail().verify_issued(spec.value, path=path)
+        else:
+            record = reader.get_certificate(spec.value)
+            if record is None:
+                raise ResourceRegistrationFailureError(
+                    f"no certificate with id {spec.value} is registered",
+                    reason="CERTIFICATE_NOT_FOUND",
+                    fields=[FieldProblem(path, "no such certificate")],
+                )
+            issued = describe_certificate(
+                x509.load_pem_x509_certificate(record.certificate_pem.encode("ascii"))
+            )
+        missing = [f for f in tpl.certificate_fields if f not in issued.parameters]
+        if missing:
+            raise ResourceRegistrationFailureError(
+                "the certificate's subject lacks "
+                + ", ".join(m.removeprefix(CERTIFICATE_PREFIX) for m in missing)
+                + ", which the template declares",
+                reason="CERTIFICATE_FIELD_MISSING",
+                fields=[FieldProblem(f"Parameters.{m}", "not in the certificate") for m in missing],
+            )
+        return issued
+
+    def _ask_hook(
+        self,
+        hook: PreProvisioningHook,
+        issued: IssuedCertificate | None,
+        caller_params: dict[str, str],
+        params: dict[str, str],
+        transaction: RegistryTransaction | None,
+        *,
+        template_arn: str,
+        client_id: str,
+        claim_certificate_id: str,
+    ) -> dict[str, str]:
+        if hook.timeout > self.hook_timeout:
+            hook = replace(hook, timeout=self.hook_timeout)
+        certificate_id = issued.certificate_id if issued else ""
+        decision = call_hook(
+            hook,
+            HookRequest(
+                certificate_id=certificate_id,
+                certificate_pem=issued.certificate_pem if issued else "",
+                template_arn=template_arn,
+                parameters=caller_params,
+                claim_certificate_id=claim_certificate_id,
+                client_id=client_id,
+            ),
+        )
+        record = HookDecisionRecord(
+            certificate_id, template_arn, decision.allowed, decision.reason, decision.detail
+        )
+        if transaction is None:
+            with self.storage.transaction() as tx:
+                tx.record_hook_decision(record)
+        else:
+            transaction.record_hook_decision(record)
+        if not decision.allowed:
+            raise ProvisioningDeniedError(
+                f"the pre-provisioning hook denied provisioning: {decision.detail}",
+                reason=decision.reason,
+            )
+        return {**params, **decision.parameter_overrides}
+
+    def _apply(
+        self,
+        tx: RegistryTransaction,
+        tpl: Template,
+        evaluation: Evaluation,
+        issued: IssuedCertificate | None,
+        now: dt.datetime,
+    ) -> RegisterThingResult:
+        arns: dict[str, str] = {}
+        certificate_id = None
+        if evaluation.certificate is not None and issued is not None:
+            spec = evaluation.certificate
+            certificate_id = issued.certificate_id
+            existing = tx.get_certificate(certificate_id)
+            if existing is None:
+                tx.put_certificate(
+                    CertificateRecord(
+                        certificate_id, issued.certificate_pem, spec.status or "ACTIVE", now, now
+                    )
+                )
+            elif spec.status is not None and spec.status != existing.status:
+                action = spec.overrides.get("Status", DEFAULT_OVERRIDE)
+                if action == "FAIL":
+                    raise _conflict(spec.logical_id, "Status", f"certificate {certificate_id}")
+                if action == "REPLACE":
+                    tx.put_certificate(replace(existing, status=spec.status, updated_at=now))
+            arns[spec.logical_id] = self.arn("cert", certificate_id)
+        thing_name = None
+        if evaluation.thing is not None:
+            thing_name = evaluation.thing.thing_name
+            _apply_thing(tx, evaluation.thing, now)
+            arns[evaluation.thing.logical_id] = self.arn("thing", thing_name)
+            if certificate_id is not None:
+                tx.attach_principal(thing_name, certificate_id)
+        for policy in evaluation.policies:
+            path = f"Resources.{policy.logical_id}.Properties"
+            if policy.policy_name is not None:
+                if tx.get_policy(policy.policy_name) is None:
+                    raise ResourceRegistrationFailureError(
+                        f"no policy named {policy.policy_name!r} exists",
+                        reason="POLICY_NOT_FOUND",
+                        fields=[FieldProblem(f"{path}.PolicyName", "no such policy")],
+                    )
+                name = policy.policy_name
+            else:
+                assert policy.policy_document is not None  # noqa: S101 - one of the two
+                name = policy_name_for(policy.policy_document)
+                if tx.get_policy(name) is None:
+                    tx.put_policy(PolicyRecord(name, policy.policy_document, now))
+                arns[policy.logical_id] = self.arn("policy", name)
+            if certificate_id is not None:
+                tx.attach_policy(name, certificate_id)
+        del tpl
+        return RegisterThingResult(
+            certificate_pem=issued.certificate_pem if issued else None,
+            resource_arns=arns,
+            certificate_id=certificate_id,
+            thing_name=thing_name,
+            device_configuration=evaluation.device_configuration,
+        )
+
+
+def _conflict(logical_id: str, prop: str, what: str) -> ConflictingResourceUpdateError:
+    return ConflictingResourceUpdateError(
+        f"{what} exists with a different {prop} and OverrideSettings.{prop} is FAIL",
+        fields=[
+            FieldProblem(
+                f"Resources.{logical_id}.OverrideSettings.{prop}",
+                "FAIL: the existing value differs",
+            )
+        ],
+    )
+
+
+def _apply_thing(tx: RegistryTransaction, spec: ThingResource, now: dt.datetime) -> None:
+    existing = tx.get_thing(spec.thing_name)
+    if existing is None:
+        tx.put_thing(
+            ThingRecord(
+                name=spec.thing_name,
+                thing_id=str(uuid.uuid4()),
+                attributes=dict(spec.attributes or {}),
+                thing_type_name=spec.thing_type_name,
+                thing_groups=_unique(spec.thing_groups or ()),
+                billing_group=spec.billing_group,
+                version=1,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        return
+    what = f"thing {spec.thing_name}"
+    attributes = existing.attributes
+    if spec.attributes is not None and spec.attributes != attributes:
+        action = spec.overrides.get("AttributePayload", DEFAULT_OVERRIDE)
+        if action == "FAIL":
+            raise _conflict(spec.logical_id, "AttributePayload", what)
+        if action == "REPLACE":
+            attributes = dict(spec.attributes)
+        elif action == "MERGE":
+            attributes = {**attributes, **spec.attributes}
+    type_name = existing.thing_type_name
+    if spec.thing_type_name is not None and spec.thing_type_name != type_name:
+        action = spec.overrides.get("ThingTypeName", DEFAULT_OVERRIDE)
+        if action == "FAIL":
+            raise _conflict(spec.logical_id, "ThingTypeName", what)
+        if action == "REPLACE":
+            type_name = spec.thing_type_name
+    groups = existing.thing_groups
+    if spec.thing_groups is not None and _unique(spec.thing_groups) != groups:
+        action = spec.overrides.get("ThingGroups", DEFAULT_OVERRIDE)
+        if action == "FAIL":
+            raise _conflict(spec.logical_id, "ThingGroups", what)
+        if action == "REPLACE":
+            groups = _unique(spec.thing_groups)
+        elif action == "MERGE":
+            groups = _unique((*groups, *spec.thing_groups))
+    billing = existing.billing_group or spec.billing_group
+    updated = replace(
+        existing,
+        attributes=attributes,
+        thing_type_name=type_name,
+        thing_groups=groups,
+        billing_group=billing,
+    )
+    if updated != existing:
+        tx.put_thing(replace(updated, version=existing.version + 1, updated_at=now))
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
