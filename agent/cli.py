@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.demo",
     "agent.archive.cli",
     "agent.registry.cli",
+    "agent.registry.bulk_cli",
 )
 
 _log = logging.getLogger(__name__)

@@ -7,6 +7,8 @@ terminal ``bulk start|resume`` draws a progress bar on stderr; otherwise they wr
 progress line per second on stderr. The final result is always JSON on stdout.
 """
 
+# ruff: noqa: PLC0415 - subcommands import their modules lazily (fast start)
+
 from __future__ import annotations
 
 import argparse
@@ -116,6 +118,11 @@ def _register_template(sub: Any) -> None:
         p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
         p.set_defaults(handler=handler)
 
+    _register_template_reads(tsub)
+    _register_versions(tsub)
+
+
+def _register_template_reads(tsub: Any) -> None:
     p = tsub.add_parser("list", help="list templates")
     p.add_argument("--json", action="store_true", help="JSON output (the default)")
     p.set_defaults(handler=_template_list)
@@ -135,6 +142,8 @@ def _register_template(sub: Any) -> None:
     p.add_argument("name")
     p.set_defaults(handler=_template_delete)
 
+
+def _register_versions(tsub: Any) -> None:
     ver = tsub.add_parser("versions", help="template versions: list|create|describe|...")
     vsub = ver.add_subparsers(dest="versions_command", required=True, metavar="ACTION")
     p = vsub.add_parser("list", help="list a template's versions")
@@ -346,9 +355,7 @@ def _register_bulk(sub: Any) -> None:
     p = bsub.add_parser("reports", help="print a task's RESULTS or ERRORS report (JSON lines)")
     p.add_argument("task_id", metavar="TASK")
     p.add_argument("--type", dest="report_type", choices=("RESULTS", "ERRORS"), required=True)
-    p.add_argument(
-        "--links", action="store_true", help="print {resourceLinks, reportType} instead"
-    )
+    p.add_argument("--links", action="store_true", help="print {resourceLinks, reportType} instead")
     p.set_defaults(handler=_bulk_reports)
 
 
@@ -364,9 +371,7 @@ def _start_request(args: argparse.Namespace, config: AgentConfig, store: Store) 
     if args.template_body is not None:
         request["templateBody"] = _read_text(args.template_body, "template body")
     elif args.template is not None:
-        request["templateBody"] = _templates(config, store).describe(args.template)[
-            "templateBody"
-        ]
+        request["templateBody"] = _templates(config, store).describe(args.template)["templateBody"]
     return request
 
 

@@ -102,32 +102,11 @@ def utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def json_body_validator(body: str, template_type: str) -> None:
-    """Minimal body check: the body is a JSON object.
-
-    Raises:
-        InvalidRequestError: the body is not a JSON object.
-    """
-    del template_type
-    try:
-        parsed = json.loads(body)
-    except ValueError as exc:
-        raise InvalidRequestError(
-            f"templateBody is not valid JSON: {exc}",
-            reason="TEMPLATE_BODY_INVALID",
-            fields=[FieldProblem("templateBody", "is not valid JSON")],
-        ) from exc
-    if not isinstance(parsed, dict):
-        raise InvalidRequestError(
-            "templateBody must be a JSON object",
-            reason="TEMPLATE_BODY_INVALID",
-            fields=[FieldProblem("templateBody", "must be a JSON object")],
-        )
-
-
 def default_body_validator() -> BodyValidator:
-    """The body validator the store uses unless told otherwise."""
-    return json_body_validator
+    """The template engine's check (:func:`agent.registry.wiring.validate_template_body`)."""
+    from agent.registry.wiring import validate_template_body  # noqa: PLC0415 - heavy import
+
+    return validate_template_body
 
 
 def _tag_key_ok(key: str) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +32,16 @@ def thing_registrar(template_body: str) -> Registrar:
     return register
 
 
+_TEST_TABLES = """
+CREATE TABLE test_things (name TEXT PRIMARY KEY);
+CREATE TABLE test_attempts (name TEXT);
+"""
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     with Store(tmp_path / "registry.db") as st:
-        st.migrate(
-            "test_things",
-            [
-                "CREATE TABLE test_things (name TEXT PRIMARY KEY);\n"
-                "CREATE TABLE test_attempts (name TEXT);\n"
-            ],
-        )
+        st.migrate("test_things", [_TEST_TABLES])
         yield st
 
 
@@ -53,11 +53,19 @@ def bulk_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def tasks(store: Store, bulk_root: Path, tmp_path: Path) -> BulkTasks:
-    return BulkTasks(
-        store,
-        bulk_root=bulk_root,
-        reports_dir=tmp_path / "reports",
-        registrar_factory=thing_registrar,
-        batch_lines=250,
-    )
+def make_tasks(store: Store, bulk_root: Path, tmp_path: Path) -> Callable[..., BulkTasks]:
+    def make(**options: Any) -> BulkTasks:
+        return BulkTasks(
+            store,
+            bulk_root=bulk_root,
+            reports_dir=tmp_path / "reports",
+            registrar_factory=thing_registrar,
+            **{"batch_lines": 250, **options},
+        )
+
+    return make
+
+
+@pytest.fixture
+def tasks(make_tasks: Callable[..., BulkTasks]) -> BulkTasks:
+    return make_tasks()

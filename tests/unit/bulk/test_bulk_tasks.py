@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ import pytest
 from agent.errors import AgentError
 from agent.registry.bulk import BulkTasks, parse_start_request
 from agent.store import Store
-from tests.unit.bulk.conftest import ROLE
+
+ROLE = "arn:aws:iam::123456789012:role/Provisioning"
 
 
 def start(tasks: BulkTasks, key: str = "devices.jsonl", **changes: Any) -> str:
@@ -98,16 +100,10 @@ def test_crlf_last_line_without_newline_and_unicode(tasks: BulkTasks, bulk_root:
     assert arns == ["arn:aws:iot:r:1:thing/a", "arn:aws:iot:r:1:thing/ü", "arn:aws:iot:r:1:thing/c"]
 
 
-def test_long_line_is_reported_and_skipped(store: Store, bulk_root: Path, tmp_path: Path) -> None:
-    from tests.unit.bulk.conftest import thing_registrar
-
-    tasks = BulkTasks(
-        store,
-        bulk_root=bulk_root,
-        reports_dir=tmp_path / "r",
-        registrar_factory=thing_registrar,
-        max_line_bytes=100,
-    )
+def test_long_line_is_reported_and_skipped(
+    make_tasks: Callable[..., BulkTasks], bulk_root: Path
+) -> None:
+    tasks = make_tasks(max_line_bytes=100)
     long_line = json.dumps({"ThingName": "x" * 300_000})
     write_lines(
         bulk_root / "factory" / "devices.jsonl",
@@ -198,7 +194,7 @@ def test_key_pattern_is_the_seeds(tmp_path: Path) -> None:
     ],
 )
 def test_input_never_escapes_the_root(
-    tasks: BulkTasks, bulk_root: Path, tmp_path: Path, bucket: str, key: str, reason: str
+    tasks: BulkTasks, bulk_root: Path, tmp_path: Path, *, bucket: str, key: str, reason: str
 ) -> None:
     outside = tmp_path / "outside.jsonl"
     outside.write_text('{"ThingName": "stolen"}\n')
@@ -279,8 +275,9 @@ def test_cancel_while_running_stops_at_a_batch_boundary(
             code = (
                 "import sys; from pathlib import Path; from agent.store import Store;"
                 "from agent.registry.bulk import BulkTasks;"
-                "from tests.unit.bulk.conftest import thing_registrar;"
-                f"t = BulkTasks(Store(Path({str(store.path)!r})), bulk_root=Path({str(bulk_root)!r}),"
+                "thing_registrar = lambda body: None;"
+                f"t = BulkTasks(Store(Path({str(store.path)!r})),"
+                f" bulk_root=Path({str(bulk_root)!r}),"
                 f" reports_dir=Path({str(tasks.report_path(task_id, 'RESULTS').parent.parent)!r}),"
                 " registrar_factory=thing_registrar);"
                 f"print(t.cancel({task_id!r})['status'])"
@@ -308,13 +305,13 @@ def test_resume_cuts_uncommitted_report_tails(
     )
     task_id = start(tasks)
 
-    class Crash(Exception):
+    class CrashError(Exception):
         pass
 
     def crash(described: dict[str, Any]) -> None:
-        raise Crash
+        raise CrashError
 
-    with pytest.raises(Crash):
+    with pytest.raises(CrashError):
         tasks.run(task_id, progress=crash)
     # a crash between the report write and the commit leaves a tail the DB does not know
     with tasks.report_path(task_id, "RESULTS").open("ab") as handle:

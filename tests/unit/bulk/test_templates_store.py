@@ -24,6 +24,14 @@ BODY = json.dumps(
         },
     }
 )
+
+
+def body(thing: str = "edge") -> str:
+    return json.dumps(
+        {"Resources": {"thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": thing}}}}
+    )
+
+
 ROLE = "arn:aws:iam::123456789012:role/Provisioning"
 HOOK = {
     "targetArn": "arn:aws:lambda:us-east-1:123456789012:function:hook",
@@ -160,7 +168,7 @@ INVALID = [
         {"templateBody": "{nope"},
         "InvalidRequestException",
         400,
-        "TEMPLATE_BODY_INVALID",
+        "TEMPLATE_INVALID",
         "templateBody",
     ),
     (
@@ -168,7 +176,7 @@ INVALID = [
         {"templateBody": "[]"},
         "InvalidRequestException",
         400,
-        "TEMPLATE_BODY_INVALID",
+        "TEMPLATE_INVALID",
         "templateBody",
     ),
     (
@@ -350,12 +358,51 @@ INVALID = [
 ]
 
 
+CSR_TEMPLATE = {
+    "Parameters": {"CSR": {"Type": "String"}},
+    "Resources": {
+        "cert": {
+            "Type": "AWS::IoT::Certificate",
+            "Properties": {"CertificateSigningRequest": {"Ref": "CSR"}},
+        }
+    },
+}
+# template bodies the engine refuses, with the engine's JSON path under templateBody.
+INVALID += [
+    (
+        "body without resources",
+        {"templateBody": "{}"},
+        "InvalidRequestException",
+        400,
+        "TEMPLATE_INVALID",
+        "templateBody.Resources",
+    ),
+    (
+        "body bad resource type",
+        {"templateBody": '{"Resources": {"x": {"Type": "AWS::S3::Bucket"}}}'},
+        "InvalidRequestException",
+        400,
+        "TEMPLATE_INVALID",
+        "templateBody.Resources.x.Type",
+    ),
+    (
+        "JITP with a CSR",
+        {"type": "JITP", "templateBody": json.dumps(CSR_TEMPLATE)},
+        "InvalidRequestException",
+        400,
+        "TEMPLATE_INVALID",
+        "templateBody.Resources.cert.Properties.CertificateSigningRequest",
+    ),
+]
+
+
 @pytest.mark.parametrize(
     ("changes", "code", "status", "reason", "path"),
     [pytest.param(*case[1:], id=case[0]) for case in INVALID],
 )
 def test_create_rejects_each_bad_field(
     templates: TemplateStore,
+    *,
     changes: dict[str, Any],
     code: str,
     status: int,
@@ -374,8 +421,7 @@ VALID = [
     ("minimal", {}),
     ("name 36 chars", {"templateName": "A_-9" * 9}),
     ("description 500 with unicode letters", {"description": "Gerät für Büro " + "x" * 485}),
-    ("empty body string allowed by length", {"templateBody": "{}"}),
-    ("body exactly 10240", {"templateBody": "{}" + " " * 10238}),
+    ("body exactly 10240", {"templateBody": body() + " " * (10240 - len(body()))}),
     ("role 20", {"provisioningRoleArn": "r" * 20}),
     ("JITP", {"type": "JITP"}),
     ("hook without version", {"preProvisioningHook": {"targetArn": "arn:aws:lambda:x"}}),
@@ -430,18 +476,18 @@ def test_template_limit_is_limit_exceeded(templates: TemplateStore) -> None:
 
 def test_versions_lifecycle(templates: TemplateStore) -> None:
     templates.create(request())
-    v2 = templates.create_version("edge-fleet", '{"Resources": {}}')
+    v2 = templates.create_version("edge-fleet", body("v2"))
     assert v2["versionId"] == 2
     assert v2["isDefaultVersion"] is False
     assert templates.describe("edge-fleet")["defaultVersionId"] == 1
-    v3 = templates.create_version("edge-fleet", '{"Resources": {"a": 1}}', set_as_default=True)
+    v3 = templates.create_version("edge-fleet", body("v3"), set_as_default=True)
     assert v3 == {
         "templateArn": "arn:aws:iot:eu-west-1:111122223333:provisioningtemplate/edge-fleet",
         "templateName": "edge-fleet",
         "versionId": 3,
         "isDefaultVersion": True,
     }
-    assert templates.describe("edge-fleet")["templateBody"] == '{"Resources": {"a": 1}}'
+    assert templates.describe("edge-fleet")["templateBody"] == body("v3")
     listed = templates.list_versions("edge-fleet")["versions"]
     assert [(v["versionId"], v["isDefaultVersion"]) for v in listed] == [
         (1, False),
@@ -450,10 +496,10 @@ def test_versions_lifecycle(templates: TemplateStore) -> None:
     ]
     templates.set_default_version("edge-fleet", 2)
     assert templates.describe_version("edge-fleet", 2)["isDefaultVersion"] is True
-    assert templates.describe("edge-fleet")["templateBody"] == '{"Resources": {}}'
+    assert templates.describe("edge-fleet")["templateBody"] == body("v2")
     templates.delete_version("edge-fleet", 3)
     # ids are never reused after a delete
-    assert templates.create_version("edge-fleet", "{}")["versionId"] == 4
+    assert templates.create_version("edge-fleet", body())["versionId"] == 4
     assert [v["versionId"] for v in templates.list_versions("edge-fleet")["versions"]] == [1, 2, 4]
 
 
@@ -473,9 +519,9 @@ def test_default_version_cannot_be_deleted(templates: TemplateStore) -> None:
 def test_version_limit(templates: TemplateStore) -> None:
     templates.create(request())
     for _ in range(4):
-        templates.create_version("edge-fleet", "{}")
+        templates.create_version("edge-fleet", body())
     with pytest.raises(AgentError) as info:
-        templates.create_version("edge-fleet", "{}", set_as_default=True)
+        templates.create_version("edge-fleet", body(), set_as_default=True)
     wire = info.value.to_dict()["error"]
     assert (wire["code"], wire["statusCode"], wire["reason"]) == (
         "VersionsLimitExceededException",
@@ -513,7 +559,7 @@ def test_invalid_version_body_keeps_versions(templates: TemplateStore) -> None:
     templates.create(request())
     with pytest.raises(AgentError) as info:
         templates.create_version("edge-fleet", "not json", set_as_default=True)
-    assert info.value.reason == "TEMPLATE_BODY_INVALID"
+    assert info.value.reason == "TEMPLATE_INVALID"
     assert [v["versionId"] for v in templates.list_versions("edge-fleet")["versions"]] == [1]
 
 
@@ -542,7 +588,7 @@ def test_hook_can_be_removed(templates: TemplateStore) -> None:
 
 def test_delete_removes_all_versions(templates: TemplateStore) -> None:
     templates.create(request())
-    templates.create_version("edge-fleet", "{}")
+    templates.create_version("edge-fleet", body())
     templates.delete("edge-fleet")
     templates.create(request())
     assert [v["versionId"] for v in templates.list_versions("edge-fleet")["versions"]] == [1]

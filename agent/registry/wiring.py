@@ -1,0 +1,92 @@
+"""How the template store and bulk registration plug into the registry.
+
+* :func:`template_body_validator`: a template body is valid when the template engine
+  (:func:`agent.registry.template.parse_template`) accepts it; a ``JITP`` template that
+  declares a certificate must name it by ``CertificateId``. Problems keep the engine's JSON
+  paths, prefixed with ``templateBody.``.
+* :func:`bulk_registrar_factory`: each bulk line runs the registry's RegisterThing inside the
+  bulk task's open transaction, so registrations and task progress commit together.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from agent.config import AgentConfig
+from agent.errors import FieldProblem
+from agent.registry.bulk import Registrar, RegistrarFactory
+from agent.registry.errors import TemplateError
+from agent.registry.register import Registry
+from agent.registry.storage import SqliteRegistryStorage, SqliteRegistryTransaction
+from agent.registry.template import parse_template
+from agent.store import Store
+
+
+def registry_db_path(config: AgentConfig) -> Path:
+    """The database shared by the registry, the template store and bulk tasks."""
+    return config.registry.database
+
+
+def _prefixed(exc: TemplateError) -> TemplateError:
+    fields = [
+        f
+        if f.path == "templateBody" or f.path.startswith("templateBody.")
+        else FieldProblem(f"templateBody.{f.path}", f.message)
+        for f in exc.fields
+    ]
+    return TemplateError(exc.message, reason=exc.reason, fields=fields)
+
+
+def validate_template_body(body: str, template_type: str) -> None:
+    """Check a template body for a template type.
+
+    Raises:
+        TemplateError: the engine refuses the body, or a JITP template's certificate is not
+            named by ``CertificateId`` (``InvalidRequestException``, field paths under
+            ``templateBody.``).
+    """
+    try:
+        template = parse_template(body)
+    except TemplateError as exc:
+        raise _prefixed(exc) from None
+    method = template.certificate_method
+    if template_type == "JITP" and method not in {None, "CertificateId"}:
+        logical = next(
+            name for name, kind in template.resource_types.items() if kind.endswith("Certificate")
+        )
+        path = f"templateBody.Resources.{logical}.Properties.{method}"
+        raise TemplateError(
+            "a JITP template must name its certificate with CertificateId",
+            reason="TEMPLATE_INVALID",
+            fields=[FieldProblem(path, "JITP templates use CertificateId")],
+        )
+
+
+def template_body_validator(config: AgentConfig) -> Any:
+    """The body validator for :class:`~agent.registry.templates_store.TemplateStore`."""
+    del config
+    return validate_template_body
+
+
+def registrar_factory(registry: Registry) -> RegistrarFactory:
+    """Per-line registrars running ``registry.register_thing`` in the bulk transaction."""
+
+    def build(template_body: str) -> Registrar:
+        template = parse_template(template_body)
+
+        def register(db: sqlite3.Connection, parameters: dict[str, str]) -> Mapping[str, Any]:
+            transaction = SqliteRegistryTransaction(db)
+            return registry.register_thing(template, parameters, transaction=transaction).to_dict()
+
+        return register
+
+    return build
+
+
+def bulk_registrar_factory(config: AgentConfig, store: Store) -> RegistrarFactory:
+    """The registrar factory for bulk tasks on ``store`` (the registry's database)."""
+    storage = SqliteRegistryStorage(store)
+    return registrar_factory(Registry.from_config(config.registry, storage=storage))
