@@ -282,7 +282,7 @@ def parse_line(raw: bytes) -> dict[str, str]:
     if not raw.strip():
         raise InvalidRequestError("the line is empty", reason="LINE_EMPTY")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
         detail = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
         raise InvalidRequestError(

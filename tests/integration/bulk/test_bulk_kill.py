@@ -64,16 +64,26 @@ def test_sigkill_twice_then_resume_registers_every_line_once(env: Env) -> None:
     good = LINES - len(bad)
 
     first = env.popen(
-        "bulk", "start", "--bucket", "factory", "--key", "devices.jsonl", "--role-arn", ROLE,
-        "--template-body", str(template),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        "bulk",
+        "start",
+        "--bucket",
+        "factory",
+        "--key",
+        "devices.jsonl",
+        "--role-arn",
+        ROLE,
+        "--template-body",
+        str(template),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     task_id = wait_for_lines(env.database, first, 1000)
     first.send_signal(signal.SIGKILL)
     assert first.wait(timeout=30) == -signal.SIGKILL
 
-    second = env.popen("bulk", "resume", task_id, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)  # fmt: skip
+    second = env.popen(
+        "bulk", "resume", task_id, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wait_for_lines(env.database, second, 3000)
     second.send_signal(signal.SIGKILL)
     assert second.wait(timeout=30) == -signal.SIGKILL
@@ -96,10 +106,14 @@ def test_sigkill_twice_then_resume_registers_every_line_once(env: Env) -> None:
     assert count(env.database, "SELECT count(*) FROM registry_thing_principals") == good
     assert count(env.database, "SELECT count(*) FROM registry_policy_principals") == good
 
-    results = [json.loads(line) for line in env.run(
-        "bulk", "reports", task_id, "--type", "RESULTS").stdout.splitlines()]  # fmt: skip
-    errors = [json.loads(line) for line in env.run(
-        "bulk", "reports", task_id, "--type", "ERRORS").stdout.splitlines()]  # fmt: skip
+    results = [
+        json.loads(line)
+        for line in env.run("bulk", "reports", task_id, "--type", "RESULTS").stdout.splitlines()
+    ]
+    errors = [
+        json.loads(line)
+        for line in env.run("bulk", "reports", task_id, "--type", "ERRORS").stdout.splitlines()
+    ]
     assert [r["lineNumber"] for r in results] == sorted(set(range(1, LINES + 1)) - bad)
     assert [e["lineNumber"] for e in errors] == sorted(bad)
     cert_arns = {r["response"]["ResourceArns"]["certificate"] for r in results}
