@@ -63,6 +63,8 @@ class ArchiveSection:
     max_compression_ratio: int = field(default=100, metadata=_limits(1))
     #: A clock earlier than this is not trusted (RFC 3339).
     build_time_floor: dt.datetime = BUILD_TIME_FLOOR
+    #: Trust the clock only once the kernel reports it synchronised (NTP).
+    require_synchronized_clock: bool = True
 
 
 @dataclass(frozen=True, slots=True)

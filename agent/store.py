@@ -33,6 +33,8 @@ class Store:
 
     def __init__(self, path: Path, *, timeout: float = 10.0) -> None:
         self.path = path
+        if not path.exists():
+            path.touch(mode=0o600)  # SQLite gives its -wal and -shm files the same mode
         try:
             self._db = sqlite3.connect(
                 path, timeout=timeout, isolation_level=None, check_same_thread=False

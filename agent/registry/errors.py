@@ -28,7 +28,9 @@ class CsrError(InvalidRequestError):
 
 
 class ConflictingResourceUpdateError(AgentError):
-    """An existing resource conflicts with the template (seed ``ConflictingResourceUpdateException``).
+    """An existing resource conflicts with the template.
+
+    Seed ``ConflictingResourceUpdateException`` (409).
 
     Raised for ``OverrideSettings`` ``FAIL`` on a property that would change, and when a
     concurrent registration changed the same resource.

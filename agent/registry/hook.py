@@ -14,6 +14,7 @@ provisioning; :class:`HookDecision` records why.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -96,6 +97,10 @@ class HookDecision:
     parameter_overrides: dict[str, str] = field(default_factory=dict)
 
 
+def _deny(reason: str, detail: str) -> HookDecision:
+    return HookDecision(allowed=False, reason=reason, detail=detail)
+
+
 def call_hook(hook: PreProvisioningHook, request: HookRequest) -> HookDecision:
     """Ask the hook; never raises for anything the hook does wrong (that denies)."""
     payload = json.dumps(request.to_dict()).encode("utf-8")
@@ -104,11 +109,7 @@ def call_hook(hook: PreProvisioningHook, request: HookRequest) -> HookDecision:
     elif hook.target.startswith("/"):
         decision = _call_executable(hook, payload)
     else:
-        decision = HookDecision(
-            allowed=False,
-            reason=FAILED,
-            detail="the hook target must be an absolute path or an https:// URL",
-        )
+        decision = _deny(FAILED, "the hook target must be an absolute path or an https:// URL")
     if decision.allowed:
         _log.info("pre-provisioning hook allowed certificate %s", request.certificate_id)
     else:
@@ -126,9 +127,9 @@ def parse_response(body: bytes) -> HookDecision:
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return HookDecision(False, BAD_RESPONSE, f"the hook's answer is not JSON: {exc}")
+        return _deny(BAD_RESPONSE, f"the hook's answer is not JSON: {exc}")
     if not isinstance(data, dict):
-        return HookDecision(False, BAD_RESPONSE, "the hook's answer is not a JSON object")
+        return _deny(BAD_RESPONSE, "the hook's answer is not a JSON object")
     overrides = data.get("parameterOverrides", {})
     if overrides is None:
         overrides = {}
@@ -136,23 +137,24 @@ def parse_response(body: bytes) -> HookDecision:
         isinstance(k, str) and isinstance(v, str) and len(k) <= 2048 and len(v) <= 4096  # noqa: PLR2004
         for k, v in overrides.items()
     ):
-        return HookDecision(
-            False, BAD_RESPONSE, "parameterOverrides must map strings to strings (2048/4096)"
-        )
+        return _deny(BAD_RESPONSE, "parameterOverrides must map strings to strings (2048/4096)")
     allow = data.get("allowProvisioning")
     if allow is not True:
-        return HookDecision(
-            False, DENIED, f"the hook answered allowProvisioning={json.dumps(allow)}"
-        )
-    return HookDecision(True, ALLOWED, "the hook allowed provisioning", dict(overrides))
+        return _deny(DENIED, f"the hook answered allowProvisioning={json.dumps(allow)}")
+    return HookDecision(
+        allowed=True,
+        reason=ALLOWED,
+        detail="the hook allowed provisioning",
+        parameter_overrides=dict(overrides),
+    )
 
 
 def _call_executable(hook: PreProvisioningHook, payload: bytes) -> HookDecision:
     path = Path(hook.target)
     if not path.is_file() or not os.access(path, os.X_OK):
-        return HookDecision(False, FAILED, f"the hook {path} is not an executable file")
+        return _deny(FAILED, f"the hook {path} is not an executable file")
     try:
-        process = subprocess.Popen(  # noqa: S603 - the configured hook, no shell
+        process = subprocess.Popen(
             [str(path)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -160,14 +162,12 @@ def _call_executable(hook: PreProvisioningHook, payload: bytes) -> HookDecision:
             start_new_session=True,
         )
     except OSError as exc:
-        return HookDecision(False, FAILED, f"the hook could not be started: {exc.strerror}")
+        return _deny(FAILED, f"the hook could not be started: {exc.strerror}")
     try:
         stdout, stderr = process.communicate(payload, timeout=hook.timeout)
     except subprocess.TimeoutExpired:
         _kill_group(process)
-        return HookDecision(
-            False, TIMED_OUT, f"the hook did not answer within {hook.timeout:g} seconds"
-        )
+        return _deny(TIMED_OUT, f"the hook did not answer within {hook.timeout:g} seconds")
     if process.returncode != 0:
         tail = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
         how = (
@@ -175,17 +175,15 @@ def _call_executable(hook: PreProvisioningHook, payload: bytes) -> HookDecision:
             if process.returncode < 0
             else f"exited with status {process.returncode}"
         )
-        return HookDecision(False, FAILED, f"the hook {how} {tail[0][:200]}".rstrip())
+        return _deny(FAILED, f"the hook {how} {tail[0][:200]}".rstrip())
     if len(stdout) > RESPONSE_MAX_BYTES:
-        return HookDecision(False, BAD_RESPONSE, "the hook's answer is too long")
+        return _deny(BAD_RESPONSE, "the hook's answer is too long")
     return parse_response(stdout)
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     process.communicate()
 
 
@@ -199,9 +197,7 @@ def _call_https(hook: PreProvisioningHook, payload: bytes) -> HookDecision:
     worker.start()
     worker.join(hook.timeout)
     if not result:
-        return HookDecision(
-            False, TIMED_OUT, f"the hook did not answer within {hook.timeout:g} seconds"
-        )
+        return _deny(TIMED_OUT, f"the hook did not answer within {hook.timeout:g} seconds")
     return result[0]
 
 
@@ -219,14 +215,12 @@ def _https_request(hook: PreProvisioningHook, payload: bytes) -> HookDecision:
         ) as response:
             body = response.read(RESPONSE_MAX_BYTES + 1)
     except urllib.error.HTTPError as exc:
-        return HookDecision(False, FAILED, f"the hook answered HTTP {exc.code}")
+        return _deny(FAILED, f"the hook answered HTTP {exc.code}")
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         if isinstance(reason, TimeoutError):
-            return HookDecision(
-                False, TIMED_OUT, f"the hook did not answer within {hook.timeout:g} seconds"
-            )
-        return HookDecision(False, FAILED, f"the hook could not be reached: {reason}")
+            return _deny(TIMED_OUT, f"the hook did not answer within {hook.timeout:g} seconds")
+        return _deny(FAILED, f"the hook could not be reached: {reason}")
     if len(body) > RESPONSE_MAX_BYTES:
-        return HookDecision(False, BAD_RESPONSE, "the hook's answer is too long")
+        return _deny(BAD_RESPONSE, "the hook's answer is too long")
     return parse_response(body)

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import uuid
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from cryptography import x509
 
@@ -57,8 +57,10 @@ from agent.registry.storage import (
 )
 from agent.registry.template import (
     CERTIFICATE_PREFIX,
+    CertificateResource,
     Evaluation,
     OverrideAction,
+    PolicyResource,
     Template,
     ThingResource,
     parse_template,
@@ -159,6 +161,7 @@ class Registry:
         self.hook_timeout = hook_timeout
         self._signer = CsrSigner(ca, csr_policy) if ca is not None else None
         self._arn_prefix = f"arn:aws:iot:{region}:{account}:"
+        self._policy_names: dict[str, str] = {}
 
     @classmethod
     def from_config(
@@ -281,13 +284,11 @@ class Registry:
             )
         evaluation = tpl.evaluate(params)
         when = now or dt.datetime.now(dt.UTC)
-        scope: AbstractContextManager[Any]
-        if transaction is None:
-            scope = self.storage.transaction()
-        else:
-            scope = nullcontext(transaction)
-        with scope as tx, tx.savepoint():
-            return self._apply(tx, tpl, evaluation, issued, when)
+        scope: AbstractContextManager[Any] = (
+            self.storage.transaction() if transaction is None else nullcontext(transaction)
+        )
+        with scope as tx:
+            return self._apply(tx, evaluation, issued, when)
 
     def register_batch(
         self,
@@ -304,12 +305,18 @@ class Registry:
         """
         tpl = template if isinstance(template, Template) else parse_template(template)
         outcomes: list[RegisterThingResult | AgentError] = []
+        now = dt.datetime.now(dt.UTC)
         with self.storage.transaction() as tx:
             for params in parameter_sets:
                 try:
                     outcomes.append(
                         self.register_thing(
-                            tpl, params, transaction=tx, hook=hook, template_arn=template_arn
+                            tpl,
+                            params,
+                            transaction=tx,
+                            hook=hook,
+                            template_arn=template_arn,
+                            now=now,
                         )
                     )
                 except AgentError as exc:
@@ -404,56 +411,45 @@ class Registry:
     def _apply(
         self,
         tx: RegistryTransaction,
-        tpl: Template,
         evaluation: Evaluation,
         issued: IssuedCertificate | None,
         now: dt.datetime,
     ) -> RegisterThingResult:
+        """Check every resource against the registry first, then write them all.
+
+        Every check that can refuse the registration (override conflicts, missing
+        policies) runs before the first write, so a refused registration writes nothing
+        without needing a savepoint.
+        """
         arns: dict[str, str] = {}
         certificate_id = None
+        certificate_record = None
         if evaluation.certificate is not None and issued is not None:
-            spec = evaluation.certificate
             certificate_id = issued.certificate_id
-            existing = tx.get_certificate(certificate_id)
-            if existing is None:
-                tx.put_certificate(
-                    CertificateRecord(
-                        certificate_id, issued.certificate_pem, spec.status or "ACTIVE", now, now
-                    )
-                )
-            elif spec.status is not None and spec.status != existing.status:
-                action = spec.overrides.get("Status", DEFAULT_OVERRIDE)
-                if action == "FAIL":
-                    raise _conflict(spec.logical_id, "Status", f"certificate {certificate_id}")
-                if action == "REPLACE":
-                    tx.put_certificate(replace(existing, status=spec.status, updated_at=now))
-            arns[spec.logical_id] = self.arn("cert", certificate_id)
+            certificate_record = _plan_certificate(tx, evaluation.certificate, issued, now)
+            arns[evaluation.certificate.logical_id] = self.arn("cert", certificate_id)
         thing_name = None
+        thing_record = None
         if evaluation.thing is not None:
             thing_name = evaluation.thing.thing_name
-            _apply_thing(tx, evaluation.thing, now)
+            thing_record = _plan_thing(tx, evaluation.thing, now)
             arns[evaluation.thing.logical_id] = self.arn("thing", thing_name)
-            if certificate_id is not None:
-                tx.attach_principal(thing_name, certificate_id)
+        policy_names: list[str] = []
+        new_policies: list[PolicyRecord] = []
         for policy in evaluation.policies:
-            path = f"Resources.{policy.logical_id}.Properties"
-            if policy.policy_name is not None:
-                if tx.get_policy(policy.policy_name) is None:
-                    raise ResourceRegistrationFailureError(
-                        f"no policy named {policy.policy_name!r} exists",
-                        reason="POLICY_NOT_FOUND",
-                        fields=[FieldProblem(f"{path}.PolicyName", "no such policy")],
-                    )
-                name = policy.policy_name
-            else:
-                assert policy.policy_document is not None  # noqa: S101 - one of the two
-                name = policy_name_for(policy.policy_document)
-                if tx.get_policy(name) is None:
-                    tx.put_policy(PolicyRecord(name, policy.policy_document, now))
+            name, record = self._plan_policy(tx, policy, now)
+            policy_names.append(name)
+            if record is not None and all(p.name != name for p in new_policies):
+                new_policies.append(record)
+            if policy.policy_document is not None:
                 arns[policy.logical_id] = self.arn("policy", name)
-            if certificate_id is not None:
-                tx.attach_policy(name, certificate_id)
-        del tpl
+        _write(
+            tx,
+            certificate_record,
+            thing_record,
+            new_policies,
+            attach=(certificate_id, thing_name, policy_names),
+        )
         return RegisterThingResult(
             certificate_pem=issued.certificate_pem if issued else None,
             resource_arns=arns,
@@ -461,6 +457,105 @@ class Registry:
             thing_name=thing_name,
             device_configuration=evaluation.device_configuration,
         )
+
+    def _plan_policy(
+        self, tx: RegistryTransaction, policy: PolicyResource, now: dt.datetime
+    ) -> tuple[str, PolicyRecord | None]:
+        if policy.policy_name is not None:
+            if tx.get_policy(policy.policy_name) is None:
+                raise ResourceRegistrationFailureError(
+                    f"no policy named {policy.policy_name!r} exists",
+                    reason="POLICY_NOT_FOUND",
+                    fields=[
+                        FieldProblem(
+                            f"Resources.{policy.logical_id}.Properties.PolicyName",
+                            "no such policy",
+                        )
+                    ],
+                )
+            return policy.policy_name, None
+        assert policy.policy_document is not None  # noqa: S101 - one of the two is set
+        name = self._policy_names.get(policy.policy_document)
+        if name is None:
+            name = policy_name_for(policy.policy_document)
+            if len(self._policy_names) < _POLICY_NAME_CACHE:
+                self._policy_names[policy.policy_document] = name
+        if tx.get_policy(name) is not None:
+            return name, None
+        return name, PolicyRecord(name, policy.policy_document, now)
+
+
+_POLICY_NAME_CACHE = 256
+
+
+def _write(
+    tx: RegistryTransaction,
+    certificate: CertificateRecord | None,
+    thing: ThingRecord | None,
+    policies: list[PolicyRecord],
+    *,
+    attach: tuple[str | None, str | None, list[str]],
+) -> None:
+    """Write a checked registration (nothing here refuses it)."""
+    if certificate is not None:
+        tx.put_certificate(certificate)
+    if thing is not None:
+        tx.put_thing(thing)
+    for record in policies:
+        tx.put_policy(record)
+    certificate_id, thing_name, policy_names = attach
+    if certificate_id is not None:
+        if thing_name is not None:
+            tx.attach_principal(thing_name, certificate_id)
+        for name in policy_names:
+            tx.attach_policy(name, certificate_id)
+
+
+def _plan_certificate(
+    tx: RegistryTransaction,
+    spec: CertificateResource,
+    issued: IssuedCertificate,
+    now: dt.datetime,
+) -> CertificateRecord | None:
+    existing = tx.get_certificate(issued.certificate_id)
+    if existing is None:
+        return CertificateRecord(
+            issued.certificate_id, issued.certificate_pem, spec.status or "ACTIVE", now, now
+        )
+    status = _override(
+        spec.logical_id,
+        "Status",
+        existing.status,
+        spec.status,
+        action=spec.overrides.get("Status", DEFAULT_OVERRIDE),
+        what=f"certificate {issued.certificate_id}",
+    )
+    if status == existing.status:
+        return None
+    return replace(existing, status=status, updated_at=now)
+
+
+T = TypeVar("T")
+
+
+def _override(
+    logical_id: str,
+    prop: str,
+    current: T,
+    wanted: T | None,
+    *,
+    action: OverrideAction,
+    what: str,
+    merge: Callable[[T, T], T] | None = None,
+) -> T:
+    """The value a property of an existing resource takes under its override setting."""
+    if wanted is None or wanted == current or action == "DO_NOTHING":
+        return current
+    if action == "FAIL":
+        raise _conflict(logical_id, prop, what)
+    if action == "MERGE" and merge is not None:
+        return merge(current, wanted)
+    return wanted
 
 
 def _conflict(logical_id: str, prop: str, what: str) -> ConflictingResourceUpdateError:
@@ -475,59 +570,64 @@ def _conflict(logical_id: str, prop: str, what: str) -> ConflictingResourceUpdat
     )
 
 
-def _apply_thing(tx: RegistryTransaction, spec: ThingResource, now: dt.datetime) -> None:
+def _plan_thing(
+    tx: RegistryTransaction, spec: ThingResource, now: dt.datetime
+) -> ThingRecord | None:
     existing = tx.get_thing(spec.thing_name)
     if existing is None:
-        tx.put_thing(
-            ThingRecord(
-                name=spec.thing_name,
-                thing_id=str(uuid.uuid4()),
-                attributes=dict(spec.attributes or {}),
-                thing_type_name=spec.thing_type_name,
-                thing_groups=_unique(spec.thing_groups or ()),
-                billing_group=spec.billing_group,
-                version=1,
-                created_at=now,
-                updated_at=now,
-            )
+        return ThingRecord(
+            name=spec.thing_name,
+            thing_id=_thing_id(),
+            attributes=dict(spec.attributes or {}),
+            thing_type_name=spec.thing_type_name,
+            thing_groups=_unique(spec.thing_groups or ()),
+            billing_group=spec.billing_group,
+            version=1,
+            created_at=now,
+            updated_at=now,
         )
-        return
     what = f"thing {spec.thing_name}"
-    attributes = existing.attributes
-    if spec.attributes is not None and spec.attributes != attributes:
-        action = spec.overrides.get("AttributePayload", DEFAULT_OVERRIDE)
-        if action == "FAIL":
-            raise _conflict(spec.logical_id, "AttributePayload", what)
-        if action == "REPLACE":
-            attributes = dict(spec.attributes)
-        elif action == "MERGE":
-            attributes = {**attributes, **spec.attributes}
-    type_name = existing.thing_type_name
-    if spec.thing_type_name is not None and spec.thing_type_name != type_name:
-        action = spec.overrides.get("ThingTypeName", DEFAULT_OVERRIDE)
-        if action == "FAIL":
-            raise _conflict(spec.logical_id, "ThingTypeName", what)
-        if action == "REPLACE":
-            type_name = spec.thing_type_name
-    groups = existing.thing_groups
-    if spec.thing_groups is not None and _unique(spec.thing_groups) != groups:
-        action = spec.overrides.get("ThingGroups", DEFAULT_OVERRIDE)
-        if action == "FAIL":
-            raise _conflict(spec.logical_id, "ThingGroups", what)
-        if action == "REPLACE":
-            groups = _unique(spec.thing_groups)
-        elif action == "MERGE":
-            groups = _unique((*groups, *spec.thing_groups))
-    billing = existing.billing_group or spec.billing_group
+    settings = spec.overrides
     updated = replace(
         existing,
-        attributes=attributes,
-        thing_type_name=type_name,
-        thing_groups=groups,
-        billing_group=billing,
+        attributes=_override(
+            spec.logical_id,
+            "AttributePayload",
+            existing.attributes,
+            spec.attributes,
+            action=settings.get("AttributePayload", DEFAULT_OVERRIDE),
+            what=what,
+            merge=lambda old, new: {**old, **new},
+        ),
+        thing_type_name=_override(
+            spec.logical_id,
+            "ThingTypeName",
+            existing.thing_type_name,
+            spec.thing_type_name,
+            action=settings.get("ThingTypeName", DEFAULT_OVERRIDE),
+            what=what,
+        ),
+        thing_groups=_override(
+            spec.logical_id,
+            "ThingGroups",
+            existing.thing_groups,
+            None if spec.thing_groups is None else _unique(spec.thing_groups),
+            action=settings.get("ThingGroups", DEFAULT_OVERRIDE),
+            what=what,
+            merge=lambda old, new: _unique((*old, *new)),
+        ),
+        billing_group=existing.billing_group or spec.billing_group,
     )
-    if updated != existing:
-        tx.put_thing(replace(updated, version=existing.version + 1, updated_at=now))
+    if updated == existing:
+        return None
+    return replace(updated, version=existing.version + 1, updated_at=now)
+
+
+def _thing_id() -> str:
+    """A random (version 4) UUID, formatted without the cost of :func:`uuid.uuid4`."""
+    h = os.urandom(16).hex()
+    variant = "89ab"[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
 
 
 def _unique(items: Iterable[str]) -> tuple[str, ...]:

@@ -11,16 +11,16 @@ registrations (bulk registration commits a batch of lines at once), each inside 
 
 from __future__ import annotations
 
-import datetime as dt
 import contextlib
+import datetime as dt
 import itertools
 import json
 import sqlite3
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol, Self, cast
 
 from agent.store import Store
@@ -141,7 +141,7 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE registry_things (
         name            TEXT PRIMARY KEY,
-        thing_id        TEXT NOT NULL UNIQUE,
+        thing_id        TEXT NOT NULL,
         attributes      TEXT NOT NULL,
         thing_type_name TEXT,
         thing_groups    TEXT NOT NULL,
@@ -186,8 +186,20 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+_last_ts: tuple[dt.datetime, str] = (dt.datetime.min.replace(tzinfo=dt.UTC), "")
+
+
+_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _ts(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).isoformat()
+    global _last_ts  # noqa: PLW0603 - a one-entry cache: batches share one timestamp
+    cached_value, cached_text = _last_ts
+    if value is cached_value:
+        return cached_text
+    text = value.astimezone(dt.UTC).isoformat()
+    _last_ts = (value, text)
+    return text
 
 
 def _dt(text: str) -> dt.datetime:
@@ -291,6 +303,17 @@ class SqliteRegistryTransaction(_SqliteReader):
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
         self._savepoints = itertools.count(1)
+        # Policies change only through this transaction while it holds the write lock.
+        self._policies: dict[str, PolicyRecord | None] = {}
+
+    def get_policy(self, name: str) -> PolicyRecord | None:
+        """The policy called ``name``, or None (cached for the transaction)."""
+        try:
+            return self._policies[name]
+        except KeyError:
+            policy = super().get_policy(name)
+            self._policies[name] = policy
+            return policy
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -309,9 +332,9 @@ class SqliteRegistryTransaction(_SqliteReader):
             (
                 thing.name,
                 thing.thing_id,
-                json.dumps(thing.attributes, separators=(",", ":")),
+                _json(thing.attributes),
                 thing.thing_type_name,
-                json.dumps(list(thing.thing_groups), separators=(",", ":")),
+                _json(thing.thing_groups),
                 thing.billing_group,
                 thing.version,
                 _ts(thing.created_at),
@@ -341,6 +364,7 @@ class SqliteRegistryTransaction(_SqliteReader):
             "ON CONFLICT(name) DO UPDATE SET document = excluded.document",
             (policy.name, policy.document, _ts(policy.created_at)),
         )
+        self._policies[policy.name] = policy
 
     def attach_principal(self, thing_name: str, certificate_id: str) -> None:
         """Attach a certificate to a thing (idempotent)."""
@@ -381,6 +405,7 @@ class SqliteRegistryTransaction(_SqliteReader):
         try:
             yield
         except BaseException:
+            self._policies.clear()
             self._db.execute(f"ROLLBACK TO {name}")
             self._db.execute(f"RELEASE {name}")
             raise

@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal, NoReturn, cast
 
 from agent.errors import FieldProblem
 from agent.registry.errors import ParameterError, TemplateError
@@ -166,7 +166,8 @@ class _Thing:
     logical_id: str
     path: str
     name: Expr
-    attributes: tuple[tuple[str, Expr], ...] | None
+    #: (attribute name, its JSON path, its value)
+    attributes: tuple[tuple[str, str, Expr], ...] | None
     thing_type_name: Expr | None
     thing_groups: Expr | None
     billing_group: Expr | None
@@ -190,6 +191,8 @@ class _Policy:
     path: str
     name: Expr | None
     document: Expr | None
+    #: The canonical document when it holds no function (computed once, at parse time).
+    constant_document: str | None = None
 
 
 class Template:
@@ -208,6 +211,7 @@ class Template:
     def __init__(
         self,
         body: dict[str, Any],
+        *,
         parameters: dict[str, ParameterSpec],
         resource_types: dict[str, str],
         thing: _Thing | None,
@@ -288,33 +292,44 @@ class Template:
         return Evaluation(parameters, thing, certificate, policies, config)
 
     @staticmethod
-    def _eval_thing(spec: _Thing, env: Env) -> ThingResource:
-        base = f"{spec.path}.Properties"
-        name = _check(_want_str(spec.name(env), base), THING_NAME_RE, f"{base}.ThingName")
+    def _eval_thing(  # noqa: C901 - one inline check per property (hot path)
+        spec: _Thing, env: Env
+    ) -> ThingResource:
+        # Hot path of bulk registration: paths are built only when something fails.
+        name = spec.name(env)
+        if type(name) is not str or THING_NAME_RE.fullmatch(name) is None:
+            _fail(name, THING_NAME_RE, f"{spec.path}.Properties.ThingName")
         attributes: dict[str, str] | None = None
         if spec.attributes is not None:
             attributes = {}
-            for key, expr in spec.attributes:
-                path = f"{base}.AttributePayload.{key}"
-                attributes[key] = _check(_want_str(expr(env), path), ATTRIBUTE_VALUE_RE, path)
+            for key, path, expr in spec.attributes:
+                value = expr(env)
+                if type(value) is not str or ATTRIBUTE_VALUE_RE.fullmatch(value) is None:
+                    _fail(value, ATTRIBUTE_VALUE_RE, path)
+                attributes[key] = value
         type_name = None
         if spec.thing_type_name is not None:
-            path = f"{base}.ThingTypeName"
-            type_name = _check(_want_str(spec.thing_type_name(env), path), GROUP_NAME_RE, path)
+            type_name = spec.thing_type_name(env)
+            if type(type_name) is not str or GROUP_NAME_RE.fullmatch(type_name) is None:
+                _fail(type_name, GROUP_NAME_RE, f"{spec.path}.Properties.ThingTypeName")
         groups = None
         if spec.thing_groups is not None:
-            path = f"{base}.ThingGroups"
             raw = spec.thing_groups(env)
             if not isinstance(raw, list):
-                raise _EvalError("TEMPLATE_EVALUATION_FAILED", path, "must be a list")
-            groups = tuple(
-                _check(_want_str(g, f"{path}[{i}]"), GROUP_NAME_RE, f"{path}[{i}]")
-                for i, g in enumerate(raw)
-            )
+                raise _EvalError(
+                    "TEMPLATE_EVALUATION_FAILED",
+                    f"{spec.path}.Properties.ThingGroups",
+                    "must be a list",
+                )
+            for i, group in enumerate(raw):
+                if type(group) is not str or GROUP_NAME_RE.fullmatch(group) is None:
+                    _fail(group, GROUP_NAME_RE, f"{spec.path}.Properties.ThingGroups[{i}]")
+            groups = tuple(raw)
         billing = None
         if spec.billing_group is not None:
-            path = f"{base}.BillingGroup"
-            billing = _check(_want_str(spec.billing_group(env), path), GROUP_NAME_RE, path)
+            billing = spec.billing_group(env)
+            if type(billing) is not str or GROUP_NAME_RE.fullmatch(billing) is None:
+                _fail(billing, GROUP_NAME_RE, f"{spec.path}.Properties.BillingGroup")
         return ThingResource(
             spec.logical_id, name, attributes, type_name, groups, billing, spec.overrides
         )
@@ -346,6 +361,8 @@ class Template:
             path = f"{base}.PolicyName"
             name = _check(_want_str(spec.name(env), path), POLICY_NAME_RE, path)
             return PolicyResource(spec.logical_id, policy_name=name)
+        if spec.constant_document is not None:
+            return PolicyResource(spec.logical_id, policy_document=spec.constant_document)
         assert spec.document is not None  # noqa: S101 - parse_template guarantees one of them
         path = f"{base}.PolicyDocument"
         raw = spec.document(env)
@@ -384,6 +401,11 @@ def _check(value: str, pattern: re.Pattern[str], path: str, message: str | None 
             message or f"{value[:80]!r} does not match {pattern.pattern}",
         )
     return value
+
+
+def _fail(value: Any, pattern: re.Pattern[str], path: str) -> NoReturn:
+    _check(_want_str(value, path), pattern, path)
+    raise AssertionError(path)  # pragma: no cover - _check raised
 
 
 def _status(value: str, path: str) -> Literal["ACTIVE", "INACTIVE"]:
@@ -486,11 +508,25 @@ class _Parser:
                 self.problem(key, "unknown top-level section")
         self._parameters(self.data.get("Parameters", {}))
         self._mappings(self.data.get("Mappings", {}))
+        resource_types, thing, certificate, policies = self._resources(self.data.get("Resources"))
+        config = self._device_configuration(self.data.get("DeviceConfiguration", {}))
+        return Template(
+            self.data,
+            parameters=self.parameters,
+            resource_types=resource_types,
+            thing=thing,
+            certificate=certificate,
+            policies=tuple(policies),
+            device_configuration=config,
+        )
+
+    def _resources(  # noqa: C901 - one branch per resource type and shape check
+        self, resources: Any
+    ) -> tuple[dict[str, str], _Thing | None, _Certificate | None, list[_Policy]]:
         resource_types: dict[str, str] = {}
         thing: _Thing | None = None
         certificate: _Certificate | None = None
         policies: list[_Policy] = []
-        resources = self.data.get("Resources")
         if resources is None:
             self.problem("Resources", "is required")
             resources = {}
@@ -505,7 +541,7 @@ class _Parser:
             if kind is None:
                 continue
             resource_types[logical_id] = kind
-            props = resource.get("Properties", {})
+            props = resource["Properties"]
             overrides = self._overrides(kind, resource.get("OverrideSettings"), path)
             if kind == THING:
                 parsed_thing = self._thing(logical_id, props, overrides, path)
@@ -521,16 +557,7 @@ class _Parser:
                 parsed_policy = self._policy(logical_id, props, path)
                 if parsed_policy is not None:
                     policies.append(parsed_policy)
-        config = self._device_configuration(self.data.get("DeviceConfiguration", {}))
-        return Template(
-            self.data,
-            self.parameters,
-            resource_types,
-            thing,
-            certificate,
-            tuple(policies),
-            config,
-        )
+        return resource_types, thing, certificate, policies
 
     # sections
 
@@ -539,33 +566,41 @@ class _Parser:
             self.problem("Parameters", "must be an object")
             return
         for name, spec in params.items():
-            path = f"Parameters.{name}"
-            if not name or len(name) > 2048:  # noqa: PLR2004 - the seed's key length
-                self.problem(path, "a parameter name has 1 to 2048 characters")
-                continue
-            if not isinstance(spec, dict):
-                self.problem(path, "must be an object with a Type")
-                continue
-            for key in spec:
-                if key not in ("Type", "Default", "Description"):
-                    self.problem(f"{path}.{key}", "unknown parameter property")
-            kind = spec.get("Type")
-            if kind not in ("String", "Number"):
-                self.problem(f"{path}.Type", "must be String or Number")
-                continue
-            default = spec.get("Default")
-            if isinstance(default, int | float) and not isinstance(default, bool):
-                default = str(default)
-            if default is not None and not isinstance(default, str):
-                self.problem(f"{path}.Default", "must be a string")
-                continue
-            if default is not None and len(default) > 4096:  # noqa: PLR2004 - value limit
-                self.problem(f"{path}.Default", "at most 4096 characters")
-                continue
-            if kind == "Number" and default is not None and not _is_number(default):
-                self.problem(f"{path}.Default", "must be a number")
-                continue
-            self.parameters[name] = ParameterSpec(name, kind, default)
+            parsed = self._parameter(name, spec, f"Parameters.{name}")
+            if parsed is not None:
+                self.parameters[name] = parsed
+
+    def _parameter(  # noqa: C901 - one check per rule, each with its own path
+        self, name: str, spec: Any, path: str
+    ) -> ParameterSpec | None:
+        if not name or len(name) > 2048:  # noqa: PLR2004 - the seed's key length
+            self.problem(path, "a parameter name has 1 to 2048 characters")
+            return None
+        if not isinstance(spec, dict):
+            self.problem(path, "must be an object with a Type")
+            return None
+        for key in spec:
+            if key not in ("Type", "Default", "Description"):
+                self.problem(f"{path}.{key}", "unknown parameter property")
+        kind = spec.get("Type")
+        if kind not in ("String", "Number"):
+            self.problem(f"{path}.Type", "must be String or Number")
+            return None
+        raw = spec.get("Default")
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            raw = str(raw)
+        default: str | None = raw if isinstance(raw, str) else None
+        problem = None
+        if raw is not None and default is None:
+            problem = "must be a string"
+        elif default is not None and len(default) > 4096:  # noqa: PLR2004 - value limit
+            problem = "at most 4096 characters"
+        elif kind == "Number" and default is not None and not _is_number(default):
+            problem = "must be a number"
+        if problem is not None:
+            self.problem(f"{path}.Default", problem)
+            return None
+        return ParameterSpec(name, kind, default)
 
     def _mappings(self, mappings: Any) -> None:
         if not isinstance(mappings, dict):
@@ -661,7 +696,7 @@ class _Parser:
             self.problem(f"{base}.ThingName", "is required")
             return None
         name = self.string(props["ThingName"], f"{base}.ThingName")
-        attributes: tuple[tuple[str, Expr], ...] | None = None
+        attributes: tuple[tuple[str, str, Expr], ...] | None = None
         if "AttributePayload" in props:
             payload = props["AttributePayload"]
             apath = f"{base}.AttributePayload"
@@ -672,7 +707,7 @@ class _Parser:
                 for key, value in payload.items():
                     if not ATTRIBUTE_NAME_RE.fullmatch(key):
                         self.problem(f"{apath}.{key}", "attribute names match [a-zA-Z0-9_.,@/:#-]")
-                    items.append((key, self.string(value, f"{apath}.{key}")))
+                    items.append((key, f"{apath}.{key}", self.string(value, f"{apath}.{key}")))
                 attributes = tuple(items)
         type_name = self._optional_string(props, "ThingTypeName", base)
         groups = None
@@ -725,21 +760,30 @@ class _Parser:
             return _Policy(
                 logical_id, path, self.string(props["PolicyName"], f"{base}.PolicyName"), None
             )
-        doc = props["PolicyDocument"]
-        dpath = f"{base}.PolicyDocument"
+        raw = props["PolicyDocument"]
+        document = self._policy_document(raw, f"{base}.PolicyDocument")
+        if document is None:
+            return None
+        constant = None
+        if isinstance(raw, str) or (isinstance(raw, dict) and not _has_function(raw)):
+            parsed = json.loads(raw) if isinstance(raw, str) else raw
+            constant = json.dumps(parsed, sort_keys=True, separators=(",", ":"))
+        return _Policy(logical_id, path, None, document, constant)
+
+    def _policy_document(self, doc: Any, path: str) -> Expr | None:
         if isinstance(doc, str):
             try:
                 parsed = json.loads(doc)
             except json.JSONDecodeError as exc:
-                self.problem(dpath, f"is not valid JSON: {exc.msg}")
+                self.problem(path, f"is not valid JSON: {exc.msg}")
                 return None
             if not isinstance(parsed, dict):
-                self.problem(dpath, "must be a JSON object")
+                self.problem(path, "must be a JSON object")
                 return None
-            return _Policy(logical_id, path, None, _const(doc))
+            return _const(doc)
         if isinstance(doc, dict) and not _is_intrinsic(doc):
-            return _Policy(logical_id, path, None, self.json_value(doc, dpath))
-        return _Policy(logical_id, path, None, self.string(doc, dpath))
+            return self.json_value(doc, path)
+        return self.string(doc, path)
 
     def _device_configuration(self, config: Any) -> tuple[tuple[str, str, Expr], ...]:
         if not isinstance(config, dict) or _is_intrinsic(config):
@@ -748,15 +792,14 @@ class _Parser:
         items = []
         for key, value in config.items():
             path = f"DeviceConfiguration.{key}"
-            if isinstance(value, int | float | bool):
-                value = json.dumps(value)
-            if isinstance(value, dict) and not _is_intrinsic(value):
+            node = json.dumps(value) if isinstance(value, int | float | bool) else value
+            if isinstance(node, dict) and not _is_intrinsic(node):
                 self.problem(path, "DeviceConfiguration may not contain nested objects")
                 continue
-            if isinstance(value, list):
+            if isinstance(node, list):
                 self.problem(path, "DeviceConfiguration values are strings")
                 continue
-            items.append((key, path, self.string(value, path)))
+            items.append((key, path, self.string(node, path)))
         return tuple(items)
 
     # values
@@ -767,7 +810,7 @@ class _Parser:
             return _const(node)
         if isinstance(node, dict) and _is_intrinsic(node):
             name = next(iter(node))
-            if name in ("Fn::Split",):
+            if name == "Fn::Split":
                 self.problem(f"{path}.{name}", "returns a list where a string is expected")
             return self.intrinsic(node, path)
         self.problem(path, "must be a string or a function returning one")
@@ -802,24 +845,22 @@ class _Parser:
         """Compile ``{"Ref": ...}`` or ``{"Fn::...": ...}``."""
         name, args = next(iter(node.items()))
         fpath = f"{path}.{name}"
-        if name == "Ref":
-            return self._ref(args, fpath)
-        if name == "Fn::Join":
-            return self._join(args, fpath)
-        if name == "Fn::Select":
-            return self._select(args, fpath)
-        if name == "Fn::Split":
-            return self._split(args, fpath)
-        if name == "Fn::FindInMap":
-            return self._find_in_map(args, fpath)
-        if name == "Fn::Sub":
-            return self._sub(args, fpath)
-        self.problem(
-            fpath,
-            "unsupported function (Ref, Fn::Join, Fn::Select, Fn::Split, "
-            "Fn::FindInMap, Fn::Sub are supported)",
-        )
-        return _const("")
+        compile_function = {
+            "Ref": self._ref,
+            "Fn::Join": self._join,
+            "Fn::Select": self._select,
+            "Fn::Split": self._split,
+            "Fn::FindInMap": self._find_in_map,
+            "Fn::Sub": self._sub,
+        }.get(name)
+        if compile_function is None:
+            self.problem(
+                fpath,
+                "unsupported function (Ref, Fn::Join, Fn::Select, Fn::Split, Fn::FindInMap "
+                "and Fn::Sub are supported)",
+            )
+            return _const("")
+        return compile_function(args, fpath)
 
     def _known_name(self, name: str) -> bool:
         return name in self.parameters or name in CERTIFICATE_PSEUDO_PARAMETERS
@@ -931,20 +972,32 @@ class _Parser:
 
     def _sub(self, args: Any, path: str) -> Expr:
         variables: dict[str, Expr] = {}
-        if isinstance(args, list):
-            if not (len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], dict)):  # noqa: PLR2004
-                self.problem(path, "must be a string or [string, {variable: value}]")
-                return _const("")
-            text = args[0]
+        if isinstance(args, str):
+            text, tpath = args, path
+        elif (
+            isinstance(args, list)
+            and len(args) == 2  # noqa: PLR2004
+            and isinstance(args[0], str)
+            and isinstance(args[1], dict)
+        ):
+            text, tpath = args[0], f"{path}[0]"
             for key, value in args[1].items():
                 variables[key] = self.string(value, f"{path}[1].{key}")
-            tpath = f"{path}[0]"
-        elif isinstance(args, str):
-            text = args
-            tpath = path
         else:
             self.problem(path, "must be a string or [string, {variable: value}]")
             return _const("")
+        compiled = self._sub_parts(text, variables, tpath)
+        if all(isinstance(p, str) for p in compiled):
+            return _const("".join(cast("tuple[str, ...]", compiled)))
+
+        def sub(env: Env) -> str:
+            return "".join(p if isinstance(p, str) else p(env) for p in compiled)
+
+        return sub
+
+    def _sub_parts(
+        self, text: str, variables: dict[str, Expr], path: str
+    ) -> tuple[str | Expr, ...]:
         parts: list[str | Expr] = []
         last = 0
         for match in _SUB_RE.finditer(text):
@@ -956,18 +1009,19 @@ class _Parser:
             elif name in variables:
                 parts.append(variables[name])
             elif self._known_name(name):
-                parts.append(_lookup(name, tpath))
+                parts.append(_lookup(name, path))
             else:
-                self.problem(tpath, f"${{{name}}} is not a declared parameter or variable")
+                self.problem(path, f"${{{name}}} is not a declared parameter or variable")
         parts.append(text[last:])
-        compiled = tuple(p for p in parts if p != "")
-        if all(isinstance(p, str) for p in compiled):
-            return _const("".join(cast("tuple[str, ...]", compiled)))
+        return tuple(p for p in parts if p != "")
 
-        def sub(env: Env) -> str:
-            return "".join(p if isinstance(p, str) else p(env) for p in compiled)
 
-        return sub
+def _has_function(node: Any) -> bool:
+    if isinstance(node, dict):
+        return _is_intrinsic(node) or any(_has_function(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_function(v) for v in node)
+    return False
 
 
 def _is_intrinsic(node: dict[str, Any]) -> bool:

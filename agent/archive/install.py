@@ -1,0 +1,229 @@
+"""Installing an archive's credentials atomically, and the single-use ledger.
+
+Layout under the state directory (every directory 0700, keys 0600)::
+
+    agent.db                      the state store; table archive_ledger
+    credentials/
+        current -> sets/<id>      the credential set in force (a symlink, swapped atomically)
+        previous -> sets/<id>     the set it replaced, kept for rollback
+        sets/<id>/certificate.pem  private.key  root-ca.pem  manifest.json
+
+A new set is written completely (each file fsynced, the directory fsynced and renamed into
+place) before ``current`` is swapped, and the swap happens inside the ledger transaction:
+a process killed at any point leaves either the previous set in force and the archive
+unrecorded, or the new set in force (recorded once the transaction commits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import secrets
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.archive.clock import Clock
+from agent.archive.manifest import CERTIFICATE, PRIVATE_KEY, ROOT_CA
+from agent.archive.verify import Policy, VerifiedArchive, verify_archive
+from agent.errors import ArchiveReusedError, StateError
+from agent.fsutil import PRIVATE_FILE, PUBLIC_FILE, ensure_dir, fsync_dir, write_synced
+from agent.store import Store
+
+LEDGER_MIGRATIONS = (
+    """
+    CREATE TABLE archive_ledger (
+        fingerprint    TEXT PRIMARY KEY,
+        device_name    TEXT NOT NULL,
+        device_id      TEXT NOT NULL,
+        archive_sha256 TEXT NOT NULL,
+        credential_set TEXT NOT NULL,
+        time_check     TEXT NOT NULL,
+        installed_at   TEXT NOT NULL
+    );
+    """,
+)
+
+DB_NAME = "agent.db"
+_STAGING_PREFIX = ".staging-"
+
+
+@dataclass(frozen=True, slots=True)
+class InstallResult:
+    """What ``archive install`` did."""
+
+    device_name: str
+    fingerprint: str
+    credential_dir: Path
+    previous_dir: Path | None
+    time_check: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON printed by the CLI."""
+        return {
+            "deviceName": self.device_name,
+            "certificateFingerprint": self.fingerprint,
+            "credentialDir": str(self.credential_dir),
+            "previousCredentialDir": str(self.previous_dir) if self.previous_dir else None,
+            "timeCheck": self.time_check,
+            "status": "INSTALLED",
+        }
+
+
+def open_store(state_dir: Path) -> Store:
+    """Open (creating if needed) the state store with the ledger table."""
+    ensure_dir(state_dir)
+    store = Store(state_dir / DB_NAME)
+    store.migrate("archive", LEDGER_MIGRATIONS)
+    return store
+
+
+def ledger_has(store: Store, fingerprint: str) -> bool:
+    """True when a certificate with this fingerprint was installed before."""
+    row = store.db.execute(
+        "SELECT 1 FROM archive_ledger WHERE fingerprint = ?", (fingerprint,)
+    ).fetchone()
+    return row is not None
+
+
+def current_credentials(state_dir: Path) -> Path | None:
+    """The credential set in force, or None before the first install."""
+    link = state_dir / "credentials" / "current"
+    if not link.is_symlink():
+        return None
+    return link.resolve()
+
+
+def _reused(verified: VerifiedArchive) -> ArchiveReusedError:
+    return ArchiveReusedError(
+        f"the archive for {verified.manifest.device_name!r} was already used on this appliance; "
+        "archives are single-use, make a new one",
+        reason="ARCHIVE_ALREADY_USED",
+    )
+
+
+def _swap_link(directory: Path, name: str, target: str) -> None:
+    tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"
+    tmp.symlink_to(target)
+    tmp.replace(directory / name)
+
+
+def install_archive(
+    verified: VerifiedArchive,
+    state_dir: Path,
+    *,
+    on_step: Callable[[str], None] | None = None,
+) -> InstallResult:
+    """Install the credentials of a verified archive; refuse an archive used before.
+
+    ``on_step`` is called after each durable step (``wrote <file>`` while staging, then
+    ``staged``, ``activated`` and ``recorded``).
+    """
+    step = on_step or (lambda _name: None)
+    with open_store(state_dir) as store:
+        if ledger_has(store, verified.fingerprint):
+            raise _reused(verified)
+        credentials = ensure_dir(state_dir / "credentials")
+        sets = ensure_dir(credentials / "sets")
+        _remove_stale_staging(sets)
+        set_name = _stage(verified, sets, step)
+        step("staged")
+        previous = current_credentials(state_dir)
+        with store.transaction() as db:
+            if ledger_has(store, verified.fingerprint):
+                shutil.rmtree(sets / set_name)
+                raise _reused(verified)
+            db.execute(
+                "INSERT INTO archive_ledger(fingerprint, device_name, device_id, archive_sha256,"
+                " credential_set, time_check, installed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    verified.fingerprint,
+                    verified.manifest.device_name,
+                    verified.manifest.device_id,
+                    hashlib.sha256(verified.contents.raw).hexdigest(),
+                    set_name,
+                    verified.time_check,
+                    dt.datetime.now(dt.UTC).isoformat(),
+                ),
+            )
+            if previous is not None and previous.parent == sets:
+                _swap_link(credentials, "previous", f"sets/{previous.name}")
+            _swap_link(credentials, "current", f"sets/{set_name}")
+            fsync_dir(credentials)
+            step("activated")
+        step("recorded")
+        _prune(sets, keep={set_name, previous.name if previous else ""})
+    return InstallResult(
+        device_name=verified.manifest.device_name,
+        fingerprint=verified.fingerprint,
+        credential_dir=sets / set_name,
+        previous_dir=previous,
+        time_check=verified.time_check,
+    )
+
+
+def provision_from_file(
+    path: Path,
+    policy: Policy,
+    clock: Clock,
+    state_dir: Path,
+    *,
+    on_step: Callable[[str], None] | None = None,
+) -> tuple[VerifiedArchive, InstallResult]:
+    """Verify the archive at ``path`` and install it (``archive install``)."""
+    verified = verify_archive(path, policy, clock)
+    return verified, install_archive(verified, state_dir, on_step=on_step)
+
+
+def _stage(verified: VerifiedArchive, sets: Path, step: Callable[[str], None]) -> str:
+    entries = verified.contents.entries
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    set_name = f"{stamp}-{verified.fingerprint[:16]}"
+    staging = sets / f"{_STAGING_PREFIX}{secrets.token_hex(6)}"
+    staging.mkdir(mode=0o700)
+    try:
+        for name, data, mode in (
+            (CERTIFICATE, entries[CERTIFICATE], PUBLIC_FILE),
+            (PRIVATE_KEY, entries[PRIVATE_KEY], PRIVATE_FILE),
+            (ROOT_CA, entries[ROOT_CA], PUBLIC_FILE),
+            ("manifest.json", verified.manifest.encode(), PUBLIC_FILE),
+        ):
+            write_synced(staging / name, data, mode)
+            step(f"wrote {name}")
+        fsync_dir(staging)
+        target = sets / set_name
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+        fsync_dir(sets)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise StateError(
+            f"cannot write the credentials under {sets}: {exc.strerror}",
+            reason="CREDENTIALS_WRITE_FAILED",
+        ) from exc
+    return set_name
+
+
+def _remove_stale_staging(sets: Path) -> None:
+    """Remove half-written sets left by a process that was killed while staging."""
+    for entry in sets.iterdir():
+        if entry.name.startswith(_STAGING_PREFIX):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _prune(sets: Path, keep: set[str]) -> None:
+    """Remove sets that are neither current nor previous (old keys do not linger)."""
+    for entry in sets.iterdir():
+        if entry.name not in keep and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        fsync_dir(sets)
+
+
+def credential_files(directory: Path) -> dict[str, bytes]:
+    """The files of one credential set (for checks and reports; includes the key)."""
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}

@@ -1,0 +1,266 @@
+"""``edge-agent ca|archive`` end to end, as a technician or factory runs them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.cli import main
+from tests.unit.archive.conftest import snapshot
+
+NOW = "2026-11-23T12:00:30Z"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
+    code = main(list(argv))
+    out = capsys.readouterr().out
+    return code, json.loads(out) if out.strip() else None
+
+
+@pytest.fixture
+def factory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    code, body = run(capsys, "ca", "init", "--out", str(tmp_path / "ca"))
+    assert code == 0
+    assert body["caCertificate"].endswith("ca.pem")
+    return tmp_path / "ca"
+
+
+def make(capsys: pytest.CaptureFixture[str], ca: Path, out: Path, *extra: str) -> dict[str, Any]:
+    code, body = run(
+        capsys,
+        "archive",
+        "make",
+        "--name",
+        "dev-1",
+        "--ca",
+        str(ca),
+        "--out",
+        str(out),
+        "--not-before",
+        "2026-11-23T12:00:00Z",
+        *extra,
+    )
+    assert code == 0, body
+    return dict(body)
+
+
+def test_ca_init_modes_and_refuses_overwrite(
+    factory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert stat.S_IMODE(factory.stat().st_mode) == 0o700
+    for name, mode in (("ca.key", 0o600), ("signer.key", 0o600), ("ca.pem", 0o644)):
+        assert stat.S_IMODE((factory / name).stat().st_mode) == mode
+    before = snapshot(factory)
+    code, body = run(capsys, "ca", "init", "--out", str(factory))
+    assert code == 2
+    assert body["error"]["reason"] == "CA_EXISTS"
+    assert snapshot(factory) == before
+
+
+def test_make_validate_install(
+    factory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    net = tmp_path / "net.json"
+    net.write_text(
+        json.dumps(
+            {"Ethernet0": {"ConnectionType": "DHCP"}, "Ntp": {"NtpServers": ["0.pool.ntp.org"]}}
+        )
+    )
+    response = make(
+        capsys,
+        factory,
+        tmp_path / "out",
+        "--networking",
+        str(net),
+        "--tag",
+        "site=lyon",
+        "--endpoint",
+        "broker.local:8883",
+    )
+    archive = tmp_path / "out" / "certificates-omni_dev-1.zip"
+    assert base64.b64decode(response["Certificates"]) == archive.read_bytes()
+    assert response["Status"] == "AWAITING_PROVISIONING"
+
+    trust = str(factory / "ca.pem")
+    code, summary = run(
+        capsys, "archive", "validate", str(archive), "--trust", trust, "--now", NOW, "--json"
+    )
+    assert code == 0
+    assert summary["timeCheck"] == "passed"
+    assert summary["networkingConfiguration"]["Ethernet0"] == {"ConnectionType": "DHCP"}
+    assert summary["iotEndpoint"] == "broker.local:8883"
+    assert len(summary["certificateFingerprint"]) == 64
+
+    state = tmp_path / "state"
+    code, result = run(
+        capsys,
+        "archive",
+        "install",
+        str(archive),
+        "--trust",
+        trust,
+        "--state-dir",
+        str(state),
+        "--now",
+        NOW,
+    )
+    assert code == 0
+    assert result["status"] == "INSTALLED"
+    assert result["certificateFingerprint"] == summary["certificateFingerprint"]
+
+    code, error = run(
+        capsys,
+        "archive",
+        "install",
+        str(archive),
+        "--trust",
+        trust,
+        "--state-dir",
+        str(state),
+        "--now",
+        NOW,
+    )
+    assert code == 1
+    assert error["error"]["code"] == "ConflictException"
+    assert error["error"]["reason"] == "ARCHIVE_ALREADY_USED"
+
+
+def test_validate_writes_nothing(
+    factory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make(capsys, factory, tmp_path / "out")
+    before = snapshot(tmp_path)
+    code, _ = run(
+        capsys,
+        "archive",
+        "validate",
+        str(tmp_path / "out" / "certificates-omni_dev-1.zip"),
+        "--trust",
+        str(factory / "ca.pem"),
+        "--now",
+        NOW,
+    )
+    assert code == 0
+    assert snapshot(tmp_path) == before
+
+
+def test_expired_archive_exit_1_with_error_json(
+    factory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make(capsys, factory, tmp_path / "out")
+    code, body = run(
+        capsys,
+        "archive",
+        "validate",
+        str(tmp_path / "out" / "certificates-omni_dev-1.zip"),
+        "--trust",
+        str(factory / "ca.pem"),
+        "--now",
+        "2026-11-23T13:00:00Z",
+    )
+    assert code == 1
+    assert body["error"]["code"] == "ValidationException"
+    assert body["error"]["statusCode"] == 400
+    assert body["error"]["reason"] == "CERTIFICATE_EXPIRED"
+    assert "BEGIN" not in json.dumps(body)
+
+
+def test_make_rejects_bad_input_with_fields(
+    factory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    net = tmp_path / "net.json"
+    net.write_text(json.dumps({"Ntp": {"NtpServers": ["BAD"]}}))
+    code, body = run(
+        capsys,
+        "archive",
+        "make",
+        "--name",
+        "bad name",
+        "--ca",
+        str(factory),
+        "--out",
+        str(tmp_path / "out"),
+        "--lifetime",
+        "600",
+    )
+    assert code == 1
+    assert {f["path"] for f in body["error"]["fields"]} == {"Name", "lifetime"}
+    code, body = run(
+        capsys,
+        "archive",
+        "make",
+        "--name",
+        "ok",
+        "--ca",
+        str(factory),
+        "--out",
+        str(tmp_path / "out"),
+        "--networking",
+        str(net),
+    )
+    assert code == 1
+    assert body["error"]["reason"] == "NETWORK_CONFIGURATION_INVALID"
+    assert body["error"]["fields"][0]["path"] == "NetworkingConfiguration.Ntp.NtpServers[0]"
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_usage_and_config_errors_exit_2(
+    factory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["archive", "validate", "x.zip"])  # --trust is required
+    assert caught.value.code == 2
+    capsys.readouterr()
+    code, body = run(capsys, "archive", "validate", "x.zip", "--trust", str(tmp_path / "none.pem"))
+    assert code == 2
+    assert body["error"]["reason"] == "TRUST_ANCHOR_MISSING"
+    bad = tmp_path / "agent.toml"
+    bad.write_text("[archive]\nclock_skew_seconds = 'soon'\nmystery = 1\n")
+    code, body = run(
+        capsys,
+        "--config",
+        str(bad),
+        "archive",
+        "validate",
+        "x.zip",
+        "--trust",
+        str(factory / "ca.pem"),
+    )
+    assert code == 2
+    assert [f["path"] for f in body["error"]["fields"]] == [
+        "archive.mystery",
+        "archive.clock_skew_seconds",
+    ]
+
+
+def test_python_dash_m_agent(factory: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "archive",
+            "validate",
+            str(tmp_path / "nothing.zip"),
+            "--trust",
+            str(factory / "ca.pem"),
+            "--now",
+            NOW,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["error"]["reason"] == "FILE_NAME_INVALID"
