@@ -111,6 +111,7 @@ def child_bulk(work: Path, template: dict[str, Any]) -> float:
         bulk_root=work / "root",
         reports_dir=work / "reports",
         registrar_factory=registrar_factory(registry),
+        line_savepoints=False,  # as the CLI runs it
     )
     request = {
         "inputFileBucket": "factory",

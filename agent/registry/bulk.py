@@ -59,11 +59,11 @@ BUCKET_RE = re.compile(r"[a-zA-Z0-9._-]+")
 KEY_RE = re.compile(r"[a-zA-Z0-9!_.*'()-\/]+")
 MAX_TEMPLATE_BODY = 10240
 MAX_MESSAGE = 2048
-MAX_PARAMETER_KEY = 2048
-MAX_PARAMETER_VALUE = 4096
 DEFAULT_MAX_LINE_BYTES = 1024 * 1024
 DEFAULT_BATCH_LINES = 1000
 DEFAULT_BATCH_SECONDS = 0.5
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 Status = Literal["InProgress", "Completed", "Failed", "Cancelled", "Cancelling"]
 ReportType = Literal["RESULTS", "ERRORS"]
@@ -73,7 +73,7 @@ FINISHED: frozenset[str] = frozenset({"Completed", "Failed", "Cancelled"})
 #: Registers one device inside the caller's open transaction and returns the RegisterThing
 #: response ``{certificatePem, resourceArns}``; raises an AgentError for a line that cannot
 #: be registered. Anything it wrote is rolled back when it raises.
-Registrar = Callable[[sqlite3.Connection, dict[str, str]], Mapping[str, Any]]
+Registrar = Callable[[sqlite3.Connection, dict[str, Any]], Mapping[str, Any]]
 #: Builds the registrar for a template body once per run; raises InvalidRequestError when
 #: the template itself is invalid.
 RegistrarFactory = Callable[[str], Registrar]
@@ -272,12 +272,14 @@ def _identity(info: os.stat_result) -> str:
 # --- lines ---------------------------------------------------------------------------------
 
 
-def parse_line(raw: bytes) -> dict[str, str]:
-    """Parse one input line into RegisterThing parameters.
+def parse_line(raw: bytes) -> dict[str, Any]:
+    """Parse one input line into the device's RegisterThing parameters.
+
+    Only the line's shape is checked here; the parameter map itself (string values, key
+    and value lengths) is checked by RegisterThing, the one place that owns those rules.
 
     Raises:
-        InvalidRequestError: not UTF-8 JSON, not an object, or keys/values breaking the
-            RegisterThing parameter map limits (string values, keys <= 2048, values <= 4096).
+        InvalidRequestError: empty, not UTF-8 JSON, or not a JSON object.
     """
     if not raw.strip():
         raise InvalidRequestError("the line is empty", reason="LINE_EMPTY")
@@ -292,22 +294,6 @@ def parse_line(raw: bytes) -> dict[str, str]:
         raise InvalidRequestError(
             "the line must be a JSON object of parameter values", reason="LINE_NOT_OBJECT"
         )
-    problems: list[FieldProblem] = []
-    for key, value in data.items():
-        if len(key) > MAX_PARAMETER_KEY:
-            problems.append(
-                FieldProblem(f"parameters.{key[:64]}...", "parameter names are at most 2048")
-            )
-        elif not isinstance(value, str):
-            problems.append(FieldProblem(f"parameters.{key}", "must be a string"))
-        elif len(value) > MAX_PARAMETER_VALUE:
-            problems.append(FieldProblem(f"parameters.{key}", "must be at most 4096 characters"))
-    if problems:
-        raise InvalidRequestError(
-            f"the line's parameters are not valid: {problems[0].path}: {problems[0].message}",
-            reason="LINE_PARAMETERS_INVALID",
-            fields=problems,
-        )
     return data
 
 
@@ -320,13 +306,13 @@ def result_line(line_number: int, response: Mapping[str, Any]) -> bytes:
             "ResourceArns": response.get("resourceArns", {}),
         },
     }
-    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+    return _ENCODER.encode(body).encode() + b"\n"
 
 
 def error_line(line_number: int, error: AgentError) -> bytes:
     """An ERRORS report line: the line number and the error in the agent's shape."""
     body: dict[str, Any] = {"lineNumber": line_number, **error.to_dict()}
-    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+    return _ENCODER.encode(body).encode() + b"\n"
 
 
 # --- the task store ----------------------------------------------------------------------------
@@ -372,6 +358,10 @@ class BulkTasks:
         batch_lines: most lines per transaction.
         batch_seconds: a batch is also committed once it has run this long.
         max_line_bytes: a longer line is reported as an error (and skipped, streamed).
+        line_savepoints: run each line in a SAVEPOINT so a failing registrar leaves
+            nothing behind. A registrar that writes nothing when it raises an AgentError
+            (RegisterThing checks everything before its first write) may turn this off;
+            then any other exception aborts the batch (rolled back, the task resumable).
     """
 
     def __init__(
@@ -384,6 +374,7 @@ class BulkTasks:
         batch_lines: int = DEFAULT_BATCH_LINES,
         batch_seconds: float = DEFAULT_BATCH_SECONDS,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        line_savepoints: bool = True,
     ) -> None:
         self._store = store
         self._root = bulk_root
@@ -392,6 +383,7 @@ class BulkTasks:
         self._batch_lines = max(1, batch_lines)
         self._batch_seconds = batch_seconds
         self._max_line = max_line_bytes
+        self._line_savepoints = line_savepoints
         store.migrate(COMPONENT, _MIGRATIONS)
 
     # --- queries -------------------------------------------------------------------------
@@ -640,6 +632,11 @@ class BulkTasks:
         return self._max_line
 
     @property
+    def line_savepoints(self) -> bool:
+        """Whether each line runs in its own SAVEPOINT."""
+        return self._line_savepoints
+
+    @property
     def store(self) -> Store:
         """The state store."""
         return self._store
@@ -693,16 +690,20 @@ class _Runner:
         return raw
 
     def _one(self, db: sqlite3.Connection, number: int, raw: bytes) -> None:
+        savepoint = self.tasks.line_savepoints
         try:
             parameters = parse_line(raw)
-            db.execute("SAVEPOINT bulk_line")
+            if savepoint:
+                db.execute("SAVEPOINT bulk_line")
             try:
                 response = self.registrar(db, parameters)
             except BaseException:
-                db.execute("ROLLBACK TO bulk_line")
-                db.execute("RELEASE bulk_line")
+                if savepoint:
+                    db.execute("ROLLBACK TO bulk_line")
+                    db.execute("RELEASE bulk_line")
                 raise
-            db.execute("RELEASE bulk_line")
+            if savepoint:
+                db.execute("RELEASE bulk_line")
         except StateError:
             raise
         except sqlite3.Error as exc:
@@ -711,7 +712,9 @@ class _Runner:
             self.errors.append(error_line(number, exc))
             self.failures += 1
             return
-        except Exception as exc:  # noqa: BLE001 - one line's failure never stops the task
+        except Exception as exc:
+            if not savepoint:  # what it wrote is unknown: give up the batch, stay resumable
+                raise
             _log.exception("bulk task %s: line %d failed unexpectedly", self.task_id, number)
             failure = InternalError(f"unexpected failure: {type(exc).__name__}")
             self.errors.append(error_line(number, failure))

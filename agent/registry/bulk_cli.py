@@ -73,6 +73,8 @@ def _bulk(config: AgentConfig, store: Store) -> BulkTasks:
         bulk_root=config.registry.bulk_root,
         reports_dir=config.agent.state_dir / "bulk",
         registrar_factory=bulk_registrar_factory(config, store),
+        # RegisterThing checks everything before its first write: a refused line wrote nothing
+        line_savepoints=False,
     )
 
 

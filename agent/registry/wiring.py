@@ -77,7 +77,7 @@ def registrar_factory(registry: Registry) -> RegistrarFactory:
     def build(template_body: str) -> Registrar:
         template = parse_template(template_body)
 
-        def register(db: sqlite3.Connection, parameters: dict[str, str]) -> Mapping[str, Any]:
+        def register(db: sqlite3.Connection, parameters: dict[str, Any]) -> Mapping[str, Any]:
             transaction = SqliteRegistryTransaction(db)
             return registry.register_thing(template, parameters, transaction=transaction).to_dict()
 

@@ -21,8 +21,10 @@ def thing_registrar(template_body: str) -> Registrar:
     if template_body == "invalid":
         raise InvalidRequestError("the template is not valid", reason="TEMPLATE_INVALID")
 
-    def register(db: sqlite3.Connection, parameters: dict[str, str]) -> Mapping[str, Any]:
+    def register(db: sqlite3.Connection, parameters: dict[str, Any]) -> Mapping[str, Any]:
         name = parameters.get("ThingName")
+        if not all(isinstance(v, str) for v in parameters.values()):
+            raise InvalidRequestError("parameter values are strings", reason="PARAMETER_INVALID")
         db.execute("INSERT INTO test_attempts(name) VALUES (?)", (name,))
         if name is None:
             raise InvalidRequestError("ThingName is required", reason="PARAMETER_MISSING")

@@ -72,7 +72,7 @@ def test_ten_thousand_lines_with_one_percent_bad(
         "not json": "LINE_NOT_JSON",
         '["a list"]': "LINE_NOT_OBJECT",
         '{"Serial": "no thing name"}': "PARAMETER_MISSING",
-        '{"ThingName": 7}': "LINE_PARAMETERS_INVALID",
+        '{"ThingName": 7}': "PARAMETER_INVALID",
         "": "LINE_EMPTY",
     }
     assert reasons == {n: expected[kind] for n, kind in bad.items()}
@@ -346,3 +346,50 @@ def test_empty_file_completes(tasks: BulkTasks, bulk_root: Path) -> None:
         0,
         100,
     )
+
+
+def test_unexpected_registrar_failure(store: Store, bulk_root: Path, tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def factory(body: str) -> Any:
+        def register(db: Any, parameters: dict[str, Any]) -> dict[str, Any]:
+            calls.append(parameters["ThingName"])
+            db.execute("INSERT INTO test_things(name) VALUES (?)", (parameters["ThingName"],))
+            if parameters["ThingName"] == "b" and body == "buggy":
+                raise KeyError("bug")
+            return {"resourceArns": {}}
+
+        return register
+
+    write_lines(
+        bulk_root / "factory" / "devices.jsonl", [json.dumps({"ThingName": n}) for n in "abc"]
+    )
+    # with savepoints, the bug is one line's InternalError and its write is undone
+    careful = BulkTasks(
+        store, bulk_root=bulk_root, reports_dir=tmp_path / "r1", registrar_factory=factory
+    )
+    task_id = start(careful, templateBody="buggy")
+    out = careful.run(task_id)
+    assert (out["status"], out["successCount"], out["failureCount"]) == ("Completed", 2, 1)
+    assert reports(careful, task_id, "ERRORS")[0]["error"]["code"] == "InternalServerException"
+    assert {r[0] for r in store.db.execute("SELECT name FROM test_things")} == {"a", "c"}
+    store.db.execute("DELETE FROM test_things")
+    # without savepoints the batch is abandoned (rolled back) and the task stays resumable
+    fast = BulkTasks(
+        store,
+        bulk_root=bulk_root,
+        reports_dir=tmp_path / "r2",
+        registrar_factory=factory,
+        line_savepoints=False,
+    )
+    task_id = start(fast, templateBody="buggy")
+    with pytest.raises(KeyError):
+        fast.run(task_id)
+    assert fast.describe(task_id)["status"] == "InProgress"
+    assert store.db.execute("SELECT count(*) FROM test_things").fetchone()[0] == 0
+    assert list(fast.read_report(task_id, "RESULTS")) == []
+    with store.transaction() as db:  # the fixed template
+        db.execute("UPDATE bulk_tasks SET template_body = 'fixed' WHERE task_id = ?", (task_id,))
+    out = fast.run(task_id)
+    assert (out["status"], out["successCount"]) == ("Completed", 3)
+    assert [r["lineNumber"] for r in reports(fast, task_id, "RESULTS")] == [1, 2, 3]
