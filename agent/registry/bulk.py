@@ -97,7 +97,6 @@ _MIGRATIONS = [
         input_offset       INTEGER NOT NULL DEFAULT 0,
         results_size       INTEGER NOT NULL DEFAULT 0,
         errors_size        INTEGER NOT NULL DEFAULT 0,
-        cancel_requested   INTEGER NOT NULL DEFAULT 0,
         creation_date      TEXT NOT NULL,
         last_modified_date TEXT NOT NULL
     );
@@ -384,7 +383,8 @@ class BulkTasks:
         self._batch_seconds = batch_seconds
         self._max_line = max_line_bytes
         self._line_savepoints = line_savepoints
-        store.migrate(COMPONENT, _MIGRATIONS)
+        if store.version(COMPONENT) != len(_MIGRATIONS):  # readers never wait for a writer
+            store.migrate(COMPONENT, _MIGRATIONS)
 
     # --- queries -------------------------------------------------------------------------
 
@@ -405,17 +405,24 @@ class BulkTasks:
         Raises:
             ResourceNotFoundError: no such task.
         """
-        return _describe(self._row(task_id))
+        described = _describe(self._row(task_id))
+        if described["status"] == "InProgress" and self.cancel_requested(task_id):
+            described["status"] = "Cancelling"
+        return described
 
     def list_tasks(self, status: str | None = None) -> dict[str, Any]:
         """ListThingRegistrationTasks: task ids, newest first, optionally by status."""
-        sql = "SELECT task_id FROM bulk_tasks"
-        args: tuple[str, ...] = ()
-        if status is not None:
-            sql += " WHERE status = ?"
-            args = (status,)
-        rows = self._store.db.execute(sql + " ORDER BY creation_date DESC, rowid DESC", args)
-        return {"taskIds": [r[0] for r in rows]}
+        rows = self._store.db.execute(
+            "SELECT task_id, status FROM bulk_tasks ORDER BY creation_date DESC, rowid DESC"
+        )
+        ids = []
+        for task_id, stored in rows:
+            current = stored
+            if stored == "InProgress" and self.cancel_requested(task_id):
+                current = "Cancelling"
+            if status is None or status == current:
+                ids.append(task_id)
+        return {"taskIds": ids}
 
     def report_path(self, task_id: str, report_type: ReportType) -> Path:
         """Where the task's RESULTS or ERRORS report is written."""
@@ -509,9 +516,12 @@ class BulkTasks:
     def cancel(self, task_id: str) -> dict[str, Any]:
         """StopThingRegistrationTask.
 
-        With no runner alive the task becomes ``Cancelled`` at once; otherwise it becomes
-        ``Cancelling`` and its runner stops at the end of the current batch (the batch's
-        registrations are kept and reported). Cancelling a cancelled task does nothing.
+        With no runner alive the task becomes ``Cancelled`` at once. Otherwise a cancel
+        request file is left for the runner (no database write, so a busy runner never
+        delays the request): the task shows ``Cancelling`` and its runner stops at the end
+        of the current batch, whose registrations are kept and reported. A runner that
+        dies first finds the request when the task is resumed. Cancelling a cancelled task
+        does nothing.
 
         Raises:
             ResourceNotFoundError: no such task.
@@ -523,19 +533,29 @@ class BulkTasks:
                 f"task {task_id} is {row['status']} and cannot be cancelled",
                 reason="TASK_ALREADY_FINISHED",
             )
-        with self._lock(task_id, wait=False) as free, self._store.transaction() as db:
-            status = db.execute(
-                "SELECT status FROM bulk_tasks WHERE task_id = ?", (task_id,)
-            ).fetchone()[0]
-            if status not in FINISHED:
-                new = "Cancelled" if free else "Cancelling"
-                db.execute(
-                    "UPDATE bulk_tasks SET status = ?, cancel_requested = 1, "
-                    "message = 'cancelled on request', last_modified_date = ? "
-                    "WHERE task_id = ?",
-                    (new, utc_now(), task_id),
-                )
+        with self._lock(task_id, wait=False) as free:
+            if free:
+                with self._store.transaction() as db:
+                    db.execute(
+                        "UPDATE bulk_tasks SET status = 'Cancelled', "
+                        "message = 'cancelled on request', last_modified_date = ? "
+                        "WHERE task_id = ? AND status NOT IN ('Completed', 'Failed')",
+                        (utc_now(), task_id),
+                    )
+            else:
+                flag = self._cancel_flag(task_id)
+                fd = os.open(flag, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                os.fsync(fd)
+                os.close(fd)
+                fsync_dir(flag.parent)
         return self.describe(task_id)
+
+    def _cancel_flag(self, task_id: str) -> Path:
+        return self._reports / task_id / "cancel-requested"
+
+    def cancel_requested(self, task_id: str) -> bool:
+        """Whether a cancel request waits for the task's runner."""
+        return self._cancel_flag(task_id).exists()
 
     @contextlib.contextmanager
     def _lock(self, task_id: str, *, wait: bool) -> Iterator[bool]:
@@ -571,7 +591,7 @@ class BulkTasks:
             if not mine:
                 raise TaskBusyError(f"task {task_id} is already being run by another process")
             row = self._row(task_id)
-            if row["status"] == "Cancelling":
+            if row["status"] in {"InProgress", "Cancelling"} and self.cancel_requested(task_id):
                 self._finish(task_id, "Cancelled", "cancelled on request")
             elif row["status"] == "InProgress":
                 self._run_locked(row, progress)
@@ -727,10 +747,8 @@ class _Runner:
         """Process one batch in one transaction; True when the task has ended."""
         deadline = time.monotonic() + self.tasks.batch_seconds
         end: tuple[Status, str] | None = None
+        cancel = self.tasks.cancel_requested(self.task_id)
         with self.tasks.store.transaction() as db:
-            cancel = db.execute(
-                "SELECT cancel_requested FROM bulk_tasks WHERE task_id = ?", (self.task_id,)
-            ).fetchone()[0]
             if cancel:
                 end = ("Cancelled", "cancelled on request")
             count = 0

@@ -22,7 +22,7 @@ from agent.errors import EXIT_OK, EXIT_RUNTIME, InvalidRequestError
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
-    from agent.registry.bulk import BulkTasks
+    from agent.registry.bulk import BulkTasks, Registrar
     from agent.registry.templates_store import TemplateStore
     from agent.store import Store
 
@@ -68,11 +68,15 @@ def _bulk(config: AgentConfig, store: Store) -> BulkTasks:
     from agent.registry.bulk import BulkTasks
     from agent.registry.wiring import bulk_registrar_factory
 
+    def registrar(body: str) -> Registrar:
+        # built on first use: describe, cancel and reports never touch the registry tables
+        return bulk_registrar_factory(config, store)(body)
+
     return BulkTasks(
         store,
         bulk_root=config.registry.bulk_root,
         reports_dir=config.agent.state_dir / "bulk",
-        registrar_factory=bulk_registrar_factory(config, store),
+        registrar_factory=registrar,
         # RegisterThing checks everything before its first write: a refused line wrote nothing
         line_savepoints=False,
     )

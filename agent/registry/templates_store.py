@@ -243,7 +243,8 @@ class TemplateStore:
         self._max_templates = max_templates
         self._max_versions = max_versions
         self._clock = clock
-        store.migrate(COMPONENT, _MIGRATIONS)
+        if store.version(COMPONENT) != len(_MIGRATIONS):  # readers never wait for a writer
+            store.migrate(COMPONENT, _MIGRATIONS)
 
     # --- helpers -------------------------------------------------------------------------
 
