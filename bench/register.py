@@ -111,6 +111,23 @@ def registry_run(path: Path, data: list[str], template: Any, registry_ca: Any) -
         return time.perf_counter() - start
 
 
+def evaluation_only(data: list[str]) -> tuple[float, float]:
+    """Seconds to evaluate every line with one parsed template, and to parse per line."""
+    template = parse_template(TEMPLATE)
+    start = time.perf_counter()
+    for line in data:
+        template.evaluate(template.resolve_parameters(json.loads(line)))
+    once = time.perf_counter() - start
+    body = json.dumps(TEMPLATE)
+    sample = data[: max(len(data) // 10, 1)]
+    start = time.perf_counter()
+    for line in sample:
+        fresh = parse_template(body)
+        fresh.evaluate(fresh.resolve_parameters(json.loads(line)))
+    every = (time.perf_counter() - start) * len(data) / len(sample)
+    return once, every
+
+
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     data = lines(count)
@@ -136,6 +153,7 @@ def main() -> None:
         ]
         signed = registry_run(root / "csr.db", csr_data, parse_template(csr_template), ca)
 
+    once, every = evaluation_only(data)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"lines: {count:,}; batch: {BATCH} lines per transaction")
     print(f"baseline json.loads + 1 insert/line : {count / base:>10,.0f} lines/s")
@@ -143,6 +161,8 @@ def main() -> None:
     print(f"register_batch, existing things     : {count / again:>10,.0f} lines/s")
     print(f"register_batch + CSR signing ({csr_count:,}) : {csr_count / signed:>10,.0f} lines/s")
     print(f"registry time / baseline time (new) : {reg / base:>10.1f}x")
+    print(f"evaluate only, template parsed once : {count / once:>10,.0f} lines/s")
+    print(f"evaluate only, parsed on every line : {count / every:>10,.0f} lines/s")
     print(f"peak RSS (whole run, data in memory): {rss_mb:>10.1f} MB")
 
 

@@ -1,4 +1,4 @@
-"""``edge-agent register-thing`` and ``edge-agent policy create``."""
+"""``edge-agent register-thing``, ``describe-thing`` and ``policy create``."""
 
 from __future__ import annotations
 
@@ -35,6 +35,14 @@ def register(sub: Any) -> None:
     reg.add_argument("--database", type=Path, default=None, help="override registry.database")
     reg.add_argument("--ca-dir", type=Path, default=None, help="override registry.ca_dir")
     reg.set_defaults(handler=_register_thing)
+
+    describe = sub.add_parser(
+        "describe-thing", help="show a thing with its certificates and their policies"
+    )
+    describe.add_argument("name", help="thing name")
+    describe.add_argument("--json", action="store_true", help="machine-readable output")
+    describe.add_argument("--database", type=Path, default=None, help="override registry.database")
+    describe.set_defaults(handler=_describe_thing)
 
     policy = sub.add_parser("policy", help="IoT policies in the local registry")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
@@ -83,6 +91,11 @@ def _parameters(text: str | None) -> dict[str, Any] | None:
         raise ParameterError(
             f"--parameters is not valid JSON: {exc.msg}",
             fields=[FieldProblem("parameters", "not valid JSON")],
+        ) from None
+    except RecursionError:
+        raise ParameterError(
+            "--parameters nests too deeply",
+            fields=[FieldProblem("parameters", "nested too deeply")],
         ) from None
     if not isinstance(value, dict):
         raise ParameterError(
@@ -144,4 +157,54 @@ def _policy_create(args: argparse.Namespace) -> int:
             "policyArn": f"arn:aws:iot:{section.region}:{section.account}:policy/{args.name}",
         }
     )
+    return EXIT_OK
+
+
+def _describe_thing(args: argparse.Namespace) -> int:
+    from agent.cli import print_json
+    from agent.errors import ResourceNotFoundError
+    from agent.registry.storage import SqliteRegistryStorage
+
+    section = _section(args)
+    prefix = f"arn:aws:iot:{section.region}:{section.account}:"
+    with SqliteRegistryStorage.open(section.database) as storage:
+        thing = storage.get_thing(args.name)
+        if thing is None:
+            raise ResourceNotFoundError(
+                f"no thing named {args.name!r} is registered",
+                fields=[FieldProblem("thingName", "no such thing")],
+            )
+        certificates = []
+        for certificate_id in storage.thing_principals(thing.name):
+            record = storage.get_certificate(certificate_id)
+            certificates.append(
+                {
+                    "certificateId": certificate_id,
+                    "certificateArn": f"{prefix}cert/{certificate_id}",
+                    "status": record.status if record else "UNKNOWN",
+                    "policies": list(storage.certificate_policies(certificate_id)),
+                }
+            )
+    body = {
+        "thingName": thing.name,
+        "thingId": thing.thing_id,
+        "thingArn": f"{prefix}thing/{thing.name}",
+        "thingTypeName": thing.thing_type_name,
+        "attributes": thing.attributes,
+        "thingGroups": list(thing.thing_groups),
+        "billingGroup": thing.billing_group,
+        "version": thing.version,
+        "certificates": certificates,
+    }
+    if args.json:
+        print_json(body)
+        return EXIT_OK
+    print(f"{thing.name} ({body['thingArn']}), version {thing.version}")
+    print(f"  type: {thing.thing_type_name or '-'}  billing group: {thing.billing_group or '-'}")
+    print(f"  groups: {', '.join(thing.thing_groups) or '-'}")
+    for key, value in thing.attributes.items():
+        print(f"  attribute {key} = {value}")
+    for cert in certificates:
+        policies = ", ".join(cert["policies"]) or "-"
+        print(f"  certificate {cert['certificateId']} {cert['status']} policies: {policies}")
     return EXIT_OK

@@ -128,6 +128,8 @@ def parse_response(body: bytes) -> HookDecision:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return _deny(BAD_RESPONSE, f"the hook's answer is not JSON: {exc}")
+    except RecursionError:
+        return _deny(BAD_RESPONSE, "the hook's answer nests too deeply")
     if not isinstance(data, dict):
         return _deny(BAD_RESPONSE, "the hook's answer is not a JSON object")
     overrides = data.get("parameterOverrides", {})

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -57,6 +59,7 @@ from agent.registry.storage import (
 )
 from agent.registry.template import (
     CERTIFICATE_PREFIX,
+    POLICY_NAME_RE,
     CertificateResource,
     Evaluation,
     OverrideAction,
@@ -65,6 +68,8 @@ from agent.registry.template import (
     ThingResource,
     parse_template,
 )
+
+_log = logging.getLogger(__name__)
 
 PARAMETER_KEY_MAX = 2048
 PARAMETER_VALUE_MAX = 4096
@@ -98,6 +103,19 @@ class RegisterThingResult:
             body["certificatePem"] = self.certificate_pem
         body["resourceArns"] = dict(self.resource_arns)
         return body
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRegistration:
+    """A registration checked and evaluated, ready for :meth:`Registry.commit`.
+
+    Attributes:
+        evaluation: the evaluated template.
+        certificate: the certificate of the certificate resource (None without one).
+    """
+
+    evaluation: Evaluation
+    certificate: IssuedCertificate | None
 
 
 def check_parameters(parameters: Mapping[str, Any] | None) -> dict[str, str]:
@@ -193,8 +211,11 @@ class Registry:
 
     def create_policy(self, name: str, document: str | Mapping[str, Any]) -> str:
         """Create or replace a named policy; returns its ARN."""
-        import json  # noqa: PLC0415 - only here
-
+        if POLICY_NAME_RE.fullmatch(name) is None:
+            raise ParameterError(
+                f"the policy name {name[:64]!r} does not match {POLICY_NAME_RE.pattern}",
+                fields=[FieldProblem("policyName", f"must match {POLICY_NAME_RE.pattern}")],
+            )
         text = document if isinstance(document, str) else json.dumps(document)
         with self.storage.transaction() as tx:
             tx.put_policy(PolicyRecord(name=name, document=text))
@@ -227,7 +248,7 @@ class Registry:
 
     def register_thing(
         self,
-        template: Template | str | Mapping[str, Any],
+        template_body: Template | str | Mapping[str, Any],
         parameters: Mapping[str, Any] | None = None,
         *,
         transaction: RegistryTransaction | None = None,
@@ -237,14 +258,15 @@ class Registry:
         claim_certificate_id: str = "",
         now: dt.datetime | None = None,
     ) -> RegisterThingResult:
-        """Run RegisterThing.
+        """Run RegisterThing: :meth:`prepare` then :meth:`commit`.
 
         Args:
-            template: a parsed template, or the template body (JSON text or object).
+            template_body: the template body (JSON text or object) or, to skip parsing it
+                again, a :class:`Template` from :func:`parse_template`.
             parameters: the device's parameters (string to string).
             transaction: an open storage transaction to write into (bulk registration
-                batches many lines into one); the registration runs in a savepoint inside
-                it. Without one, the registration commits its own transaction.
+                batches many lines into one). Without one, the registration commits its own
+                transaction. A refused registration writes nothing into it.
             hook: the pre-provisioning hook to ask, if any.
             template_arn: the template's ARN, sent to the hook and recorded.
             client_id: the MQTT client id, sent to the hook.
@@ -264,11 +286,57 @@ class Registry:
                 the certificate lacks a declared subject field, or it was not issued by the CA.
             ConflictingResourceUpdateError: ``OverrideSettings`` ``FAIL`` on a change.
         """
-        tpl = template if isinstance(template, Template) else parse_template(template)
+        prepared = self.prepare(
+            template_body,
+            parameters,
+            reader=transaction,
+            hook=hook,
+            hook_transaction=transaction,
+            template_arn=template_arn,
+            client_id=client_id,
+            claim_certificate_id=claim_certificate_id,
+        )
+        return self.commit(prepared, transaction=transaction, now=now)
+
+    def prepare(
+        self,
+        template_body: Template | str | Mapping[str, Any],
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        reader: RegistryReader | None = None,
+        hook: PreProvisioningHook | None = None,
+        hook_transaction: RegistryTransaction | None = None,
+        template_arn: str = "",
+        client_id: str = "",
+        claim_certificate_id: str = "",
+    ) -> PreparedRegistration:
+        """Everything of a registration that needs no write lock.
+
+        Checks the parameters, resolves the certificate (a CSR is checked and signed here,
+        the CPU-heavy part), asks the hook and evaluates the template. Run it outside any
+        transaction so other writers are not held up, then :meth:`commit` the result.
+
+        Args:
+            template_body: as for :meth:`register_thing`.
+            parameters: as for :meth:`register_thing`.
+            reader: where a ``CertificateId`` is looked up (default: the storage).
+            hook: the pre-provisioning hook to ask, if any.
+            hook_transaction: where the hook's decision is recorded (default: its own
+                transaction).
+            template_arn: the template's ARN, sent to the hook and recorded.
+            client_id: the MQTT client id, sent to the hook.
+            claim_certificate_id: the claim certificate's id, sent to the hook.
+
+        Raises:
+            AgentError: as :meth:`register_thing`, except the errors found against the
+                registry's contents (missing policy, override conflicts).
+        """
+        tpl = (
+            template_body if isinstance(template_body, Template) else parse_template(template_body)
+        )
         caller_params = check_parameters(parameters)
         params = tpl.resolve_parameters(caller_params)
-        reader: RegistryReader = transaction if transaction is not None else self.storage
-        issued = self._resolve_certificate(tpl, params, reader)
+        issued = self._resolve_certificate(tpl, params, reader or self.storage)
         if issued is not None:
             params = {**params, **issued.parameters}
         if hook is not None:
@@ -277,48 +345,76 @@ class Registry:
                 issued,
                 caller_params,
                 params,
-                transaction,
+                hook_transaction,
                 template_arn=template_arn,
                 client_id=client_id,
                 claim_certificate_id=claim_certificate_id,
             )
-        evaluation = tpl.evaluate(params)
+        return PreparedRegistration(tpl.evaluate(params), issued)
+
+    def commit(
+        self,
+        prepared: PreparedRegistration,
+        *,
+        transaction: RegistryTransaction | None = None,
+        now: dt.datetime | None = None,
+    ) -> RegisterThingResult:
+        """Check a prepared registration against the registry and write it.
+
+        Args:
+            prepared: from :meth:`prepare`.
+            transaction: an open transaction to write into (default: its own).
+            now: the registration time (default: the current time).
+
+        Raises:
+            ResourceRegistrationFailureError: a named policy does not exist.
+            ConflictingResourceUpdateError: ``OverrideSettings`` ``FAIL`` on a change.
+        """
         when = now or dt.datetime.now(dt.UTC)
         scope: AbstractContextManager[Any] = (
             self.storage.transaction() if transaction is None else nullcontext(transaction)
         )
         with scope as tx:
-            return self._apply(tx, evaluation, issued, when)
+            result = self._apply(tx, prepared.evaluation, prepared.certificate, when)
+        _log.debug(
+            "registered thing %s with certificate %s", result.thing_name, result.certificate_id
+        )
+        return result
 
     def register_batch(
         self,
-        template: Template | str | Mapping[str, Any],
+        template_body: Template | str | Mapping[str, Any],
         parameter_sets: Iterable[Mapping[str, Any] | None],
         *,
         hook: PreProvisioningHook | None = None,
         template_arn: str = "",
     ) -> list[RegisterThingResult | AgentError]:
-        """Register many devices in one transaction; one failure never stops the others.
+        """Register many devices; one failure never stops the others.
+
+        Every registration is prepared first, outside any transaction (CSR signing and the
+        hook do not hold the write lock), then all are committed in one transaction.
 
         Returns:
             One entry per parameter set, in order: the result or the error it raised.
         """
-        tpl = template if isinstance(template, Template) else parse_template(template)
+        tpl = (
+            template_body if isinstance(template_body, Template) else parse_template(template_body)
+        )
+        prepared: list[PreparedRegistration | AgentError] = []
+        for params in parameter_sets:
+            try:
+                prepared.append(self.prepare(tpl, params, hook=hook, template_arn=template_arn))
+            except AgentError as exc:
+                prepared.append(exc)
         outcomes: list[RegisterThingResult | AgentError] = []
         now = dt.datetime.now(dt.UTC)
         with self.storage.transaction() as tx:
-            for params in parameter_sets:
+            for item in prepared:
+                if isinstance(item, AgentError):
+                    outcomes.append(item)
+                    continue
                 try:
-                    outcomes.append(
-                        self.register_thing(
-                            tpl,
-                            params,
-                            transaction=tx,
-                            hook=hook,
-                            template_arn=template_arn,
-                            now=now,
-                        )
-                    )
+                    outcomes.append(self.commit(item, transaction=tx, now=now))
                 except AgentError as exc:
                     outcomes.append(exc)
         return outcomes
@@ -406,7 +502,9 @@ class Registry:
                 f"the pre-provisioning hook denied provisioning: {decision.detail}",
                 reason=decision.reason,
             )
-        return {**params, **decision.parameter_overrides}
+        # The certificate's own facts cannot be overridden.
+        facts = issued.parameters if issued else {}
+        return {**params, **decision.parameter_overrides, **facts}
 
     def _apply(
         self,

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from agent.config import RegistrySection
-from agent.errors import FieldProblem
+from agent.errors import ConfigError, FieldProblem
 from agent.registry.ca import CertificateAuthority, cert_to_pem
 from agent.registry.errors import CsrError, ResourceRegistrationFailureError
 from agent.registry.template import CERTIFICATE_PREFIX
@@ -53,7 +53,18 @@ class CsrPolicy:
 
     @classmethod
     def from_config(cls, section: RegistrySection) -> CsrPolicy:
-        """The policy from the ``[registry]`` section."""
+        """The policy from the ``[registry]`` section.
+
+        Raises:
+            ConfigError: ``common_name_pattern`` is not a regular expression.
+        """
+        try:
+            re.compile(section.common_name_pattern)
+        except re.error as exc:
+            raise ConfigError(
+                f"registry.common_name_pattern is not a regular expression: {exc}",
+                fields=[FieldProblem("registry.common_name_pattern", str(exc))],
+            ) from None
         return cls(
             allowed_key_types=section.allowed_key_types,
             min_rsa_bits=section.min_rsa_bits,
@@ -180,13 +191,13 @@ def load_csr(
         ) from None
     try:
         valid = csr.is_signature_valid
-    except (ValueError, x509.UnsupportedGeneralNameType):
+    except (ValueError, UnsupportedAlgorithm):
         valid = False
     if not valid:
         raise _csr_problem("the CSR's signature does not verify", "CSR_SIGNATURE_INVALID", path)
     try:
         key = csr.public_key()
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):
         raise _csr_problem(
             "the CSR's public key is not supported", "KEY_TYPE_NOT_ALLOWED", path
         ) from None

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, Self, cast
+from typing import Any, Literal, Protocol, Self, cast
 
 from agent.store import Store
 
@@ -211,13 +211,19 @@ class _SqliteReader:
 
     _db: sqlite3.Connection
 
+    def _one(self, sql: str, args: tuple[object, ...] = ()) -> Any:
+        return self._db.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, args: tuple[object, ...] = ()) -> list[Any]:
+        return self._db.execute(sql, args).fetchall()
+
     def get_thing(self, name: str) -> ThingRecord | None:
         """The thing called ``name``, or None."""
-        row = self._db.execute(
+        row = self._one(
             "SELECT name, thing_id, attributes, thing_type_name, thing_groups, billing_group, "
             "version, created_at, updated_at FROM registry_things WHERE name = ?",
             (name,),
-        ).fetchone()
+        )
         if row is None:
             return None
         return ThingRecord(
@@ -234,11 +240,11 @@ class _SqliteReader:
 
     def get_certificate(self, certificate_id: str) -> CertificateRecord | None:
         """The certificate with this id, or None."""
-        row = self._db.execute(
+        row = self._one(
             "SELECT certificate_id, certificate_pem, status, created_at, updated_at "
             "FROM registry_certificates WHERE certificate_id = ?",
             (certificate_id,),
-        ).fetchone()
+        )
         if row is None:
             return None
         return CertificateRecord(
@@ -251,45 +257,45 @@ class _SqliteReader:
 
     def get_policy(self, name: str) -> PolicyRecord | None:
         """The policy called ``name``, or None."""
-        row = self._db.execute(
+        row = self._one(
             "SELECT name, document, created_at FROM registry_policies WHERE name = ?", (name,)
-        ).fetchone()
+        )
         if row is None:
             return None
         return PolicyRecord(name=row[0], document=row[1], created_at=_dt(row[2]))
 
     def thing_principals(self, thing_name: str) -> tuple[str, ...]:
         """Ids of the certificates attached to a thing."""
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT certificate_id FROM registry_thing_principals WHERE thing_name = ? "
             "ORDER BY certificate_id",
             (thing_name,),
-        ).fetchall()
+        )
         return tuple(r[0] for r in rows)
 
     def certificate_policies(self, certificate_id: str) -> tuple[str, ...]:
         """Names of the policies attached to a certificate."""
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT policy_name FROM registry_policy_principals WHERE certificate_id = ? "
             "ORDER BY policy_name",
             (certificate_id,),
-        ).fetchall()
+        )
         return tuple(r[0] for r in rows)
 
     def hook_decisions(self, certificate_id: str) -> tuple[HookDecisionRecord, ...]:
         """The hook decisions recorded for a certificate, oldest first."""
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT certificate_id, template_arn, allowed, reason, detail, decided_at "
             "FROM registry_hook_decisions WHERE certificate_id = ? ORDER BY id",
             (certificate_id,),
-        ).fetchall()
+        )
         return tuple(
             HookDecisionRecord(r[0], r[1], bool(r[2]), r[3], r[4], _dt(r[5])) for r in rows
         )
 
     def count_things(self) -> int:
         """How many things the registry holds."""
-        return int(self._db.execute("SELECT count(*) FROM registry_things").fetchone()[0])
+        return int(self._one("SELECT count(*) FROM registry_things")[0])
 
 
 class SqliteRegistryTransaction(_SqliteReader):
@@ -436,6 +442,14 @@ class SqliteRegistryStorage(_SqliteReader):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _one(self, sql: str, args: tuple[object, ...] = ()) -> Any:
+        with self._lock:
+            return self._db.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, args: tuple[object, ...] = ()) -> list[Any]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[SqliteRegistryTransaction]:

@@ -24,6 +24,8 @@ from agent.errors import FieldProblem
 from agent.registry.errors import ParameterError, TemplateError
 
 TEMPLATE_BODY_MAX = 10240
+#: Deepest JSON nesting a template may have (functions nest; evaluation recurses).
+TEMPLATE_DEPTH_MAX = 32
 
 THING = "AWS::IoT::Thing"
 CERTIFICATE = "AWS::IoT::Certificate"
@@ -54,6 +56,7 @@ ATTRIBUTE_NAME_RE = re.compile(r"[a-zA-Z0-9_.,@/:#-]{1,128}")
 ATTRIBUTE_VALUE_RE = re.compile(r"[a-zA-Z0-9_.,@/:#=\[\]-]{0,800}")
 POLICY_NAME_RE = re.compile(r"[\w+=,.@-]{1,128}")
 CERTIFICATE_ID_RE = re.compile(r"[a-f0-9]{64}")
+_CERTIFICATE_ID_LITERAL_RE = re.compile(r"(0x)?[a-fA-F0-9]{64}")
 LOGICAL_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _SUB_RE = re.compile(r"\$\{([^}]*)\}")
 
@@ -204,6 +207,7 @@ class Template:
         resource_types: every logical resource name with its type, in template order.
         certificate_method: how the certificate resource names its certificate (or None when
             the template has no certificate resource).
+        certificate_logical_id: the certificate resource's logical name (or None).
         certificate_fields: certificate pseudo-parameters the template declares (other than
             ``AWS::IoT::Certificate::Id``); the certificate must carry every one of them.
     """
@@ -231,6 +235,7 @@ class Template:
         self.certificate_method: CertificateMethod | None = (
             certificate.method if certificate else None
         )
+        self.certificate_logical_id: str | None = certificate.logical_id if certificate else None
         self.certificate_fields: tuple[str, ...] = tuple(
             n
             for n in parameters
@@ -379,6 +384,42 @@ class Template:
         return PolicyResource(spec.logical_id, policy_document=document)
 
 
+TemplateType = Literal["FLEET_PROVISIONING", "JITP"]
+
+
+def check_template_type(template: Template, template_type: TemplateType) -> None:
+    """Check the rules that depend on a stored template's ``type``.
+
+    Both types name their certificate by ``CertificateId`` (fleet provisioning injects
+    ``AWS::IoT::Certificate::Id``; JITP registers the device's certificate first).
+    ``Mappings`` and ``DeviceConfiguration`` exist only in fleet-provisioning templates.
+
+    Raises:
+        TemplateError: ``TEMPLATE_INVALID`` with the offending paths.
+    """
+    problems: list[FieldProblem] = []
+    method = template.certificate_method
+    if method is not None and method != "CertificateId":
+        problems.append(
+            FieldProblem(
+                f"Resources.{template.certificate_logical_id}.Properties.{method}",
+                f"a {template_type} template names its certificate by CertificateId",
+            )
+        )
+    if template_type == "JITP":
+        problems.extend(
+            FieldProblem(section, "only fleet-provisioning templates have this section")
+            for section in ("Mappings", "DeviceConfiguration")
+            if section in template.body
+        )
+    if problems:
+        raise TemplateError(
+            f"the template does not suit type {template_type}: "
+            f"{problems[0].path}: {problems[0].message}",
+            fields=problems,
+        )
+
+
 def _is_number(value: str) -> bool:
     try:
         float(value)
@@ -444,6 +485,8 @@ def load_template_body(body: str | Mapping[str, Any]) -> dict[str, Any]:
         )
     try:
         data = json.loads(body, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise _too_deep("templateBody") from None
     except json.JSONDecodeError as exc:
         raise TemplateError(
             f"the template body is not valid JSON: {exc.msg} at line {exc.lineno} "
@@ -477,6 +520,9 @@ def parse_template(body: str | Mapping[str, Any]) -> Template:
             ``TEMPLATE_TOO_LARGE``), listing every problem with its JSON path in ``fields``.
     """
     data = load_template_body(body)
+    deep = _too_deep_path(data, "", 0)
+    if deep is not None:
+        raise _too_deep(deep)
     parser = _Parser(data)
     template = parser.parse()
     if parser.problems:
@@ -488,6 +534,30 @@ def parse_template(body: str | Mapping[str, Any]) -> Template:
             fields=parser.problems,
         )
     return template
+
+
+def _too_deep(path: str) -> TemplateError:
+    return TemplateError(
+        f"the template nests deeper than {TEMPLATE_DEPTH_MAX} levels at {path}",
+        fields=[FieldProblem(path, f"nested deeper than {TEMPLATE_DEPTH_MAX} levels")],
+    )
+
+
+def _too_deep_path(node: Any, path: str, depth: int) -> str | None:
+    """The path of the first value nested deeper than the limit, or None."""
+    if depth > TEMPLATE_DEPTH_MAX:
+        return path or "templateBody"
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found = _too_deep_path(value, f"{path}.{key}" if path else key, depth + 1)
+            if found is not None:
+                return found
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found = _too_deep_path(value, f"{path}[{index}]", depth + 1)
+            if found is not None:
+                return found
+    return None
 
 
 class _Parser:
@@ -695,7 +765,7 @@ class _Parser:
         if "ThingName" not in props:
             self.problem(f"{base}.ThingName", "is required")
             return None
-        name = self.string(props["ThingName"], f"{base}.ThingName")
+        name = self.string(props["ThingName"], f"{base}.ThingName", THING_NAME_RE)
         attributes: tuple[tuple[str, str, Expr], ...] | None = None
         if "AttributePayload" in props:
             payload = props["AttributePayload"]
@@ -707,17 +777,24 @@ class _Parser:
                 for key, value in payload.items():
                     if not ATTRIBUTE_NAME_RE.fullmatch(key):
                         self.problem(f"{apath}.{key}", "attribute names match [a-zA-Z0-9_.,@/:#-]")
-                    items.append((key, f"{apath}.{key}", self.string(value, f"{apath}.{key}")))
+                    vpath = f"{apath}.{key}"
+                    items.append((key, vpath, self.string(value, vpath, ATTRIBUTE_VALUE_RE)))
                 attributes = tuple(items)
-        type_name = self._optional_string(props, "ThingTypeName", base)
+        type_name = self._optional_string(props, "ThingTypeName", base, GROUP_NAME_RE)
         groups = None
         if "ThingGroups" in props:
-            groups = self.string_list(props["ThingGroups"], f"{base}.ThingGroups")
-        billing = self._optional_string(props, "BillingGroup", base)
+            groups = self.string_list(props["ThingGroups"], f"{base}.ThingGroups", GROUP_NAME_RE)
+        billing = self._optional_string(props, "BillingGroup", base, GROUP_NAME_RE)
         return _Thing(logical_id, path, name, attributes, type_name, groups, billing, overrides)
 
-    def _optional_string(self, props: dict[str, Any], key: str, base: str) -> Expr | None:
-        return self.string(props[key], f"{base}.{key}") if key in props else None
+    def _optional_string(
+        self,
+        props: dict[str, Any],
+        key: str,
+        base: str,
+        pattern: re.Pattern[str] | None = None,
+    ) -> Expr | None:
+        return self.string(props[key], f"{base}.{key}", pattern) if key in props else None
 
     def _certificate(
         self,
@@ -739,7 +816,11 @@ class _Parser:
         method = methods[0]
         if "CACertificatePem" in props and method != "CertificatePem":
             self.problem(f"{base}.CACertificatePem", "is only allowed with CertificatePem")
-        value = self.string(props[method], f"{base}.{method}")
+        value = self.string(
+            props[method],
+            f"{base}.{method}",
+            _CERTIFICATE_ID_LITERAL_RE if method == "CertificateId" else None,
+        )
         ca_pem = self._optional_string(props, "CACertificatePem", base)
         status = None
         if "Status" in props:
@@ -758,7 +839,10 @@ class _Parser:
             return None
         if has_name:
             return _Policy(
-                logical_id, path, self.string(props["PolicyName"], f"{base}.PolicyName"), None
+                logical_id,
+                path,
+                self.string(props["PolicyName"], f"{base}.PolicyName", POLICY_NAME_RE),
+                None,
             )
         raw = props["PolicyDocument"]
         document = self._policy_document(raw, f"{base}.PolicyDocument")
@@ -804,22 +888,28 @@ class _Parser:
 
     # values
 
-    def string(self, node: Any, path: str) -> Expr:
-        """Compile a value that must evaluate to a string."""
+    def string(self, node: Any, path: str, pattern: re.Pattern[str] | None = None) -> Expr:
+        """Compile a value that must evaluate to a string (a literal must match ``pattern``)."""
         if isinstance(node, str):
+            if pattern is not None and pattern.fullmatch(node) is None:
+                self.problem(path, f"{node[:80]!r} does not match {pattern.pattern}")
             return _const(node)
         if isinstance(node, dict) and _is_intrinsic(node):
             name = next(iter(node))
             if name == "Fn::Split":
                 self.problem(f"{path}.{name}", "returns a list where a string is expected")
-            return self.intrinsic(node, path)
+            expr = self.intrinsic(node, path)
+            if name == "Fn::FindInMap":
+                # A mapping value may be a list: check where a string is needed.
+                return _string_only(expr, f"{path}.{name}")
+            return expr
         self.problem(path, "must be a string or a function returning one")
         return _const("")
 
-    def string_list(self, node: Any, path: str) -> Expr:
+    def string_list(self, node: Any, path: str, pattern: re.Pattern[str] | None = None) -> Expr:
         """Compile a value that must evaluate to a list of strings."""
         if isinstance(node, list):
-            items = tuple(self.string(v, f"{path}[{i}]") for i, v in enumerate(node))
+            items = tuple(self.string(v, f"{path}[{i}]", pattern) for i, v in enumerate(node))
             return lambda env: [item(env) for item in items]
         if isinstance(node, dict) and _is_intrinsic(node):
             name = next(iter(node))
@@ -883,6 +973,8 @@ class _Parser:
 
         def join(env: Env) -> str:
             items = values(env)
+            if not isinstance(items, list):
+                raise _EvalError("TEMPLATE_EVALUATION_FAILED", f"{path}[1]", "must be a list")
             for i, item in enumerate(items):
                 if not isinstance(item, str):
                     raise _EvalError(
@@ -916,6 +1008,8 @@ class _Parser:
                     "TEMPLATE_EVALUATION_FAILED", f"{path}[0]", f"{raw!r} is not an integer"
                 ) from None
             items = values(env)
+            if not isinstance(items, list):
+                raise _EvalError("TEMPLATE_EVALUATION_FAILED", f"{path}[1]", "must be a list")
             if not 0 <= position < len(items):
                 raise _EvalError(
                     "TEMPLATE_EVALUATION_FAILED",
@@ -1029,6 +1123,16 @@ def _is_intrinsic(node: dict[str, Any]) -> bool:
         return False
     key = next(iter(node))
     return key == "Ref" or key.startswith("Fn::")
+
+
+def _string_only(expr: Expr, path: str) -> Expr:
+    def checked(env: Env) -> str:
+        value = expr(env)
+        if type(value) is not str:
+            raise _EvalError("TEMPLATE_EVALUATION_FAILED", path, "must evaluate to a string")
+        return value
+
+    return checked
 
 
 def _const(value: Any) -> Expr:

@@ -83,6 +83,24 @@ def test_register_thing_cli(config: Path, tmp_path: Path) -> None:
     with SqliteRegistryStorage.open(tmp_path / "registry.db") as storage:
         assert storage.get_thing("cli-7") is not None
 
+    code, described = run_cli(config, "describe-thing", "cli-7", "--json")
+    assert code == 0
+    assert described["thingArn"] == out["resourceArns"]["thing"]
+    assert described["certificates"][0]["certificateArn"] == out["resourceArns"]["certificate"]
+    assert described["certificates"][0]["policies"] == ["CliPolicy"]
+    assert described["certificates"][0]["status"] == "ACTIVE"
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "--config", str(config), "describe-thing", "cli-7"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "CliPolicy" in proc.stdout
+    code, missing = run_cli(config, "describe-thing", "nobody", "--json")
+    assert code == 1
+    assert missing["error"]["code"] == "ResourceNotFoundException"
+
 
 def test_register_thing_cli_parameters_from_a_file(config: Path, tmp_path: Path) -> None:
     template = tmp_path / "template.json"

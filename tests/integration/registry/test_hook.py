@@ -279,3 +279,40 @@ def test_call_hook_directly(tmp_path: Path) -> None:
     )
     assert decision.allowed
     assert decision.parameter_overrides == {"seen": "c1"}
+
+
+def test_deeply_nested_answer_denies(registry: Registry, tmp_path: Path) -> None:
+    hook = write_hook(tmp_path, "deep", "print('[' * 20000 + ']' * 20000)")
+    error = denied(registry, PreProvisioningHook(str(hook)))
+    assert error.reason == "HOOK_BAD_RESPONSE"
+    assert "nests too deeply" in error.message
+
+
+def test_too_long_answer_denies(registry: Registry, tmp_path: Path) -> None:
+    hook = write_hook(
+        tmp_path, "long", "print(json.dumps({'allowProvisioning': True, 'x': 'y' * 70000}))"
+    )
+    error = denied(registry, PreProvisioningHook(str(hook)))
+    assert error.reason == "HOOK_BAD_RESPONSE"
+    assert "too long" in error.message
+
+
+def test_overrides_cannot_change_the_certificate_facts(
+    registry: Registry, storage: SqliteRegistryStorage, tmp_path: Path
+) -> None:
+    hook = write_hook(
+        tmp_path,
+        "sneaky",
+        "print(json.dumps({'allowProvisioning': True, 'parameterOverrides': "
+        "{'AWS::IoT::Certificate::Id': 'f' * 64, 'Site': 'ok'}}))",
+    )
+    template = json.loads(json.dumps(TEMPLATE))
+    template["Resources"]["thing"]["Properties"]["AttributePayload"]["cert"] = {
+        "Ref": "AWS::IoT::Certificate::Id"
+    }
+    result = registry.register_thing(
+        template, {"Serial": "3", "CSR": make_csr("dev-3")}, hook=PreProvisioningHook(str(hook))
+    )
+    thing = storage.get_thing("dev-3")
+    assert thing is not None
+    assert thing.attributes == {"site": "ok", "cert": result.certificate_id}

@@ -625,3 +625,25 @@ def test_thing_ids_are_version_4_uuids(registry: Registry, storage: SqliteRegist
         assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
         ids.add(thing.thing_id)
     assert len(ids) == 200
+
+
+def test_create_policy_checks_the_name(registry: Registry) -> None:
+    with pytest.raises(ParameterError) as caught:
+        registry.create_policy("bad name!", {"Version": "2012-10-17"})
+    assert caught.value.fields[0].path == "policyName"
+    assert registry.create_policy("Good.Name-1", "{}") == f"{ARN}policy/Good.Name-1"
+
+
+def test_prepare_writes_nothing_and_commit_writes_everything(
+    registry: Registry, storage: SqliteRegistryStorage
+) -> None:
+    prepared = registry.prepare(
+        csr_template(), {"ThingName": "split-1", "SerialNumber": "1", "CSR": make_csr("split-1")}
+    )
+    assert prepared.certificate is not None
+    assert storage.count_things() == 0
+    assert storage.get_certificate(prepared.certificate.certificate_id) is None
+    with storage.transaction() as tx:
+        result = registry.commit(prepared, transaction=tx)
+    assert result.certificate_id == prepared.certificate.certificate_id
+    assert storage.thing_principals("split-1") == (result.certificate_id,)

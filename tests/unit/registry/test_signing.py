@@ -192,3 +192,12 @@ def test_unknown_key_type_in_config_is_refused() -> None:
 def test_issued_pem_round_trips(ca: CertificateAuthority) -> None:
     issued = CsrSigner(ca).sign(make_csr(key=generate_key("ec-p256")))
     assert cert_to_pem(issued.certificate).decode() == issued.certificate_pem
+
+
+def test_bad_common_name_pattern_is_a_config_error() -> None:
+    from agent.errors import ConfigError
+
+    config = parse_config('[registry]\ncommon_name_pattern = "(unclosed"\n')
+    with pytest.raises(ConfigError) as caught:
+        CsrPolicy.from_config(config.registry)
+    assert caught.value.fields[0].path == "registry.common_name_pattern"

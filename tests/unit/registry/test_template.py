@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.registry.errors import ParameterError, TemplateError
 from agent.registry.template import (
@@ -303,6 +305,16 @@ PARSE_ERRORS = [
     (_delete([*THING, "ThingName"]), "Resources.thing.Properties.ThingName"),
     (_set([*THING, "Color"], "red"), "Resources.thing.Properties.Color"),
     (_set([*THING, "ThingName"], 7), "Resources.thing.Properties.ThingName"),
+    (_set([*THING, "ThingName"], "has space"), "Resources.thing.Properties.ThingName"),
+    (_set([*THING, "ThingTypeName"], "a/b"), "Resources.thing.Properties.ThingTypeName"),
+    (_set([*THING, "BillingGroup"], ""), "Resources.thing.Properties.BillingGroup"),
+    (_set([*THING, "ThingGroups"], ["ok", "not ok"]), "Resources.thing.Properties.ThingGroups[1]"),
+    (
+        _set([*THING, "AttributePayload"], {"a": 'quote"d'}),
+        "Resources.thing.Properties.AttributePayload.a",
+    ),
+    (_set([*POLICY, "PolicyName"], "no spaces"), "Resources.policy.Properties.PolicyName"),
+    (_set([*CERT, "CertificateId"], "abc"), "Resources.certificate.Properties.CertificateId"),
     (_set([*THING, "AttributePayload"], ["a"]), "Resources.thing.Properties.AttributePayload"),
     (
         _set([*THING, "AttributePayload"], {"bad name": "x"}),
@@ -479,3 +491,118 @@ def test_error_wire_shape() -> None:
     assert {"path": "Resources.thing.Properties.ThingName", "message": "is required"} in wire[
         "fields"
     ]
+
+
+def test_template_type_rules() -> None:
+    from agent.registry.template import check_template_type
+
+    fleet = parse_template(example_template())
+    check_template_type(fleet, "FLEET_PROVISIONING")
+    with pytest.raises(TemplateError) as caught:
+        check_template_type(fleet, "JITP")
+    assert [f.path for f in caught.value.fields] == ["DeviceConfiguration"]
+
+    body = example_template()
+    body["Resources"]["certificate"]["Properties"] = {"CertificateSigningRequest": "x"}
+    with pytest.raises(TemplateError) as caught:
+        check_template_type(parse_template(body), "FLEET_PROVISIONING")
+    assert caught.value.fields[0].path == (
+        "Resources.certificate.Properties.CertificateSigningRequest"
+    )
+
+
+@pytest.mark.parametrize("function", ["Fn::Join", "Fn::Select"])
+def test_list_functions_refuse_a_mapping_string(function: str) -> None:
+    lookup = {"Fn::FindInMap": ["Endpoints", "eu", "Url"]}
+    name = {"Fn::Join": ["", lookup]} if function == "Fn::Join" else {"Fn::Select": [0, lookup]}
+    with pytest.raises(TemplateError) as caught:
+        evaluate_name(name)
+    assert caught.value.fields[0].path == f"Resources.thing.Properties.ThingName.{function}[1]"
+    assert caught.value.fields[0].message == "must be a list"
+
+
+def test_find_in_map_list_values_feed_list_functions() -> None:
+    body = thing_template(
+        {"Fn::Join": ["_", {"Fn::FindInMap": ["Lists", "k", "v"]}]},
+        Mappings={"Lists": {"k": {"v": ["a", "b"]}}},
+    )
+    template = parse_template(body)
+    evaluation = template.evaluate(template.resolve_parameters({}))
+    assert evaluation.thing is not None
+    assert evaluation.thing.thing_name == "a_b"
+
+
+@given(
+    items=st.lists(st.text(alphabet="abcXYZ019_-", min_size=1, max_size=8), min_size=1, max_size=6),
+    delimiter=st.sampled_from([",", "/", ";", "|"]),
+    data=st.data(),
+)
+def test_split_select_join_round_trip(
+    items: list[str], delimiter: str, data: st.DataObject
+) -> None:
+    index = data.draw(st.integers(min_value=0, max_value=len(items) - 1))
+    body = thing_template(
+        {"Fn::Select": [index, {"Fn::Split": [delimiter, {"Ref": "Serial"}]}]},
+        DeviceConfiguration={
+            "joined": {"Fn::Join": [delimiter, {"Fn::Split": [delimiter, {"Ref": "Serial"}]}]}
+        },
+    )
+    template = parse_template(body)
+    evaluation = template.evaluate(template.resolve_parameters({"Serial": delimiter.join(items)}))
+    assert evaluation.thing is not None
+    assert evaluation.thing.thing_name == items[index]
+    assert evaluation.device_configuration["joined"] == delimiter.join(items)
+
+
+def test_deep_nesting_is_refused_with_its_path() -> None:
+    name: Any = "x"
+    for _ in range(40):
+        name = {"Fn::Join": ["", [name]]}
+    with pytest.raises(TemplateError) as caught:
+        parse_template(json.dumps(thing_template(name)))
+    path = caught.value.fields[0].path
+    assert path.startswith("Resources.thing.Properties.ThingName.Fn::Join[1][0].Fn::Join")
+    assert "deeper than 32" in caught.value.fields[0].message
+
+
+def test_json_too_deep_for_the_decoder() -> None:
+    with pytest.raises(TemplateError) as caught:
+        parse_template("[" * 5000 + "]" * 5000)
+    assert caught.value.fields[0].path == "templateBody"
+
+
+def test_moderate_nesting_is_fine() -> None:
+    name: Any = {"Ref": "Serial"}
+    for _ in range(8):
+        name = {"Fn::Join": ["", ["a", name]]}
+    assert evaluate_name(name) == "a" * 8 + "42"
+
+
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [
+        (
+            {"Fn::Split": [",", {"Fn::FindInMap": ["Lists", "k", "v"]}]},
+            "Fn::Select[1].Fn::Split[1].Fn::FindInMap",
+        ),
+        (
+            {"Fn::Sub": ["${x}", {"x": {"Fn::FindInMap": ["Lists", "k", "v"]}}]},
+            "Fn::Sub[1].x.Fn::FindInMap",
+        ),
+        (
+            {"Fn::FindInMap": ["Lists", {"Fn::FindInMap": ["Lists", "k", "v"]}, "v"]},
+            "Fn::FindInMap[1].Fn::FindInMap",
+        ),
+        ({"Fn::FindInMap": ["Lists", "k", "v"]}, "Fn::FindInMap"),
+    ],
+    ids=["split-source", "sub-variable", "map-key", "thing-name"],
+)
+def test_a_list_from_a_mapping_where_a_string_is_needed(name: Any, path: str) -> None:
+    if "Fn::Split" in name:
+        name = {"Fn::Select": [0, name]}
+    body = thing_template(name, Mappings={"Lists": {"k": {"v": ["a", "b"]}}})
+    template = parse_template(body)
+    with pytest.raises(TemplateError) as caught:
+        template.evaluate(template.resolve_parameters({}))
+    assert caught.value.fields[0].path == f"Resources.thing.Properties.ThingName.{path}"
+    assert caught.value.fields[0].message == "must evaluate to a string"
