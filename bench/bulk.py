@@ -8,7 +8,9 @@ from ``wait4``) on the same newline-delimited JSON file:
 * ``registry``: the same RegisterThing calls on pre-read lines, in batches of 1,000 in one
   transaction each, with no task machinery (what the registry itself costs);
 * ``baseline``: ``json.loads`` + one SQLite insert per line, committed every 1,000 lines
-  on the same store settings (WAL, synchronous=FULL).
+  on the same store settings (WAL, synchronous=FULL);
+* ``machinery``: the bulk task with a registrar that does nothing (what streaming, batching,
+  reports and progress cost per line).
 
 Usage: ``.venv/bin/python bench/bulk.py [--lines 100000] [--template thing|csr]``.
 """
@@ -92,6 +94,37 @@ def write_input(path: Path, lines: int, template: str) -> None:
 # --- children --------------------------------------------------------------------------
 
 
+def _run_task(tasks: Any, template: dict[str, Any]) -> float:
+    request = {
+        "inputFileBucket": "factory",
+        "inputFileKey": "devices.jsonl",
+        "roleArn": ROLE,
+        "templateBody": json.dumps(template),
+    }
+    started = time.perf_counter()
+    task_id = tasks.start(request)["taskId"]
+    described = tasks.run(task_id)
+    elapsed = time.perf_counter() - started
+    if described["status"] != "Completed" or described["failureCount"]:
+        raise SystemExit(f"bulk run did not complete cleanly: {described}")
+    return elapsed
+
+
+def child_machinery(work: Path, template: dict[str, Any]) -> float:
+    from agent.registry.bulk import BulkTasks  # noqa: PLC0415 - child only
+    from agent.store import Store  # noqa: PLC0415
+
+    response = {"certificatePem": "", "resourceArns": {"thing": "arn:aws:iot:r:1:thing/x"}}
+    tasks = BulkTasks(
+        Store(work / "machinery.db"),
+        bulk_root=work / "root",
+        reports_dir=work / "machinery-reports",
+        registrar_factory=lambda _body: lambda _db, _params: response,
+        line_savepoints=False,
+    )
+    return _run_task(tasks, template)
+
+
 def child_bulk(work: Path, template: dict[str, Any]) -> float:
     from agent.registry.bulk import BulkTasks  # noqa: PLC0415 - child only
     from agent.registry.ca import init_ca, load_ca  # noqa: PLC0415
@@ -113,19 +146,7 @@ def child_bulk(work: Path, template: dict[str, Any]) -> float:
         registrar_factory=registrar_factory(registry),
         line_savepoints=False,  # as the CLI runs it
     )
-    request = {
-        "inputFileBucket": "factory",
-        "inputFileKey": "devices.jsonl",
-        "roleArn": ROLE,
-        "templateBody": json.dumps(template),
-    }
-    started = time.perf_counter()
-    task_id = tasks.start(request)["taskId"]
-    described = tasks.run(task_id)
-    elapsed = time.perf_counter() - started
-    if described["status"] != "Completed" or described["failureCount"]:
-        raise SystemExit(f"bulk run did not complete cleanly: {described}")
-    return elapsed
+    return _run_task(tasks, template)
 
 
 def child_registry(work: Path, template: dict[str, Any]) -> float:
@@ -199,7 +220,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--template", choices=("thing", "csr"), default="thing")
-    parser.add_argument("--child", choices=("bulk", "registry", "baseline"))
+    parser.add_argument("--child", choices=("bulk", "registry", "baseline", "machinery"))
     parser.add_argument("--work", type=Path)
     args = parser.parse_args()
     template = CSR_TEMPLATE if args.template == "csr" else THING_TEMPLATE
@@ -208,6 +229,8 @@ def main() -> None:
             seconds = child_bulk(args.work, template)
         elif args.child == "registry":
             seconds = child_registry(args.work, template)
+        elif args.child == "machinery":
+            seconds = child_machinery(args.work, template)
         else:
             seconds = child_baseline(args.work)
         print(json.dumps({"seconds": seconds}))
@@ -224,7 +247,7 @@ def main() -> None:
             f"{os.cpu_count()} CPUs"
         )
         results = {}
-        for kind in ("baseline", "bulk", "registry"):
+        for kind in ("baseline", "machinery", "bulk", "registry"):
             seconds, rss = measure(kind, work, args.template)
             results[kind] = (args.lines / seconds, rss)
             print(
@@ -234,6 +257,8 @@ def main() -> None:
         bulk_rate, bulk_rss = results["bulk"]
         print(f"bulk / baseline throughput ratio: {bulk_rate / results['baseline'][0]:.3f}")
         print(f"bulk / registry-only throughput ratio: {bulk_rate / results['registry'][0]:.3f}")
+        machinery_us = 1e6 / results["machinery"][0]
+        print(f"task machinery alone: {machinery_us:.1f} us/line")
         print(f"bulk peak RSS / baseline peak RSS: {bulk_rss / results['baseline'][1]:.2f}")
 
 

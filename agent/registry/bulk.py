@@ -329,6 +329,13 @@ class _Report:
     def open(cls, path: Path, committed: int) -> _Report:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         handle = os.fdopen(fd, "r+b", buffering=1 << 16)
+        if os.fstat(fd).st_size < committed:
+            handle.close()
+            raise StateError(
+                f"the report {path} is shorter than its committed size; it was changed "
+                "outside the agent",
+                reason="REPORT_DAMAGED",
+            )
         handle.truncate(committed)
         handle.seek(committed)
         return cls(path, handle, committed)

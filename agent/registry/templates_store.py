@@ -712,15 +712,6 @@ class TemplateStore:
             )
         return {}
 
-    def default_template(self, name: str) -> tuple[dict[str, Any], str]:
-        """The template's description and its default body, for provisioning.
-
-        Raises:
-            ResourceNotFoundError: no such template.
-        """
-        described = self.describe(name)
-        return described, described["templateBody"]
-
 
 def _page_size(max_results: int | None) -> int:
     if max_results is None:

@@ -22,6 +22,7 @@ from agent.registry.errors import TemplateError
 from agent.registry.register import Registry
 from agent.registry.storage import SqliteRegistryStorage, SqliteRegistryTransaction
 from agent.registry.template import parse_template
+from agent.registry.templates_store import BodyValidator
 from agent.store import Store
 
 
@@ -65,7 +66,7 @@ def validate_template_body(body: str, template_type: str) -> None:
         )
 
 
-def template_body_validator(config: AgentConfig) -> Any:
+def template_body_validator(config: AgentConfig) -> BodyValidator:
     """The body validator for :class:`~agent.registry.templates_store.TemplateStore`."""
     del config
     return validate_template_body

@@ -393,3 +393,25 @@ def test_unexpected_registrar_failure(store: Store, bulk_root: Path, tmp_path: P
     out = fast.run(task_id)
     assert (out["status"], out["successCount"]) == ("Completed", 3)
     assert [r["lineNumber"] for r in reports(fast, task_id, "RESULTS")] == [1, 2, 3]
+
+
+def test_damaged_report_is_refused_not_padded(tasks: BulkTasks, bulk_root: Path) -> None:
+    write_lines(
+        bulk_root / "factory" / "devices.jsonl",
+        [json.dumps({"ThingName": f"t{n}"}) for n in range(600)],
+    )
+    task_id = start(tasks)
+
+    class StopError(Exception):
+        pass
+
+    def stop(described: dict[str, Any]) -> None:
+        raise StopError
+
+    with pytest.raises(StopError):
+        tasks.run(task_id, progress=stop)
+    tasks.report_path(task_id, "RESULTS").write_bytes(b"")
+    with pytest.raises(AgentError) as info:
+        tasks.run(task_id)
+    assert info.value.reason == "REPORT_DAMAGED"
+    assert tasks.describe(task_id)["successCount"] == 250
