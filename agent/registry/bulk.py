@@ -628,19 +628,26 @@ class BulkTasks:
             try:
                 registrar = self._factory(row["template_body"])
             except AgentError as exc:
-                self._finish(task_id, "Failed", f"the template is not valid: {exc.message}")
+                self._finish(task_id, "Failed", f"the template cannot be used: {exc.message}")
                 return
             results = _Report.open(self.report_path(task_id, "RESULTS"), row["results_size"])
-            errors = _Report.open(self.report_path(task_id, "ERRORS"), row["errors_size"])
             try:
-                source.seek(int(row["input_offset"]))
-                runner = _Runner(
-                    self, row, source=source, registrar=registrar, results=results, errors=errors
-                )
-                runner.loop(progress)
+                errors = _Report.open(self.report_path(task_id, "ERRORS"), row["errors_size"])
+                try:
+                    source.seek(int(row["input_offset"]))
+                    runner = _Runner(
+                        self,
+                        row,
+                        source=source,
+                        registrar=registrar,
+                        results=results,
+                        errors=errors,
+                    )
+                    runner.loop(progress)
+                finally:
+                    errors.close()
             finally:
                 results.close()
-                errors.close()
 
     # the batch loop lives in _Runner; these are its knobs
     @property
