@@ -22,6 +22,7 @@ from agent.errors import EXIT_RUNTIME, AgentError, InternalError
 COMMAND_MODULES: tuple[str, ...] = (
     "agent.demo",
     "agent.archive.cli",
+    "agent.netconf.cli",
     "agent.registry.cli",
     "agent.registry.bulk_cli",
 )

@@ -76,6 +76,23 @@ class NetworkSection:
     board: str = "generic"
     #: How long a trial configuration has to prove itself before it is rolled back.
     probe_timeout_seconds: float = field(default=60.0, metadata=_limits(1, 3600))
+    #: Extra directory searched for board profiles before the bundled ``hw/boards``.
+    boards_dir: Path = Path("/etc/edge-agent/boards")
+    #: ``host:port`` the probe must reach over TCP (the MQTT endpoint); empty: not checked.
+    probe_endpoint: str = ""
+    #: networkd: trial files (volatile) and committed files.
+    networkd_runtime_dir: Path = Path("/run/systemd/network")
+    networkd_persist_dir: Path = Path("/etc/systemd/network")
+    networkd_reload_command: tuple[str, ...] = ("networkctl", "reload")
+    #: ``{ifname}`` is replaced by the interface; an empty array skips the step.
+    networkd_reconfigure_command: tuple[str, ...] = ("networkctl", "reconfigure", "{ifname}")
+    #: netlink: where the static ports' DNS servers are written.
+    resolv_conf: Path = Path("/etc/resolv.conf")
+    #: netlink: the system DHCP client a DHCP port is handed to, and how to stop it.
+    dhcp_command: tuple[str, ...] = ("dhclient", "-nw", "{ifname}")
+    dhcp_stop_command: tuple[str, ...] = ("dhclient", "-x", "{ifname}")
+    #: dry-run: the root directory everything is rendered under.
+    dry_run_root: Path = Path("/run/edge-agent/net-dry-run")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +102,16 @@ class NtpSection:
     backend: Literal["chrony", "timesyncd", "none"] = "chrony"
     #: Bounded wait for the first synchronisation after the servers are applied.
     sync_timeout_seconds: float = field(default=120.0, metadata=_limits(0, 3600))
+    #: chrony: the ``sourcedir`` the agent's ``edge-agent.sources`` goes to.
+    chrony_sources_dir: Path = Path("/etc/chrony/sources.d")
+    #: chrony: how to run chronyc (add ``-h /path/chronyd.sock`` for another daemon).
+    chronyc_command: tuple[str, ...] = ("chronyc",)
+    #: chrony: options appended to every ``server`` line.
+    chrony_source_options: str = "iburst"
+    #: timesyncd: the drop-in directory, the restart command and the "synchronised" flag.
+    timesyncd_dropin_dir: Path = Path("/etc/systemd/timesyncd.conf.d")
+    timesyncd_restart_command: tuple[str, ...] = ("systemctl", "restart", "systemd-timesyncd")
+    timesyncd_synced_flag: Path = Path("/run/systemd/timesync/synchronized")
 
 
 @dataclass(frozen=True, slots=True)

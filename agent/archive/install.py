@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import logging
 import secrets
 import shutil
 from collections.abc import Callable
@@ -48,6 +49,7 @@ LEDGER_MIGRATIONS = (
 )
 
 DB_NAME = "agent.db"
+_log = logging.getLogger(__name__)
 _STAGING_PREFIX = ".staging-"
 
 
@@ -125,6 +127,7 @@ def install_archive(
     step = on_step or (lambda _name: None)
     with open_store(state_dir) as store:
         if ledger_has(store, verified.fingerprint):
+            _log.warning("refused a second use of the archive of %s", verified.manifest.device_name)
             raise _reused(verified)
         credentials = ensure_dir(state_dir / "credentials")
         sets = ensure_dir(credentials / "sets")
@@ -155,6 +158,12 @@ def install_archive(
             fsync_dir(credentials)
             step("activated")
         step("recorded")
+        _log.info(
+            "installed credentials of device %s (certificate %s, time check %s)",
+            verified.manifest.device_name,
+            verified.fingerprint[:16],
+            verified.time_check,
+        )
         _prune(sets, keep={set_name, previous.name if previous else ""})
     return InstallResult(
         device_name=verified.manifest.device_name,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +56,7 @@ from agent.errors import (
 )
 
 TimeCheck = Literal["passed", "deferred"]
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +132,19 @@ def load_trust_anchors(path: Path) -> tuple[x509.Certificate, ...]:
 
 def verify_archive(path: Path, policy: Policy, clock: Clock) -> VerifiedArchive:
     """Run every check on the archive at ``path``; raise an ArchiveError on the first failure."""
-    contents = read_archive(path, policy.limits)
-    return verify_contents(contents, policy, clock)
+    try:
+        contents = read_archive(path, policy.limits)
+        verified = verify_contents(contents, policy, clock)
+    except ArchiveError as exc:
+        _log.warning("archive %s refused: %s", path.name, exc.reason)
+        raise
+    _log.info(
+        "archive %s verified (device %s, time check %s)",
+        path.name,
+        verified.manifest.device_name,
+        verified.time_check,
+    )
+    return verified
 
 
 def verify_contents(contents: ArchiveContents, policy: Policy, clock: Clock) -> VerifiedArchive:

@@ -92,8 +92,8 @@ def run_demo_step(ca_dir: Path, work_dir: Path, echo: Callable[[str], None]) -> 
 
     with SqliteRegistryStorage.open(work_dir / "registry.db") as storage:
         registry = Registry(storage, ca, region="eu-central-1", account="123456789012")
-        issued = registry.sign_csr(csr_pem)
-        certificate_id = registry.register_certificate(issued.certificate_pem)
+        issued = registry.create_certificate_from_csr(csr_pem)
+        certificate_id = issued.certificate_id
         echo(f"registry: CSR checked and signed; certificate id {certificate_id[:16]}...")
         registry.create_policy("EdgeAppliancePolicy", DEMO_POLICY)
         echo("registry: evaluating the fleet-provisioning template (RegisterThing)")

@@ -186,7 +186,14 @@ def _call_executable(hook: PreProvisioningHook, payload: bytes) -> HookDecision:
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    process.communicate()
+    try:
+        process.communicate(timeout=1.0)
+    except subprocess.TimeoutExpired:
+        # A descendant left the process group and still holds the pipes: stop reading.
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+        process.wait()
 
 
 def _call_https(hook: PreProvisioningHook, payload: bytes) -> HookDecision:

@@ -244,6 +244,22 @@ class Registry:
         """Check and sign a CSR without registering anything."""
         return self._signer_or_fail().sign(csr_pem)
 
+    def create_certificate_from_csr(
+        self, csr_pem: str, *, status: Literal["ACTIVE", "INACTIVE"] = "ACTIVE"
+    ) -> IssuedCertificate:
+        """Sign a CSR and register the certificate (fleet provisioning's CreateCertificateFromCsr).
+
+        Raises:
+            CsrError: the CSR was refused (field ``certificateSigningRequest``).
+        """
+        issued = self._signer_or_fail().sign(csr_pem)
+        now = dt.datetime.now(dt.UTC)
+        with self.storage.transaction() as tx:
+            tx.put_certificate(
+                CertificateRecord(issued.certificate_id, issued.certificate_pem, status, now, now)
+            )
+        return issued
+
     # --- RegisterThing ----------------------------------------------------------------
 
     def register_thing(
@@ -440,7 +456,10 @@ class Registry:
         if spec.method == "CertificateSigningRequest":
             issued = self._signer_or_fail().sign(spec.value, path=path)
         elif spec.method == "CertificatePem":
-            issued = self._signer_or_fail().verify_issued(spec.value, path=path)
+            signer = self._signer_or_fail()
+            if spec.ca_certificate_pem is not None:
+                self._check_ca_pem(signer, spec.ca_certificate_pem, spec.logical_id)
+            issued = signer.verify_issued(spec.value, path=path)
         else:
             record = reader.get_certificate(spec.value)
             if record is None:
@@ -462,6 +481,24 @@ class Registry:
                 fields=[FieldProblem(f"Parameters.{m}", "not in the certificate") for m in missing],
             )
         return issued
+
+    @staticmethod
+    def _check_ca_pem(signer: CsrSigner, ca_pem: str, logical_id: str) -> None:
+        try:
+            given = x509.load_pem_x509_certificate(ca_pem.encode("utf-8"))
+        except ValueError:
+            given = None
+        if given != signer.ca.root_cert:
+            raise ResourceRegistrationFailureError(
+                "CACertificatePem is not the registry's CA certificate",
+                reason="CA_CERTIFICATE_NOT_REGISTERED",
+                fields=[
+                    FieldProblem(
+                        f"Resources.{logical_id}.Properties.CACertificatePem",
+                        "not the registry's CA certificate",
+                    )
+                ],
+            )
 
     def _ask_hook(
         self,

@@ -5,14 +5,16 @@ PostgreSQL implementation can sit beside the embedded SQLite one
 (:class:`SqliteRegistryStorage`, component ``registry`` of :class:`agent.store.Store`).
 
 Writes happen inside :meth:`RegistryStorage.transaction`; one transaction may carry many
-registrations (bulk registration commits a batch of lines at once), each inside its own
-:meth:`RegistryTransaction.savepoint` so a failed line leaves nothing behind.
+registrations (bulk registration commits a batch of lines at once). The registry checks a
+registration completely before its first write, so a refused one leaves nothing behind;
+:meth:`RegistryTransaction.savepoint` undoes a caller's own partial work.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import itertools
 import json
 import sqlite3
@@ -98,6 +100,12 @@ class RegistryReader(Protocol):
 
     def count_things(self) -> int:
         """How many things the registry holds."""
+
+    def things_in_group(self, group_name: str) -> tuple[str, ...]:
+        """Names of the things in a thing group, sorted."""
+
+    def thing_groups(self) -> tuple[str, ...]:
+        """Every thing group some thing belongs to, sorted."""
 
 
 class RegistryTransaction(RegistryReader, Protocol):
@@ -186,20 +194,13 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-_last_ts: tuple[dt.datetime, str] = (dt.datetime.min.replace(tzinfo=dt.UTC), "")
-
-
 _json = json.JSONEncoder(separators=(",", ":")).encode
 
 
+@functools.lru_cache(maxsize=16)
 def _ts(value: dt.datetime) -> str:
-    global _last_ts  # noqa: PLW0603 - a one-entry cache: batches share one timestamp
-    cached_value, cached_text = _last_ts
-    if value is cached_value:
-        return cached_text
-    text = value.astimezone(dt.UTC).isoformat()
-    _last_ts = (value, text)
-    return text
+    # Cached: the registrations of one batch share one timestamp.
+    return value.astimezone(dt.UTC).isoformat()
 
 
 def _dt(text: str) -> dt.datetime:
@@ -296,6 +297,23 @@ class _SqliteReader:
     def count_things(self) -> int:
         """How many things the registry holds."""
         return int(self._one("SELECT count(*) FROM registry_things")[0])
+
+    def things_in_group(self, group_name: str) -> tuple[str, ...]:
+        """Names of the things in a thing group, sorted."""
+        rows = self._all(
+            "SELECT t.name FROM registry_things AS t, json_each(t.thing_groups) AS g "
+            "WHERE g.value = ? ORDER BY t.name",
+            (group_name,),
+        )
+        return tuple(r[0] for r in rows)
+
+    def thing_groups(self) -> tuple[str, ...]:
+        """Every thing group some thing belongs to, sorted."""
+        rows = self._all(
+            "SELECT DISTINCT g.value FROM registry_things AS t, json_each(t.thing_groups) AS g "
+            "ORDER BY g.value"
+        )
+        return tuple(r[0] for r in rows)
 
 
 class SqliteRegistryTransaction(_SqliteReader):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -316,3 +317,24 @@ def test_overrides_cannot_change_the_certificate_facts(
     thing = storage.get_thing("dev-3")
     assert thing is not None
     assert thing.attributes == {"site": "ok", "cert": result.certificate_id}
+
+
+def test_timeout_with_an_escaped_descendant_holding_the_pipes(
+    registry: Registry, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "escaped.pid"
+    hook = write_hook(
+        tmp_path,
+        "escape",
+        "import subprocess\n"
+        "child = subprocess.Popen(['sleep', '30'], start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(60)",
+    )
+    try:
+        error = denied(registry, PreProvisioningHook(str(hook), timeout=0.5))
+        assert error.reason == "HOOK_TIMEOUT"
+    finally:
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), 9)

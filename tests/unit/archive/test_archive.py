@@ -208,3 +208,14 @@ def test_make_writes_the_seed_response(ca: CertificateAuthority, tmp_path: Path)
     assert verified.manifest.networking_configuration == parse_network_payload(NETWORK)
     assert verified.manifest.tags == {"site": "Lyon"}
     assert verified.not_after - verified.not_before == dt.timedelta(seconds=120)
+
+
+def test_damaged_state_database_refuses_install_and_changes_nothing(
+    forge: Forge, policy: Policy, clock: FixedClock, state_dir: Path, tmp_path: Path
+) -> None:
+    (state_dir / "agent.db").write_bytes(b"\x00garbage" * 512)
+    before = snapshot(state_dir)
+    with pytest.raises(AgentError) as caught:
+        provision_from_file(forge.write(tmp_path), policy, clock, state_dir)
+    assert caught.value.reason == "STATE_CORRUPT"
+    assert snapshot(state_dir) == before

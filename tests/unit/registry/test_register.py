@@ -647,3 +647,72 @@ def test_prepare_writes_nothing_and_commit_writes_everything(
         result = registry.commit(prepared, transaction=tx)
     assert result.certificate_id == prepared.certificate.certificate_id
     assert storage.thing_principals("split-1") == (result.certificate_id,)
+
+
+def test_ca_certificate_pem_must_be_the_registry_ca(
+    registry: Registry,
+    storage: SqliteRegistryStorage,
+    ca: CertificateAuthority,
+    other_ca: CertificateAuthority,
+) -> None:
+    from agent.registry.ca import cert_to_pem
+
+    pem = CsrSigner(ca).sign(make_csr("pem-ca")).certificate_pem
+    template = {
+        "Parameters": {"Pem": {"Type": "String"}, "Ca": {"Type": "String"}},
+        "Resources": {
+            "cert": {
+                "Type": "AWS::IoT::Certificate",
+                "Properties": {"CertificatePem": {"Ref": "Pem"}, "CACertificatePem": {"Ref": "Ca"}},
+            }
+        },
+    }
+    for wrong in (cert_to_pem(other_ca.root_cert).decode(), "garbage"):
+        with pytest.raises(ResourceRegistrationFailureError) as caught:
+            registry.register_thing(template, {"Pem": pem, "Ca": wrong})
+        assert caught.value.reason == "CA_CERTIFICATE_NOT_REGISTERED"
+        assert caught.value.fields[0].path == "Resources.cert.Properties.CACertificatePem"
+    result = registry.register_thing(
+        template, {"Pem": pem, "Ca": cert_to_pem(ca.root_cert).decode()}
+    )
+    assert result.certificate_id is not None
+    assert storage.get_certificate(result.certificate_id) is not None
+
+
+def test_create_certificate_from_csr(registry: Registry, storage: SqliteRegistryStorage) -> None:
+    issued = registry.create_certificate_from_csr(make_csr("fp-1"), status="INACTIVE")
+    record = storage.get_certificate(issued.certificate_id)
+    assert record is not None
+    assert (record.status, record.certificate_pem) == ("INACTIVE", issued.certificate_pem)
+    with pytest.raises(CsrError) as caught:
+        registry.create_certificate_from_csr(tampered_csr())
+    assert caught.value.fields[0].path == "certificateSigningRequest"
+
+
+def test_thing_group_queries(registry: Registry, storage: SqliteRegistryStorage) -> None:
+    template = parse_template(
+        {
+            "Parameters": {"Name": {"Type": "String"}, "Groups": {"Type": "String"}},
+            "Resources": {
+                "thing": {
+                    "Type": "AWS::IoT::Thing",
+                    "Properties": {
+                        "ThingName": {"Ref": "Name"},
+                        "ThingGroups": {"Fn::Split": [",", {"Ref": "Groups"}]},
+                    },
+                }
+            },
+        }
+    )
+    registry.register_batch(
+        template,
+        [
+            {"Name": "b", "Groups": "west,all"},
+            {"Name": "a", "Groups": "east,all"},
+            {"Name": "c", "Groups": "west"},
+        ],
+    )
+    assert storage.things_in_group("all") == ("a", "b")
+    assert storage.things_in_group("west") == ("b", "c")
+    assert storage.things_in_group("none") == ()
+    assert storage.thing_groups() == ("all", "east", "west")
