@@ -207,7 +207,7 @@ def measure(kind: str, work: Path, template: str) -> tuple[float, int]:
         [sys.executable, __file__, "--child", kind, "--work", str(work), "--template", template],
         stdout=subprocess.PIPE,
     )
-    assert proc.stdout is not None  # noqa: S101 - PIPE was asked for
+    assert proc.stdout is not None
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
