@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol, runtime_checkable
 
 from agent.errors import (
     AgentError,
@@ -70,10 +70,33 @@ ReportType = Literal["RESULTS", "ERRORS"]
 REPORT_TYPES: tuple[ReportType, ...] = ("RESULTS", "ERRORS")
 FINISHED: frozenset[str] = frozenset({"Completed", "Failed", "Cancelled"})
 
-#: Registers one device inside the caller's open transaction and returns the RegisterThing
-#: response ``{certificatePem, resourceArns}``; raises an AgentError for a line that cannot
-#: be registered. Anything it wrote is rolled back when it raises.
-Registrar = Callable[[sqlite3.Connection, dict[str, Any]], Mapping[str, Any]]
+
+@runtime_checkable
+class LineRegistrar(Protocol):
+    """Registers one device in two steps, so the slow part holds no database lock."""
+
+    def prepare(self, parameters: dict[str, Any]) -> Any:
+        """Check and evaluate one line's parameters (sign its CSR ...); writes nothing.
+
+        Raises:
+            AgentError: the line cannot be registered.
+        """
+
+    def commit(self, db: sqlite3.Connection, prepared: Any) -> Mapping[str, Any]:
+        """Write a prepared registration inside the caller's open transaction.
+
+        Returns:
+            The RegisterThing response ``{certificatePem, resourceArns}``.
+
+        Raises:
+            AgentError: the registration conflicts with the registry's contents.
+        """
+
+
+#: A one-step registrar: registers one device inside the caller's open transaction and
+#: returns the RegisterThing response; raises an AgentError for a line that cannot be
+#: registered. Or a two-step :class:`LineRegistrar`.
+Registrar = Callable[[sqlite3.Connection, dict[str, Any]], Mapping[str, Any]] | LineRegistrar
 #: Builds the registrar for a template body once per run; raises InvalidRequestError when
 #: the template itself is invalid.
 RegistrarFactory = Callable[[str], Registrar]
@@ -676,6 +699,21 @@ class BulkTasks:
         return self._store
 
 
+class _OneStep:
+    """A one-step registrar seen as a :class:`LineRegistrar` (nothing to prepare)."""
+
+    def __init__(
+        self, register: Callable[[sqlite3.Connection, dict[str, Any]], Mapping[str, Any]]
+    ) -> None:
+        self._register = register
+
+    def prepare(self, parameters: dict[str, Any]) -> Any:
+        return parameters
+
+    def commit(self, db: sqlite3.Connection, prepared: Any) -> Mapping[str, Any]:
+        return self._register(db, prepared)
+
+
 class _Runner:
     """The batch loop of one run of one task."""
 
@@ -692,7 +730,9 @@ class _Runner:
         self.tasks = tasks
         self.task_id: str = row["task_id"]
         self.source = source
-        self.registrar = registrar
+        self.registrar: LineRegistrar = (
+            registrar if isinstance(registrar, LineRegistrar) else _OneStep(registrar)
+        )
         self.results = results
         self.errors = errors
         self.offset = int(row["input_offset"])
@@ -723,14 +763,27 @@ class _Runner:
             )
         return raw
 
-    def _one(self, db: sqlite3.Connection, number: int, raw: bytes) -> None:
+    def _prepare(self, number: int, raw: bytes) -> tuple[int, Any, AgentError | None]:
+        """Phase one, outside the transaction: parse and prepare one line."""
+        try:
+            prepared = self.registrar.prepare(parse_line(raw))
+        except StateError:
+            raise
+        except AgentError as exc:
+            return number, None, exc
+        except Exception as exc:  # noqa: BLE001 - prepare writes nothing: one line's failure
+            _log.exception("bulk task %s: line %d failed unexpectedly", self.task_id, number)
+            return number, None, InternalError(f"unexpected failure: {type(exc).__name__}")
+        return number, prepared, None
+
+    def _commit(self, db: sqlite3.Connection, number: int, prepared: Any) -> None:
+        """Phase two, inside the transaction: write one prepared line and report it."""
         savepoint = self.tasks.line_savepoints
         try:
-            parameters = parse_line(raw)
             if savepoint:
                 db.execute("SAVEPOINT bulk_line")
             try:
-                response = self.registrar(db, parameters)
+                response = self.registrar.commit(db, prepared)
             except BaseException:
                 if savepoint:
                     db.execute("ROLLBACK TO bulk_line")
@@ -743,45 +796,56 @@ class _Runner:
         except sqlite3.Error as exc:
             raise StateError(f"the registry database failed: {exc}") from exc
         except AgentError as exc:
-            self.errors.append(error_line(number, exc))
-            self.failures += 1
+            self._failed(number, exc)
             return
         except Exception as exc:
             if not savepoint:  # what it wrote is unknown: give up the batch, stay resumable
                 raise
             _log.exception("bulk task %s: line %d failed unexpectedly", self.task_id, number)
-            failure = InternalError(f"unexpected failure: {type(exc).__name__}")
-            self.errors.append(error_line(number, failure))
-            self.failures += 1
+            self._failed(number, InternalError(f"unexpected failure: {type(exc).__name__}"))
             return
         self.results.append(result_line(number, response))
         self.successes += 1
 
-    def _batch(self) -> bool:
-        """Process one batch in one transaction; True when the task has ended."""
+    def _failed(self, number: int, error: AgentError) -> None:
+        self.errors.append(error_line(number, error))
+        self.failures += 1
+
+    def _read_batch(self) -> tuple[list[tuple[int, Any, AgentError | None]], bool]:
+        """Phase one: read and prepare up to a batch of lines; True at the end of input."""
         deadline = time.monotonic() + self.tasks.batch_seconds
+        items: list[tuple[int, Any, AgentError | None]] = []
+        while len(items) < self.tasks.batch_lines:
+            number = self.lines + len(items) + 1
+            try:
+                raw = self._read_line()
+            except InvalidRequestError as exc:
+                items.append((number, None, exc))
+                continue
+            if raw is None:
+                return items, True
+            items.append(self._prepare(number, raw))
+            if len(items) % 16 == 0 and time.monotonic() > deadline:
+                break
+        return items, False
+
+    def _batch(self) -> bool:
+        """Prepare one batch, then commit it in one transaction; True when the task ended."""
         end: tuple[Status, str] | None = None
-        cancel = self.tasks.cancel_requested(self.task_id)
+        items: list[tuple[int, Any, AgentError | None]] = []
+        if self.tasks.cancel_requested(self.task_id):
+            end = ("Cancelled", "cancelled on request")
+        else:
+            items, at_end = self._read_batch()
+            if at_end:
+                end = ("Completed", "")
         with self.tasks.store.transaction() as db:
-            if cancel:
-                end = ("Cancelled", "cancelled on request")
-            count = 0
-            while end is None and count < self.tasks.batch_lines:
-                number = self.lines + 1
-                try:
-                    raw = self._read_line()
-                except InvalidRequestError as exc:
-                    self.errors.append(error_line(number, exc))
-                    self.failures += 1
+            for number, prepared, error in items:
+                if error is not None:
+                    self._failed(number, error)
                 else:
-                    if raw is None:
-                        end = ("Completed", "")
-                        break
-                    self._one(db, number, raw)
-                self.lines = number
-                count += 1
-                if count % 64 == 0 and time.monotonic() > deadline:
-                    break
+                    self._commit(db, number, prepared)
+            self.lines += len(items)
             self.results.sync()
             self.errors.sync()
             status: Status = end[0] if end else "InProgress"
@@ -856,6 +920,7 @@ def _report_type(value: str) -> ReportType:
 __all__ = [
     "BulkInputError",
     "BulkTasks",
+    "LineRegistrar",
     "Registrar",
     "RegistrarFactory",
     "StartRequest",

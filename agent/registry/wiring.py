@@ -4,8 +4,9 @@
   (:func:`agent.registry.template.parse_template`) accepts it; a ``JITP`` template that
   declares a certificate must name it by ``CertificateId``. Problems keep the engine's JSON
   paths, prefixed with ``templateBody.``.
-* :func:`bulk_registrar_factory`: each bulk line runs the registry's RegisterThing inside the
-  bulk task's open transaction, so registrations and task progress commit together.
+* :func:`bulk_registrar_factory`: each bulk line is prepared by the registry outside any
+  transaction (CSR signing, evaluation) and committed inside the bulk task's open
+  transaction, so registrations and task progress commit together.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from agent.config import AgentConfig
 from agent.errors import FieldProblem
 from agent.registry.bulk import Registrar, RegistrarFactory
 from agent.registry.errors import TemplateError
-from agent.registry.register import Registry
+from agent.registry.register import PreparedRegistration, Registry
 from agent.registry.storage import SqliteRegistryStorage, SqliteRegistryTransaction
-from agent.registry.template import parse_template
+from agent.registry.template import Template, parse_template
 from agent.registry.templates_store import BodyValidator
 from agent.store import Store
 
@@ -72,17 +73,34 @@ def template_body_validator(config: AgentConfig) -> BodyValidator:
     return validate_template_body
 
 
+class RegistryLineRegistrar:
+    """Bulk lines through the registry: prepared outside the write lock, then committed.
+
+    :meth:`prepare` checks the parameters, signs a CSR and evaluates the template without
+    holding the database's write lock (other writers, such as the fleet-provisioning
+    service, are not held up by the CPU-heavy part); :meth:`commit` writes the registration
+    inside the bulk task's open transaction, so it commits with the task's progress.
+    """
+
+    def __init__(self, registry: Registry, template: Template) -> None:
+        self._registry = registry
+        self._template = template
+
+    def prepare(self, parameters: dict[str, Any]) -> PreparedRegistration:
+        """Check and evaluate one line (RegisterThing without its writes)."""
+        return self._registry.prepare(self._template, parameters)
+
+    def commit(self, db: sqlite3.Connection, prepared: PreparedRegistration) -> Mapping[str, Any]:
+        """Write one prepared line inside the open transaction ``db``."""
+        transaction = SqliteRegistryTransaction(db)
+        return self._registry.commit(prepared, transaction=transaction).to_dict()
+
+
 def registrar_factory(registry: Registry) -> RegistrarFactory:
-    """Per-line registrars running ``registry.register_thing`` in the bulk transaction."""
+    """Per-line registrars running the registry's RegisterThing in the bulk transaction."""
 
     def build(template_body: str) -> Registrar:
-        template = parse_template(template_body)
-
-        def register(db: sqlite3.Connection, parameters: dict[str, Any]) -> Mapping[str, Any]:
-            transaction = SqliteRegistryTransaction(db)
-            return registry.register_thing(template, parameters, transaction=transaction).to_dict()
-
-        return register
+        return RegistryLineRegistrar(registry, parse_template(template_body))
 
     return build
 

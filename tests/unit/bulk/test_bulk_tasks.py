@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agent.errors import AgentError
+from agent.errors import AgentError, InvalidRequestError
 from agent.registry.bulk import BulkTasks, parse_start_request
 from agent.store import Store
 
@@ -415,3 +415,45 @@ def test_damaged_report_is_refused_not_padded(tasks: BulkTasks, bulk_root: Path)
         tasks.run(task_id)
     assert info.value.reason == "REPORT_DAMAGED"
     assert tasks.describe(task_id)["successCount"] == 250
+
+
+def test_two_step_registrar_prepares_without_the_write_lock(
+    store: Store, bulk_root: Path, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    other = sqlite3.connect(store.path, timeout=0, isolation_level=None)
+    seen: list[str] = []
+
+    class TwoStep:
+        def prepare(self, parameters: dict[str, Any]) -> str:
+            other.execute("BEGIN IMMEDIATE")  # fails at once if the runner held the lock
+            other.execute("ROLLBACK")
+            if parameters.get("ThingName") == "bad":
+                raise InvalidRequestError("refused in prepare", reason="PREPARE_REFUSED")
+            return str(parameters["ThingName"])
+
+        def commit(self, db: sqlite3.Connection, prepared: str) -> dict[str, Any]:
+            assert db.in_transaction
+            seen.append(prepared)
+            db.execute("INSERT INTO test_things(name) VALUES (?)", (prepared,))
+            return {"resourceArns": {"thing": prepared}}
+
+    tasks = BulkTasks(
+        store,
+        bulk_root=bulk_root,
+        reports_dir=tmp_path / "r",
+        registrar_factory=lambda _body: TwoStep(),
+        batch_lines=3,
+    )
+    names = ["a", "bad", "c", "d", "bad", "f", "g"]
+    write_lines(
+        bulk_root / "factory" / "devices.jsonl", [json.dumps({"ThingName": n}) for n in names]
+    )
+    task_id = start(tasks)
+    out = tasks.run(task_id)
+    other.close()
+    assert (out["status"], out["successCount"], out["failureCount"]) == ("Completed", 5, 2)
+    assert seen == ["a", "c", "d", "f", "g"]
+    assert [e["lineNumber"] for e in reports(tasks, task_id, "ERRORS")] == [2, 5]
+    assert [r["lineNumber"] for r in reports(tasks, task_id, "RESULTS")] == [1, 3, 4, 6, 7]
