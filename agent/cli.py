@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.archive.cli",
     "agent.netconf.cli",
     "agent.registry.cli",
+    "agent.registry.bulk_cli",
 )
 
 _log = logging.getLogger(__name__)

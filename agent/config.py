@@ -138,6 +138,9 @@ class RegistrySection:
     common_name_pattern: str = "[A-Za-z0-9:_.-]{1,64}"
     #: Time budget of the pre-provisioning hook (the AWS limit is 5 seconds).
     hook_timeout_seconds: float = field(default=5.0, metadata=_limits(0.1, 5.0))
+    #: Local root of bulk registration input: ``inputFileBucket`` is a directory of it and
+    #: ``inputFileKey`` a path inside that; nothing outside the root is ever read.
+    bulk_root: Path = Path("/var/lib/edge-agent/bulk-input")
 
 
 @dataclass(frozen=True, slots=True)

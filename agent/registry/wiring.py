@@ -1,0 +1,111 @@
+"""How the template store and bulk registration plug into the registry.
+
+* :func:`template_body_validator`: a template body is valid when the template engine
+  (:func:`agent.registry.template.parse_template`) accepts it; a ``JITP`` template that
+  declares a certificate must name it by ``CertificateId``. Problems keep the engine's JSON
+  paths, prefixed with ``templateBody.``.
+* :func:`bulk_registrar_factory`: each bulk line is prepared by the registry outside any
+  transaction (CSR signing, evaluation) and committed inside the bulk task's open
+  transaction, so registrations and task progress commit together.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from agent.config import AgentConfig
+from agent.errors import FieldProblem
+from agent.registry.bulk import Registrar, RegistrarFactory
+from agent.registry.errors import TemplateError
+from agent.registry.register import PreparedRegistration, Registry
+from agent.registry.storage import SqliteRegistryStorage, SqliteRegistryTransaction
+from agent.registry.template import Template, parse_template
+from agent.registry.templates_store import BodyValidator
+from agent.store import Store
+
+
+def registry_db_path(config: AgentConfig) -> Path:
+    """The database shared by the registry, the template store and bulk tasks."""
+    return config.registry.database
+
+
+def _prefixed(exc: TemplateError) -> TemplateError:
+    fields = [
+        f
+        if f.path == "templateBody" or f.path.startswith("templateBody.")
+        else FieldProblem(f"templateBody.{f.path}", f.message)
+        for f in exc.fields
+    ]
+    return TemplateError(exc.message, reason=exc.reason, fields=fields)
+
+
+def validate_template_body(body: str, template_type: str) -> None:
+    """Check a template body for a template type.
+
+    Raises:
+        TemplateError: the engine refuses the body, or a JITP template's certificate is not
+            named by ``CertificateId`` (``InvalidRequestException``, field paths under
+            ``templateBody.``).
+    """
+    try:
+        template = parse_template(body)
+    except TemplateError as exc:
+        raise _prefixed(exc) from None
+    method = template.certificate_method
+    if template_type == "JITP" and method not in {None, "CertificateId"}:
+        logical = next(
+            name for name, kind in template.resource_types.items() if kind.endswith("Certificate")
+        )
+        path = f"templateBody.Resources.{logical}.Properties.{method}"
+        raise TemplateError(
+            "a JITP template must name its certificate with CertificateId",
+            reason="TEMPLATE_INVALID",
+            fields=[FieldProblem(path, "JITP templates use CertificateId")],
+        )
+
+
+def template_body_validator(config: AgentConfig) -> BodyValidator:
+    """The body validator for :class:`~agent.registry.templates_store.TemplateStore`."""
+    del config
+    return validate_template_body
+
+
+class RegistryLineRegistrar:
+    """Bulk lines through the registry: prepared outside the write lock, then committed.
+
+    :meth:`prepare` checks the parameters, signs a CSR and evaluates the template without
+    holding the database's write lock (other writers, such as the fleet-provisioning
+    service, are not held up by the CPU-heavy part); :meth:`commit` writes the registration
+    inside the bulk task's open transaction, so it commits with the task's progress.
+    """
+
+    def __init__(self, registry: Registry, template: Template) -> None:
+        self._registry = registry
+        self._template = template
+
+    def prepare(self, parameters: dict[str, Any]) -> PreparedRegistration:
+        """Check and evaluate one line (RegisterThing without its writes)."""
+        return self._registry.prepare(self._template, parameters)
+
+    def commit(self, db: sqlite3.Connection, prepared: PreparedRegistration) -> Mapping[str, Any]:
+        """Write one prepared line inside the open transaction ``db``."""
+        transaction = SqliteRegistryTransaction(db)
+        return self._registry.commit(prepared, transaction=transaction).to_dict()
+
+
+def registrar_factory(registry: Registry) -> RegistrarFactory:
+    """Per-line registrars running the registry's RegisterThing in the bulk transaction."""
+
+    def build(template_body: str) -> Registrar:
+        return RegistryLineRegistrar(registry, parse_template(template_body))
+
+    return build
+
+
+def bulk_registrar_factory(config: AgentConfig, store: Store) -> RegistrarFactory:
+    """The registrar factory for bulk tasks on ``store`` (the registry's database)."""
+    storage = SqliteRegistryStorage(store)
+    return registrar_factory(Registry.from_config(config.registry, storage=storage))
