@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,26 @@ def _bulk(config: AgentConfig, store: Store) -> BulkTasks:
         # RegisterThing checks everything before its first write: a refused line wrote nothing
         line_savepoints=False,
     )
+
+
+def _print_templates(args: argparse.Namespace, call: Callable[[TemplateStore], Any]) -> int:
+    """Open the template store, print what ``call`` returns as JSON."""
+    from agent.cli import print_json
+
+    config = _config(args)
+    with _open_store(config) as store:
+        print_json(call(_templates(config, store)))
+    return EXIT_OK
+
+
+def _print_tasks(args: argparse.Namespace, call: Callable[[BulkTasks], Any]) -> int:
+    """Open the bulk tasks, print what ``call`` returns as JSON."""
+    from agent.cli import print_json
+
+    config = _config(args)
+    with _open_store(config) as store:
+        print_json(call(_bulk(config, store)))
+    return EXIT_OK
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -206,12 +227,7 @@ def _create_request(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _template_create(args: argparse.Namespace) -> int:
-    from agent.cli import print_json
-
-    config = _config(args)
-    with _open_store(config) as store:
-        print_json(_templates(config, store).create(_create_request(args)))
-    return EXIT_OK
+    return _print_templates(args, lambda templates: templates.create(_create_request(args)))
 
 
 def _template_validate(args: argparse.Namespace) -> int:
@@ -225,12 +241,7 @@ def _template_validate(args: argparse.Namespace) -> int:
 
 
 def _template_list(args: argparse.Namespace) -> int:
-    from agent.cli import print_json
-
-    config = _config(args)
-    with _open_store(config) as store:
-        print_json(_templates(config, store).list())
-    return EXIT_OK
+    return _print_templates(args, lambda templates: templates.list())
 
 
 def _template_describe(args: argparse.Namespace) -> int:
@@ -261,21 +272,11 @@ def _template_update(args: argparse.Namespace) -> int:
 
 
 def _template_delete(args: argparse.Namespace) -> int:
-    from agent.cli import print_json
-
-    config = _config(args)
-    with _open_store(config) as store:
-        print_json(_templates(config, store).delete(args.name))
-    return EXIT_OK
+    return _print_templates(args, lambda templates: templates.delete(args.name))
 
 
 def _versions_list(args: argparse.Namespace) -> int:
-    from agent.cli import print_json
-
-    config = _config(args)
-    with _open_store(config) as store:
-        print_json(_templates(config, store).list_versions(args.name))
-    return EXIT_OK
+    return _print_templates(args, lambda templates: templates.list_versions(args.name))
 
 
 def _versions_create(args: argparse.Namespace) -> int:
@@ -290,12 +291,9 @@ def _versions_create(args: argparse.Namespace) -> int:
 
 
 def _versions_describe(args: argparse.Namespace) -> int:
-    from agent.cli import print_json
-
-    config = _config(args)
-    with _open_store(config) as store:
-        print_json(_templates(config, store).describe_version(args.name, args.version))
-    return EXIT_OK
+    return _print_templates(
+        args, lambda templates: templates.describe_version(args.name, args.version)
+    )
 
 
 def _versions_set_default(args: argparse.Namespace) -> int:
@@ -310,12 +308,9 @@ def _versions_set_default(args: argparse.Namespace) -> int:
 
 
 def _versions_delete(args: argparse.Namespace) -> int:
-    from agent.cli import print_json
-
-    config = _config(args)
-    with _open_store(config) as store:
-        print_json(_templates(config, store).delete_version(args.name, args.version))
-    return EXIT_OK
+    return _print_templates(
+        args, lambda templates: templates.delete_version(args.name, args.version)
+    )
 
 
 # --- bulk --------------------------------------------------------------------------------
@@ -447,30 +442,15 @@ def _bulk_resume(args: argparse.Namespace) -> int:
 
 
 def _bulk_describe(args: argparse.Namespace) -> int:
-    from agent.cli import print_json
-
-    config = _config(args)
-    with _open_store(config) as store:
-        print_json(_bulk(config, store).describe(args.task_id))
-    return EXIT_OK
+    return _print_tasks(args, lambda tasks: tasks.describe(args.task_id))
 
 
 def _bulk_list(args: argparse.Namespace) -> int:
-    from agent.cli import print_json
-
-    config = _config(args)
-    with _open_store(config) as store:
-        print_json(_bulk(config, store).list_tasks(args.status))
-    return EXIT_OK
+    return _print_tasks(args, lambda tasks: tasks.list_tasks(args.status))
 
 
 def _bulk_cancel(args: argparse.Namespace) -> int:
-    from agent.cli import print_json
-
-    config = _config(args)
-    with _open_store(config) as store:
-        print_json(_bulk(config, store).cancel(args.task_id))
-    return EXIT_OK
+    return _print_tasks(args, lambda tasks: tasks.cancel(args.task_id))
 
 
 def _bulk_reports(args: argparse.Namespace) -> int:
