@@ -14,7 +14,7 @@ import io
 import json
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,7 @@ class Forge:
         return dataclasses.replace(self, **changes)
 
 
-def raw_zip(entries: list[tuple[zipfile.ZipInfo | str, bytes]]) -> bytes:
+def raw_zip(entries: Sequence[tuple[zipfile.ZipInfo | str, bytes]]) -> bytes:
     """A ZIP written entry by entry with full control of each header (duplicates allowed)."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():

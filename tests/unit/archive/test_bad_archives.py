@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,8 @@ from agent.registry.ca import CertificateAuthority, cert_to_pem, generate_key, k
 from tests.helpers.forge import NOW, Forge, info, patch_flags, raw_zip, rewrite
 from tests.unit.archive.conftest import snapshot
 
+Entry = tuple[str | zipfile.ZipInfo, bytes]
+
 
 @dataclass(frozen=True)
 class Ctx:
@@ -36,10 +38,8 @@ class Ctx:
         path.write_bytes(data)
         return path
 
-    def parts_zip(
-        self, edit: Callable[[list[tuple[str, bytes]]], list[tuple[object, bytes]]]
-    ) -> Path:
-        return self.write(raw_zip(edit(self.forge.parts())))  # type: ignore[arg-type]
+    def parts_zip(self, edit: Callable[[list[tuple[str, bytes]]], Sequence[Entry]]) -> Path:
+        return self.write(raw_zip(edit(self.forge.parts())))
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Case:
     now: dt.datetime | None = None
 
 
-def _swap_name(parts: list[tuple[str, bytes]], old: str, new: object) -> list[tuple[object, bytes]]:
+def _swap_name(parts: list[tuple[str, bytes]], old: str, new: str | zipfile.ZipInfo) -> list[Entry]:
     return [(new if n == old else n, d) for n, d in parts]
 
 
@@ -133,7 +133,7 @@ def _manifest_altered_after_signing(ctx: Ctx) -> Path:
     manifest = json.loads(parts[0][1])
     manifest["iotEndpoint"] = "attacker.example.com:8883"
     parts[0] = (parts[0][0], json.dumps(manifest).encode())
-    return ctx.write(raw_zip(parts))  # type: ignore[arg-type]
+    return ctx.write(raw_zip(parts))
 
 
 def _renamed(ctx: Ctx) -> Path:

@@ -37,7 +37,7 @@ class Original:
 @pytest.fixture(scope="module")
 def original(ca: CertificateAuthority, tmp_path_factory: pytest.TempPathFactory) -> Original:
     parts = Forge(ca).parts()
-    raw = raw_zip(parts)  # type: ignore[arg-type]
+    raw = raw_zip(parts)
     return Original(
         raw,
         parts,
@@ -102,7 +102,7 @@ def test_renamed_entries(original: Original, data: st.DataObject) -> None:
     parts = list(original.parts)
     old_name, payload = parts[index]
     parts[index] = (new_name, payload)
-    outcome(original, raw_zip(parts))  # type: ignore[arg-type]
+    outcome(original, raw_zip(parts))
     if new_name != old_name:
         with pytest.raises(ArchiveError):
             verify_archive(original.dir / "certificates-omni_dev-1.zip", original.policy, CLOCK)
@@ -112,7 +112,7 @@ def test_renamed_entries(original: Original, data: st.DataObject) -> None:
 @given(order=st.permutations(range(6)))
 def test_reordered_entries_are_the_same_archive(original: Original, order: list[int]) -> None:
     parts = [original.parts[i] for i in order]
-    outcome(original, raw_zip(parts))  # type: ignore[arg-type]
+    outcome(original, raw_zip(parts))
     verified = verify_archive(original.dir / "certificates-omni_dev-1.zip", original.policy, CLOCK)
     assert verified.contents.entries == original.entries
 
@@ -125,7 +125,7 @@ def test_entry_content_changes_are_refused(original: Original, data: st.DataObje
     replacement = data.draw(st.binary(max_size=2048).filter(lambda b: b != payload))
     parts = list(original.parts)
     parts[index] = (name, replacement)
-    outcome(original, raw_zip(parts))  # type: ignore[arg-type]
+    outcome(original, raw_zip(parts))
     with pytest.raises(ArchiveError):
         verify_archive(original.dir / "certificates-omni_dev-1.zip", original.policy, CLOCK)
 
