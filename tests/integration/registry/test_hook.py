@@ -233,10 +233,9 @@ def test_https_allow_with_overrides(
     assert thing is not None
     assert thing.attributes == {"site": "web"}
     assert hook_server.requests[0]["certificateId"] == result.certificate_id
-    assert hook_server.requests[0]["parameters"] == {
-        "Serial": "5",
-        "CSR": hook_server.requests[0]["parameters"]["CSR"],  # type: ignore[index]
-    }
+    parameters = hook_server.requests[0]["parameters"]
+    assert isinstance(parameters, dict)
+    assert parameters == {"Serial": "5", "CSR": parameters["CSR"]}
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ def static(
     ip: str = "198.18.1.10",
     mask: str = "255.255.255.0",
     gateway: str = "198.18.1.1",
-    dns: list[Any] | None = None,
+    dns: Any = None,
 ) -> dict[str, Any]:
     return {
         "ConnectionType": "STATIC_IP",
@@ -177,7 +177,7 @@ CASES: list[tuple[str, Any, list[tuple[str, str]], list[str]]] = [
         [("NetworkingConfiguration.Ntp.NtpServers[0]", "lower-case")],
         [],
     ),
-    ("seed-dns-not-list", {"Ethernet0": static(dns="198.18.1.53")}, [(f"{S0}.Dns", "list")], []),  # type: ignore[arg-type]
+    ("seed-dns-not-list", {"Ethernet0": static(dns="198.18.1.53")}, [(f"{S0}.Dns", "list")], []),
     ("not-an-object", ["Ethernet0"], [("NetworkingConfiguration", "object")], []),
     (
         "board-without-ethernet1",
