@@ -19,6 +19,8 @@ from cryptography.x509.oid import NameOID
 from agent.registry.ca import init_ca
 
 ROLE = "arn:aws:iam::123456789012:role/Provisioning"
+#: ``edge-agent bulk start`` on the input every test writes with its role.
+START = ("bulk", "start", "--bucket", "factory", "--key", "devices.jsonl", "--role-arn", ROLE)
 
 #: A realistic bulk template: a CSR signed per line, a thing named from the serial number
 #: with attributes and a group from a mapping, and a named policy attached to the cert.

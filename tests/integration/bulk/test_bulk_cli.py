@@ -9,7 +9,7 @@ import select
 import subprocess
 import time
 
-from tests.integration.bulk.conftest import ROLE, TEMPLATE, Env
+from tests.integration.bulk.conftest import ROLE, START, TEMPLATE, Env
 
 THING_ONLY = {
     "Parameters": {"SerialNumber": {"Type": "String"}},
@@ -109,14 +109,7 @@ def test_template_commands(env: Env) -> None:
     # bulk from the stored template's default version
     write_devices(env, 50)
     run = env.run(
-        "bulk",
-        "start",
-        "--bucket",
-        "factory",
-        "--key",
-        "devices.jsonl",
-        "--role-arn",
-        ROLE,
+        *START,
         "--template",
         "edge-fleet",
     )
@@ -155,14 +148,7 @@ def test_bulk_start_rejections(env: Env) -> None:
     write_devices(env, 3)
     body.write_text('{"Resources": {"thing": {"Type": "AWS::IoT::Thing"}}}', encoding="utf-8")
     out = env.run(
-        "bulk",
-        "start",
-        "--bucket",
-        "factory",
-        "--key",
-        "devices.jsonl",
-        "--role-arn",
-        ROLE,
+        *START,
         "--template-body",
         str(body),
         check=False,
@@ -178,14 +164,7 @@ def test_progress_bar_on_a_terminal(env: Env) -> None:
     write_devices(env, 3000)
     master, slave = pty.openpty()
     proc = env.popen(
-        "bulk",
-        "start",
-        "--bucket",
-        "factory",
-        "--key",
-        "devices.jsonl",
-        "--role-arn",
-        ROLE,
+        *START,
         "--template-body",
         str(body),
         stdout=subprocess.PIPE,
@@ -220,14 +199,7 @@ def test_cancel_detached_and_running(env: Env) -> None:
     # far more lines than run between two batch commits, so the cancel lands mid-run
     write_devices(env, 200_000)
     detached = env.json(
-        "bulk",
-        "start",
-        "--bucket",
-        "factory",
-        "--key",
-        "devices.jsonl",
-        "--role-arn",
-        ROLE,
+        *START,
         "--template-body",
         str(body),
         "--detach",
@@ -237,14 +209,7 @@ def test_cancel_detached_and_running(env: Env) -> None:
     assert env.json("bulk", "resume", task_id)["successCount"] == 0
 
     proc = env.popen(
-        "bulk",
-        "start",
-        "--bucket",
-        "factory",
-        "--key",
-        "devices.jsonl",
-        "--role-arn",
-        ROLE,
+        *START,
         "--template-body",
         str(body),
         stdout=subprocess.PIPE,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.bulk.conftest import ROLE, TEMPLATE, Env, make_csr
+from tests.integration.bulk.conftest import START, TEMPLATE, Env, make_csr
 
 LINES = 6000
 
@@ -64,14 +64,7 @@ def test_sigkill_twice_then_resume_registers_every_line_once(env: Env) -> None:
     good = LINES - len(bad)
 
     first = env.popen(
-        "bulk",
-        "start",
-        "--bucket",
-        "factory",
-        "--key",
-        "devices.jsonl",
-        "--role-arn",
-        ROLE,
+        *START,
         "--template-body",
         str(template),
         stdout=subprocess.DEVNULL,

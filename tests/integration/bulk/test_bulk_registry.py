@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from tests.integration.bulk.conftest import ROLE, Env
+from tests.integration.bulk.conftest import START, Env
 
 TEMPLATE = {
     "Parameters": {
@@ -60,14 +60,7 @@ def test_ten_thousand_lines_one_percent_bad(env: Env) -> None:
     template = env.root / "template.json"
     template.write_text(json.dumps(TEMPLATE), encoding="utf-8")
     run = env.run(
-        "bulk",
-        "start",
-        "--bucket",
-        "factory",
-        "--key",
-        "devices.jsonl",
-        "--role-arn",
-        ROLE,
+        *START,
         "--template-body",
         str(template),
     )
