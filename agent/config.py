@@ -72,11 +72,11 @@ class NetworkSection:
     """How Ethernet0/Ethernet1 are applied (owned by :mod:`agent.netconf`)."""
 
     backend: Literal["networkd", "netlink", "dry-run"] = "networkd"
-    #: Board profile name (``hw/boards/<name>.toml``).
+    #: Board profile name (``agent/boards/<name>.toml``, shipped in the package).
     board: str = "generic"
     #: How long a trial configuration has to prove itself before it is rolled back.
     probe_timeout_seconds: float = field(default=60.0, metadata=_limits(1, 3600))
-    #: Extra directory searched for board profiles before the bundled ``hw/boards``.
+    #: Extra directory searched for board profiles before the bundled ``agent/boards``.
     boards_dir: Path = Path("/etc/edge-agent/boards")
     #: ``host:port`` the probe must reach over TCP (the MQTT endpoint); empty: not checked.
     probe_endpoint: str = ""
