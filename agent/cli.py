@@ -62,8 +62,12 @@ def print_json(data: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     try:
-        code = _run(argv)
-        sys.stdout.flush()  # inside the guard: a closed pipe shows up here at the latest
+        try:
+            code = _run(argv)
+        finally:
+            # inside the guard, also after argparse's SystemExit (--help): a closed pipe
+            # shows up here at the latest
+            sys.stdout.flush()
     except BrokenPipeError:
         # The reader went away (``| head``). Point stdout at /dev/null so the interpreter's
         # final flush stays quiet too, and end like a command killed by SIGPIPE.
