@@ -23,6 +23,7 @@ from agent.errors import EXIT_RUNTIME, AgentError, InternalError
 #: Modules with a ``register(subparsers)`` function, in help order.
 COMMAND_MODULES: tuple[str, ...] = (
     "agent.demo",
+    "agent.daemon",
     "agent.archive.cli",
     "agent.netconf.cli",
     "agent.registry.cli",

@@ -144,6 +144,20 @@ class RegistrySection:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiSection:
+    """The local API (owned by :mod:`agent.api`)."""
+
+    #: Its Unix socket; unset: ``<agent.runtime_dir>/api.sock``.
+    socket: Path | None = None
+    #: Group that owns the 0660 socket (its members may use the API); empty: root's group.
+    group: str = ""
+
+    def socket_path(self, agent: AgentSection) -> Path:
+        """The socket, resolved against the runtime directory."""
+        return self.socket if self.socket is not None else agent.runtime_dir / "api.sock"
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     """The whole configuration file."""
 
@@ -152,6 +166,7 @@ class AgentConfig:
     network: NetworkSection = field(default_factory=NetworkSection)
     ntp: NtpSection = field(default_factory=NtpSection)
     registry: RegistrySection = field(default_factory=RegistrySection)
+    api: ApiSection = field(default_factory=ApiSection)
 
 
 T = TypeVar("T")
