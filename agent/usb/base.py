@@ -69,7 +69,10 @@ StickEvent = StickInserted | StickRemoved
 class StickSource(Protocol):
     """What the daemon needs from a stick source (udev, kernel or directory)."""
 
-    kind: SourceKind
+    @property
+    def kind(self) -> SourceKind:
+        """Which events it listens to (``udev`` may have fallen back to ``kernel``)."""
+        ...
 
     async def __aenter__(self) -> Self: ...
 
