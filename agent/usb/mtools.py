@@ -3,7 +3,7 @@
 Every mtools command runs with an environment of four variables (``PATH``, ``LC_ALL``,
 ``HOME`` and ``MTOOLSRC``): ``HOME`` is a private directory, so no ``~/.mtoolsrc`` is read,
 and ``MTOOLSRC`` names a private file written here that turns the file system sanity checks
-on (``mtools_skip_check=0``) and keeps long names and their case. Standard input is
+on (``MTOOLS_SKIP_CHECK=0``) and keeps long names and their case. Standard input is
 ``/dev/null`` (mtools never waits for an answer), standard output is read up to a cap and
 the process is killed past it, standard error is kept short, and the whole command has a
 timeout. mtools reads the medium in user space: nothing is mounted, the kernel never parses
@@ -26,11 +26,11 @@ log = logging.getLogger(__name__)
 
 MTOOLSRC = """\
 # mtools configuration of edge-agent (the stick is untrusted).
-mtools_skip_check=0
-mtools_no_vfat=0
-mtools_lower_case=0
-mtools_ignore_short_case=0
-mtools_fat_compatibility=0
+MTOOLS_SKIP_CHECK=0
+MTOOLS_NO_VFAT=0
+MTOOLS_LOWER_CASE=0
+MTOOLS_FAT_COMPATIBILITY=0
+MTOOLS_LOCK_TIMEOUT=2
 """
 _STDERR_CAP = 8192
 _CHUNK = 65536
