@@ -21,18 +21,15 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
 from agent.config import StatusSection
-from agent.netconf.boards import LedSpec
+from agent.netconf.boards import LED_NAME, LedSpec
 
 log = logging.getLogger(__name__)
-
-_LED_NAME = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}$")
 
 
 class LedPattern(enum.Enum):
@@ -130,7 +127,7 @@ class SysfsLed:
     def __init__(
         self, name: str, *, root: Path = Path("/sys/class/leds"), restore_after: float = 600.0
     ) -> None:
-        if not _LED_NAME.match(name):
+        if not LED_NAME.match(name) or name in {".", ".."}:
             raise ValueError(f"not an LED class name: {name!r}")
         self.name = name
         self.path = root / name

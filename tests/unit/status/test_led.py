@@ -153,3 +153,15 @@ def test_parse_triggers() -> None:
         {"none", "rc-feedback", "mmc0", "timer"},
     )
     assert parse_triggers("") == ("none", set())
+
+
+def test_the_board_profile_checks_the_led_name_and_usb_port(tmp_path: Path) -> None:
+    from agent.netconf.boards import BoardProfileError, load_board
+
+    board = tmp_path / "b.toml"
+    board.write_text('[led]\nname = "../x"\n[usb]\nport_path = "/dev/bus/usb"\n')
+    with pytest.raises(BoardProfileError) as info:
+        load_board(str(board))
+    assert {f.path for f in info.value.fields} == {"led.name", "usb.port_path"}
+    board.write_text('[led]\nname = "ACT"\ndefault_trigger = "mmc0"\n')
+    assert load_board(str(board)).profile.led.name == "ACT"
