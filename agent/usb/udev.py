@@ -2,7 +2,9 @@
 
 The monitor's socket goes to ``loop.add_reader``; each readable wake-up drains the monitor
 (``poll(timeout=0)``) into a queue that one task works through in order, so an insertion and
-the removal right after it are never reordered. Nothing polls on a timer.
+the removal right after it are never reordered. Nothing polls on a timer. libudev is only
+called from the event loop's thread; only reading a device's first sector (real I/O on the
+stick) runs in a worker thread.
 
 ``source="udev"`` listens to udevd's processed events (with ``ID_FS_TYPE`` and friends);
 where no udevd runs (``/run/udev/control`` absent) it falls back to the kernel's own uevents
@@ -223,12 +225,16 @@ class UdevStickSource(QueueSource):
         if self.kind != self.source:
             log.warning("no udevd is running: listening to kernel uevents instead")
         self._incoming = asyncio.Queue()
-        monitor = self.monitor_factory(self.kind)
-        self._monitor = monitor
-        loop = asyncio.get_running_loop()
-        for device in await asyncio.to_thread(monitor.present):
-            self._incoming.put_nowait(device)
-        loop.add_reader(monitor.fileno(), self._readable)
+        try:
+            monitor = self.monitor_factory(self.kind)
+            self._monitor = monitor
+            # listening before enumerating: a stick plugged in between is seen twice, not never
+            asyncio.get_running_loop().add_reader(monitor.fileno(), self._readable)
+            for device in monitor.present():
+                self._incoming.put_nowait(device)
+        except BaseException:
+            await self.aclose()
+            raise
         self._worker = asyncio.create_task(self._work(), name=f"usb-{self.kind}-events")
         log.info("watching for USB sticks (%s events)", self.kind)
         return self
@@ -282,7 +288,9 @@ class UdevStickSource(QueueSource):
             return None
         if device.action not in ("add", "change"):
             return None
-        parent = await asyncio.to_thread(device.usb_parent)
+        parent = (
+            device.usb_parent()
+        )  # sysfs attributes: memory reads, and libudev stays on one thread
         decision = qualify(props, parent, self.policy)
         if decision.accepted and needs_first_sector(props):
             sector = await asyncio.to_thread(device.first_sector)

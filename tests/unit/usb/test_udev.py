@@ -209,3 +209,23 @@ def test_the_source_is_not_reentrant_and_iteration_ends_on_close(tmp_path: Path)
             assert again.present() == []
 
     asyncio.run(run())
+
+
+def test_a_monitor_that_cannot_start_leaves_the_source_usable(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def factory(kind: str) -> FakeMonitor:
+        calls.append(kind)
+        if len(calls) == 1:
+            raise OSError("netlink unavailable")
+        return FakeMonitor()
+
+    async def run() -> None:
+        (tmp_path / "control").touch()
+        source = UdevStickSource(monitor_factory=factory, udev_control=tmp_path / "control")
+        with pytest.raises(OSError, match="netlink"):
+            await source.__aenter__()
+        async with source:
+            assert source.kind == "udev"
+
+    asyncio.run(run())
