@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.fsutil import PRIVATE_FILE, write_synced
+from agent.fsutil import PRIVATE_FILE
 from agent.usb.errors import (
     FilesystemError,
     StickLinkError,
@@ -82,6 +82,15 @@ def _inspect(fd: int, path: Path) -> _Opened:
     if offset and not looks_like_fat_boot_sector(os.pread(fd, SECTOR, offset)):
         raise FilesystemError(f"the partition at byte {offset} holds no FAT file system")
     return _Opened(fd, block, info.st_rdev, offset)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """A staging file: created 0600, exclusive; not fsynced (mtools reads it at once)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 class FatVolume:
@@ -182,11 +191,18 @@ class FatVolume:
             raise self._failed(f"reading {name}", result)
         return result.stdout
 
-    async def write_files(self, directory: str, files: Mapping[str, bytes], staging: Path) -> None:
+    async def write_files(
+        self,
+        directory: str,
+        files: Mapping[str, bytes],
+        staging: Path,
+        root: list[DirEntry] | None = None,
+    ) -> None:
         """Write ``files`` (name → content) into ``directory`` of the root, replacing them.
 
         ``directory`` and the names are plain lower-case names chosen by the agent. Each file
         is staged in ``staging`` (private, removed afterwards) and copied with ``mcopy -o``.
+        ``root`` is the root listing when the caller has it (saves one ``mdir``).
 
         Raises:
             WriteBackError: The directory cannot be made or a file cannot be written.
@@ -195,7 +211,9 @@ class FatVolume:
         for name in (directory, *files):
             if not name or not set(name) <= _WRITE_NAME_CHARS or name.startswith("."):
                 raise ValueError(f"not a plain file name: {name!r}")
-        existing = {e.name.lower(): e for e in await self.list_dir()}
+        existing = {
+            e.name.lower(): e for e in (root if root is not None else await self.list_dir())
+        }
         entry = existing.get(directory)
         if entry is not None and not entry.is_dir:
             raise WriteBackError(f"the stick has a file named {directory}, not a directory")
@@ -205,7 +223,7 @@ class FatVolume:
                 raise self._write_failed(f"making {directory}/", result)
         for name, data in files.items():
             local = staging / f".{secrets.token_hex(6)}-{name}"
-            await asyncio.to_thread(write_synced, local, data, PRIVATE_FILE)
+            await asyncio.to_thread(_write_private, local, data)
             try:
                 result = await self._run(
                     "mcopy", "-o", str(local), f"{_ROOT}{directory}/{name}", max_stdout=4096

@@ -123,6 +123,7 @@ class StickMedia:
         self._workdir: Path | None = None
         self._volume: FatVolume | None = None
         self._used = False
+        self._root: list[DirEntry] | None = None
 
     async def __aenter__(self) -> Self:
         if self._used:
@@ -171,7 +172,8 @@ class StickMedia:
             MediaError: The stick went away or mtools failed.
         """
         assert self._workdir is not None  # noqa: S101 - set by __aenter__
-        entry, device_name = choose_archive(await self.volume.list_dir())
+        self._root = await self.volume.list_dir()
+        entry, device_name = choose_archive(self._root)
         limit = self.settings.max_archive_bytes
         data = await self.volume.read_file(entry.name, limit)
         if data is None:
@@ -200,6 +202,8 @@ class StickMedia:
             RESULT_DIR,
             {RESULT_FILE: result_json, LOG_FILE: provisioning_log},
             staging=self._workdir,
+            root=self._root,
         )
+        self._root = None  # the root now holds edge-agent/
         log.info("result written back to the stick (%s/%s)", RESULT_DIR, RESULT_FILE)
         return True

@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.fsutil import PRIVATE_FILE, atomic_write, ensure_dir
+from agent.fsutil import PRIVATE_FILE, ensure_dir
 from agent.usb.errors import MtoolsError
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,13 @@ class Mtools:
         self.settings = settings or MtoolsSettings()
         self.home = ensure_dir(workdir / "mtools")
         self.config = self.home / "mtoolsrc"
-        atomic_write(self.config, MTOOLSRC.encode(), PRIVATE_FILE)
+        # A fresh private file each time (runtime data: no need to survive a power cut).
+        self.config.unlink(missing_ok=True)
+        fd = os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+        try:
+            os.write(fd, MTOOLSRC.encode())
+        finally:
+            os.close(fd)
 
     def environment(self) -> dict[str, str]:
         """The whole environment mtools runs with."""
