@@ -43,7 +43,7 @@ def raw_checks(data: bytes, anchor: x509.Certificate, at: dt.datetime) -> None:
     key = signer.public_key()
     assert isinstance(key, ec.EllipticCurvePublicKey)
     key.verify(entries["manifest.sig"], entries["manifest.json"], ec.ECDSA(hashes.SHA256()))
-    cert = x509.load_pem_x509_certificate(entries["certificate.pem"])
+    cert, *intermediates = x509.load_pem_x509_certificates(entries["certificate.pem"])
     verifier = (
         verification.PolicyBuilder()
         .store(verification.Store([anchor]))
@@ -55,7 +55,7 @@ def raw_checks(data: bytes, anchor: x509.Certificate, at: dt.datetime) -> None:
         .build_client_verifier()
     )
     verifier.verify(signer, [])
-    verifier.verify(cert, [])
+    verifier.verify(cert, intermediates)
     private = serialization.load_pem_private_key(entries["private.key"], None)
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     assert private.public_key().public_bytes(*spki) == cert.public_key().public_bytes(*spki)
@@ -73,7 +73,7 @@ def main() -> None:
         policy = Policy(trust_anchors=(ca.root_cert,))
         archives: list[tuple[Path, bytes]] = []
         for i in range(args.count):
-            built = build_archive(ca, DeviceRequest(name=f"bench-{i}", not_before=now))
+            built = build_archive(ca.factory(), DeviceRequest(name=f"bench-{i}", not_before=now))
             path = root / built.filename
             path.write_bytes(built.data)
             archives.append((path, built.data))

@@ -209,8 +209,9 @@ class Template:
         certificate_method: how the certificate resource names its certificate (or None when
             the template has no certificate resource).
         certificate_logical_id: the certificate resource's logical name (or None).
-        certificate_fields: certificate pseudo-parameters the template declares (other than
-            ``AWS::IoT::Certificate::Id``); the certificate must carry every one of them.
+        certificate_fields: certificate pseudo-parameters the template declares or refers to
+            (other than ``AWS::IoT::Certificate::Id``); the certificate must carry every one
+            of them, and only the certificate supplies them.
     """
 
     def __init__(
@@ -223,6 +224,7 @@ class Template:
         certificate: _Certificate | None,
         policies: tuple[_Policy, ...],
         device_configuration: tuple[tuple[str, str, Expr], ...],
+        certificate_references: frozenset[str] = frozenset(),
     ) -> None:
         self.body = body
         self.parameters = parameters
@@ -231,7 +233,12 @@ class Template:
         self._certificate = certificate
         self._policies = policies
         self._device_configuration = device_configuration
-        self._defaults = {n: p.default for n, p in parameters.items() if p.default is not None}
+        # A certificate pseudo-parameter comes only from the certificate, never a Default.
+        self._defaults = {
+            n: p.default
+            for n, p in parameters.items()
+            if p.default is not None and not n.startswith(CERTIFICATE_PREFIX)
+        }
         self._numbers = tuple(n for n, p in parameters.items() if p.type == "Number")
         self.certificate_method: CertificateMethod | None = (
             certificate.method if certificate else None
@@ -239,8 +246,8 @@ class Template:
         self.certificate_logical_id: str | None = certificate.logical_id if certificate else None
         self.certificate_fields: tuple[str, ...] = tuple(
             n
-            for n in parameters
-            if n in CERTIFICATE_PSEUDO_PARAMETERS and n != CERTIFICATE_PREFIX + "Id"
+            for n in CERTIFICATE_PSEUDO_PARAMETERS
+            if (n in parameters or n in certificate_references) and n != CERTIFICATE_PREFIX + "Id"
         )
 
     def resolve_parameters(self, parameters: Mapping[str, str]) -> dict[str, str]:
@@ -560,6 +567,7 @@ class _Parser:
         self.problems: list[FieldProblem] = []
         self.parameters: dict[str, ParameterSpec] = {}
         self.mappings: dict[str, dict[str, dict[str, Value]]] = {}
+        self.certificate_references: set[str] = set()
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append(FieldProblem(path, message))
@@ -580,6 +588,7 @@ class _Parser:
             certificate=certificate,
             policies=tuple(policies),
             device_configuration=config,
+            certificate_references=frozenset(self.certificate_references),
         )
 
     def _resources(  # noqa: C901 - one branch per resource type and shape check
@@ -945,7 +954,10 @@ class _Parser:
         return compile_function(args, fpath)
 
     def _known_name(self, name: str) -> bool:
-        return name in self.parameters or name in CERTIFICATE_PSEUDO_PARAMETERS
+        if name in CERTIFICATE_PSEUDO_PARAMETERS:
+            self.certificate_references.add(name)
+            return True
+        return name in self.parameters
 
     def _ref(self, args: Any, path: str) -> Expr:
         if not isinstance(args, str):

@@ -43,7 +43,7 @@ def storage(tmp_path: Path) -> Iterator[SqliteRegistryStorage]:
 
 @pytest.fixture
 def registry(storage: SqliteRegistryStorage, ca_dir: CaDir) -> Registry:
-    return Registry(storage, ca_dir.ca, region="eu-west-1", account="111122223333")
+    return Registry(storage, ca_dir.ca.registry(), region="eu-west-1", account="111122223333")
 
 
 @dataclass

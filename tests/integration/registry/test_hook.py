@@ -202,7 +202,7 @@ def test_the_registry_caps_the_hook_budget(
     storage: SqliteRegistryStorage, ca_dir: CaDir, tmp_path: Path
 ) -> None:
     registry = Registry(
-        storage, ca_dir.ca, region="eu-west-1", account="111122223333", hook_timeout=0.3
+        storage, ca_dir.ca.registry(), region="eu-west-1", account="111122223333", hook_timeout=0.3
     )
     hook = write_hook(tmp_path, "slow", "time.sleep(60)")
     error = denied(registry, PreProvisioningHook(str(hook), timeout=5.0))

@@ -95,7 +95,7 @@ def _corrupt_entry(ctx: Ctx) -> Path:
 def _claim_signed_manifest(ctx: Ctx) -> Path:
     """The claim certificate (clientAuth, not codeSigning) used as the archive signer."""
     key = generate_key()
-    cert = ctx.forge.ca.issue(
+    cert = ctx.forge.ca.claim_issuer.issue(
         common_name="dev-1",
         public_key=key.public_key(),
         not_before=NOW,
@@ -113,7 +113,7 @@ def _foreign_signer(ctx: Ctx) -> Path:
 
 def _rsa_signer(ctx: Ctx) -> Path:
     key = generate_key("rsa-2048")
-    cert = ctx.forge.ca.issue(
+    cert = ctx.forge.ca.claim_issuer.issue(
         common_name="rsa signer",
         public_key=key.public_key(),
         not_before=NOW,

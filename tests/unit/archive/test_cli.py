@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import stat
@@ -16,7 +17,11 @@ import pytest
 from agent.cli import main
 from tests.unit.archive.conftest import snapshot
 
-NOW = "2026-11-23T12:00:30Z"
+#: Times derived from the clock at run time (``ca init`` makes its CA around the real now).
+_START = dt.datetime.now(dt.UTC).replace(microsecond=0)
+START = _START.isoformat().replace("+00:00", "Z")
+NOW = (_START + dt.timedelta(seconds=30)).isoformat().replace("+00:00", "Z")
+LATER = (_START + dt.timedelta(hours=1)).isoformat().replace("+00:00", "Z")
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
@@ -45,7 +50,7 @@ def make(capsys: pytest.CaptureFixture[str], ca: Path, out: Path, *extra: str) -
         "--out",
         str(out),
         "--not-before",
-        "2026-11-23T12:00:00Z",
+        START,
         *extra,
     )
     assert code == 0, body
@@ -164,7 +169,7 @@ def test_expired_archive_exit_1_with_error_json(
         "--trust",
         str(factory / "ca.pem"),
         "--now",
-        "2026-11-23T13:00:00Z",
+        LATER,
     )
     assert code == 1
     assert body["error"]["code"] == "ValidationException"
