@@ -72,7 +72,8 @@ def refuse_shared_dir(path: Path) -> None:
 
 def temp_path_for(path: Path) -> Path:
     """A unique temporary name in the same directory (so the rename is atomic)."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    # The name is shortened so that a target near the 255-byte limit still gets a temp name.
+    return path.with_name(f".{path.name[:200]}.{secrets.token_hex(6)}.tmp")
 
 
 def write_synced(path: Path, data: bytes, mode: int) -> None:
