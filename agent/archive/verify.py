@@ -198,6 +198,32 @@ def verify_contents(contents: ArchiveContents, policy: Policy, clock: Clock) -> 
     )
 
 
+def verify_signed_manifest(
+    manifest: bytes, signature: bytes, signer_pem: bytes, policy: Policy, at: dt.datetime
+) -> Manifest:
+    """Re-check an installed set's ``manifest.json`` against its ``manifest.sig``.
+
+    The signature must verify with ``signer.pem``, whose chain must reach the trust anchor
+    for ``codeSigning`` at time ``at``.
+
+    Raises:
+        SignatureError: ``SIGNER_INVALID``, ``SIGNATURE_INVALID`` or ``SIGNER_UNTRUSTED``.
+        ManifestError: the manifest no longer parses.
+    """
+    chain = _load_certificates(signer_pem, SIGNER, "SIGNER_INVALID")
+    _verify_signature(chain[0], manifest, signature)
+    _verify_chain(
+        chain[0],
+        chain[1:],
+        policy,
+        at,
+        ExtendedKeyUsageOID.CODE_SIGNING,
+        reason="SIGNER_UNTRUSTED",
+        what="the archive signer",
+    )
+    return parse_manifest(manifest)
+
+
 def _load_certificates(data: bytes, name: str, reason: str) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(data)

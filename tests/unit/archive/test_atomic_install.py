@@ -43,6 +43,8 @@ BEFORE_SWITCH = [
     "wrote private.key",
     "wrote root-ca.pem",
     "wrote manifest.json",
+    "wrote manifest.sig",
+    "wrote signer.pem",
     "staged",
 ]
 
