@@ -29,7 +29,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import sqlite3
 import stat
 import time
@@ -50,13 +49,14 @@ from agent.errors import (
 )
 from agent.fsutil import ensure_dir, fsync_dir
 from agent.registry import fieldcheck as fc
+from agent.seedpattern import seed_pattern
 from agent.store import Store
 
 _log = logging.getLogger(__name__)
 
 COMPONENT = "bulk"
-BUCKET_RE = re.compile(r"[a-zA-Z0-9._-]+")
-KEY_RE = re.compile(r"[a-zA-Z0-9!_.*'()-\/]+")
+BUCKET_RE = seed_pattern(r"[a-zA-Z0-9._-]+")
+KEY_RE = seed_pattern(r"[a-zA-Z0-9!_.*'()-\/]+")
 MAX_TEMPLATE_BODY = 10240
 MAX_MESSAGE = 2048
 DEFAULT_MAX_LINE_BYTES = 1024 * 1024
@@ -894,7 +894,7 @@ def _describe(row: sqlite3.Row) -> dict[str, Any]:
     }
 
 
-_TASK_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,40}")
+_TASK_ID_RE = seed_pattern(r"[A-Za-z0-9_-]{1,40}")
 
 
 def _check_task_id(task_id: str) -> None:
