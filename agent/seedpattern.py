@@ -61,3 +61,15 @@ def seed_match(pattern: str | re.Pattern[str], value: str) -> bool:
     """True when the whole of ``value`` matches the seed pattern ``pattern``."""
     compiled = pattern if isinstance(pattern, re.Pattern) else seed_pattern(pattern)
     return compiled.fullmatch(value) is not None
+
+
+def is_unicode_text(value: str) -> bool:
+    """False for text UTF-8 cannot encode (lone surrogates); no seed field accepts them.
+
+    They arrive from undecodable command-line bytes and from JSON escapes of surrogates.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

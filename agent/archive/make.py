@@ -23,6 +23,7 @@ from agent.archive.manifest import (
     ENDPOINT_RE,
     HASHED_NAMES,
     MANIFEST,
+    MAX_PARAMETERS,
     NAME_RE,
     PRIVATE_KEY,
     ROOT_CA,
@@ -44,7 +45,7 @@ from agent.registry.ca import (
     generate_key,
     key_to_pem,
 )
-from agent.seedpattern import seed_pattern
+from agent.seedpattern import is_unicode_text, seed_pattern
 
 MAX_LIFETIME = dt.timedelta(minutes=5)
 _TAG_KEY_RE = seed_pattern(r"^.+$")
@@ -52,6 +53,8 @@ _ANY_RE = seed_pattern(r"^.*$")
 #: ``certificates-omni_`` + Name + ``.zip`` must fit one file name (255 bytes).
 ARCHIVE_NAME_OVERHEAD = len("certificates-omni_.zip")
 FILE_NAME_MAX = 255
+PARAMETER_KEY_MAX = 2048
+PARAMETER_VALUE_MAX = 4096
 PORT_MAX = 65535
 
 
@@ -70,9 +73,51 @@ class DeviceRequest:
     not_before: dt.datetime | None = None
 
 
-def validate_request(request: DeviceRequest) -> None:  # noqa: C901 - one check per field
+def _unicode_problems(request: DeviceRequest) -> list[FieldProblem]:
+    fields: list[tuple[str, str]] = [
+        ("Name", request.name),
+        ("Description", request.description or ""),
+        ("iotEndpoint", request.endpoint),
+        ("provisioningTemplate", request.template),
+    ]
+    fields += [(f"Tags.{k}", k + v) for k, v in (request.tags or {}).items()]
+    fields += [
+        (f"templateParameters.{k}", k + v) for k, v in (request.template_parameters or {}).items()
+    ]
+    return [
+        FieldProblem(path.encode("utf-8", "replace").decode(), "must be valid Unicode text")
+        for path, value in fields
+        if not is_unicode_text(value)
+    ]
+
+
+def _parameter_problems(parameters: dict[str, str] | None) -> list[FieldProblem]:
+    params = parameters or {}
+    out = []
+    if len(params) > MAX_PARAMETERS:
+        out.append(FieldProblem("templateParameters", f"at most {MAX_PARAMETERS} entries allowed"))
+    for key, value in params.items():
+        if not 1 <= len(key) <= PARAMETER_KEY_MAX or len(value) > PARAMETER_VALUE_MAX:
+            out.append(
+                FieldProblem(
+                    f"templateParameters.{key[:64]}",
+                    f"keys are 1 to {PARAMETER_KEY_MAX} characters, values at most "
+                    f"{PARAMETER_VALUE_MAX}",
+                )
+            )
+    return out
+
+
+def validate_request(request: DeviceRequest) -> None:  # noqa: C901, PLR0912 - one check per field
     """Check a request exactly as the seed says; report every problem at once."""
-    out: list[FieldProblem] = []
+    unicode = _unicode_problems(request)
+    if unicode:
+        raise ValidationError(
+            f"the device request is invalid: {unicode[0].path}: {unicode[0].message}",
+            reason="FIELD_VALIDATION_FAILED",
+            fields=unicode,
+        )
+    out: list[FieldProblem] = _parameter_problems(request.template_parameters)
     if not 1 <= len(request.name) <= 255:  # noqa: PLR2004 - the seed's limit
         out.append(FieldProblem("Name", "length must be 1 to 255"))
     elif not NAME_RE.fullmatch(request.name):

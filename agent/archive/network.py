@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from agent.errors import FieldProblem, ValidationError
-from agent.seedpattern import seed_pattern
+from agent.seedpattern import is_unicode_text, seed_pattern
 
 _OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _PORT = r"(6553[0-5]|655[0-2]\d|65[0-4]\d{2}|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})"
@@ -131,6 +131,9 @@ def _string(
         return None
     if not 1 <= len(value) <= MAX_STRING:
         out.append(FieldProblem(path, f"length must be 1 to {MAX_STRING}"))
+        return None
+    if not is_unicode_text(value):
+        out.append(FieldProblem(path, "must be valid Unicode text"))
         return None
     if not pattern.fullmatch(value):
         out.append(FieldProblem(path, f"does not match {pattern.pattern}"))

@@ -159,3 +159,23 @@ def test_ntp_server_edges_refused(server: str) -> None:
 def test_ntp_server_count_edges() -> None:
     assert _network_problems(ntp=["a.org"] * 5) == []
     assert _network_problems(ntp=["a.org"] * 6) == ["NetworkingConfiguration.Ntp.NtpServers"]
+
+
+def test_lone_surrogates_are_refused_everywhere() -> None:
+    lone = "\udc80"
+    assert _request_problems(name="dev" + lone) == ["Name"]
+    assert _request_problems(description=lone) == ["Description"]
+    assert _request_problems(tags={"k": lone}) == ["Tags.k"]
+    assert _request_problems(template_parameters={"p": lone}) == ["templateParameters.p"]
+    assert _network_problems(static={"Mask": lone}) == [
+        "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.Mask"
+    ]
+
+
+def test_template_parameter_limits() -> None:
+    assert _request_problems(template_parameters={f"k{i}": "v" for i in range(100)}) == []
+    assert _request_problems(template_parameters={f"k{i}": "v" for i in range(101)}) == [
+        "templateParameters"
+    ]
+    assert _request_problems(template_parameters={"": "v"}) == ["templateParameters."]
+    assert _request_problems(template_parameters={"k": "v" * 4097}) == ["templateParameters.k"]
