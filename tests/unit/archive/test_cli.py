@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from agent.cli import main
 from tests.unit.archive.conftest import snapshot
@@ -269,3 +270,111 @@ def test_python_dash_m_agent(factory: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert json.loads(result.stdout)["error"]["reason"] == "FILE_NAME_INVALID"
+
+
+def test_ca_init_refuses_a_world_writable_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    code, body = run(capsys, "ca", "init", "--out", str(shared))
+    assert code == 2
+    assert body["error"]["reason"] == "DIRECTORY_NOT_PRIVATE"
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert list(shared.iterdir()) == []
+
+
+def test_ca_init_lists_which_host_keeps_which_file(
+    factory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, body = run(capsys, "ca", "init", "--out", str(tmp_path / "second"))
+    assert code == 0
+    assert body["offlineKey"].endswith("ca.key")
+    assert "ca.key" not in body["factoryFiles"]
+    assert "ca.key" not in body["registryFiles"]
+    assert "signer.key" not in body["registryFiles"]
+    assert "device-issuer.key" in body["registryFiles"]
+    assert "claim-issuer.key" in body["factoryFiles"]
+
+
+def test_archive_make_needs_only_the_factory_files(
+    factory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.registry.ca import FACTORY_FILES
+
+    only = tmp_path / "factory-only"
+    only.mkdir(mode=0o700)
+    for name in FACTORY_FILES:
+        (only / name).write_bytes((factory / name).read_bytes())
+    make(capsys, only, tmp_path / "out")
+    archive = tmp_path / "out" / "certificates-omni_dev-1.zip"
+    code, summary = run(
+        capsys,
+        "archive",
+        "validate",
+        str(archive),
+        "--trust",
+        str(factory / "ca.pem"),
+        "--now",
+        NOW,
+        "--json",
+    )
+    assert code == 0, summary
+
+
+def test_ca_register_through_the_cli(
+    factory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from agent.registry.ca import init_ca, signature_hash
+
+    code, body = run(capsys, "ca", "registration-code", "--ca-dir", str(factory))
+    assert code == 0
+    registration = body["registrationCode"]
+    own = init_ca(tmp_path / "own-ca")
+    start = dt.datetime.now(dt.UTC)
+    proof = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, registration)]))
+        .issuer_name(own.device_issuer.cert.subject)
+        .public_key(own.signer_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start - dt.timedelta(minutes=1))
+        .not_valid_after(start + dt.timedelta(hours=1))
+        .sign(own.device_issuer.key, signature_hash(own.device_issuer.key))
+    )
+    proof_path = tmp_path / "proof.pem"
+    proof_path.write_bytes(proof.public_bytes(serialization.Encoding.PEM))
+    argv = (
+        "ca",
+        "register",
+        "--ca-dir",
+        str(factory),
+        "--ca-certificate",
+        str(tmp_path / "own-ca" / "device-issuer.pem"),
+        "--verification-certificate",
+        str(proof_path),
+    )
+    code, body = run(capsys, *argv)
+    assert code == 0, body
+    assert body["status"] == "ACTIVE"
+    assert len(body["certificateId"]) == 64
+    code, body = run(capsys, *argv)
+    assert code == 1
+    assert body["error"]["code"] == "ResourceAlreadyExistsException"
+    code, body = run(
+        capsys,
+        "ca",
+        "register",
+        "--ca-dir",
+        str(factory),
+        "--ca-certificate",
+        str(tmp_path / "missing.pem"),
+        "--verification-certificate",
+        str(proof_path),
+    )
+    assert code == 1
+    assert body["error"]["reason"] == "CERTIFICATE_UNREADABLE"
