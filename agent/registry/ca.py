@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agent.chains import CLIENT_AUTH, verify_chain
 from agent.errors import ConfigError
 from agent.fsutil import PUBLIC_FILE, atomic_write, ensure_dir, refuse_shared_dir
 
@@ -273,6 +274,17 @@ class DeviceIssuer:
     def accepted_cas(self) -> tuple[x509.Certificate, ...]:
         """The CA certificates a device certificate may be issued by."""
         return (self.issuer.cert, *self.registered_cas)
+
+    def verify_claim_certificate(self, certificate: x509.Certificate, *, at: dt.datetime) -> None:
+        """Check that ``certificate`` is a claim certificate of the claim issuer, valid at ``at``.
+
+        It must be issued by the claim issuer (not the device issuer, not the root directly)
+        for ``clientAuth`` and not be a CA.
+
+        Raises:
+            ChainError: it is not (the message says why).
+        """
+        verify_chain(certificate, [], [self.claim_issuer_cert], at=at, usage=CLIENT_AUTH)
 
 
 @dataclass(frozen=True, slots=True)

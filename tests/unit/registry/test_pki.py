@@ -182,3 +182,22 @@ def test_issuer_lifetimes_nest_inside_the_root(tmp_path: Path) -> None:
     for cert in (ca.signer_cert, ca.claim_issuer.cert, ca.device_issuer.cert):
         assert cert.not_valid_before_utc >= ca.root_cert.not_valid_before_utc
         assert cert.not_valid_after_utc <= ca.root_cert.not_valid_after_utc
+
+
+def test_claim_certificates_verify_only_from_the_claim_issuer(tmp_path: Path) -> None:
+    from agent.archive.make import issue_claim_certificate
+    from agent.chains import ChainError
+    from agent.registry.ca import generate_key
+
+    ca = init_ca(tmp_path / "pki")
+    keys = load_device_issuer(_copy(tmp_path / "pki", tmp_path / "registry", REGISTRY_FILES))
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    claim = issue_claim_certificate(
+        ca.factory(), "dev-9", generate_key().public_key(), now, dt.timedelta(minutes=5)
+    )
+    keys.verify_claim_certificate(claim, at=now + dt.timedelta(seconds=1))
+    with pytest.raises(ChainError):
+        keys.verify_claim_certificate(claim, at=now + dt.timedelta(minutes=10))
+    device = CsrSigner(keys).sign(make_csr("dev-9"), now=now).certificate
+    with pytest.raises(ChainError):
+        keys.verify_claim_certificate(device, at=now + dt.timedelta(seconds=1))
