@@ -62,18 +62,15 @@ def _prefixed(exc: TemplateError) -> TemplateError:
 def validate_template_body(body: str, template_type: str) -> None:
     """Check a stored template's body for its type (create, update, create version).
 
+    ``template_type`` is the store's checked enum; anything but ``JITP`` is a
+    fleet-provisioning template (the store's default type).
+
     Raises:
         TemplateError: the body does not parse, or breaks a rule of its type
             (:func:`check_template_type`); field paths are under ``templateBody.``.
     """
+    kind: TemplateType = "JITP" if template_type == "JITP" else "FLEET_PROVISIONING"
     try:
-        template = parse_template(body)
-        if template_type in ("FLEET_PROVISIONING", "JITP"):
-            check_template_type(template, cast_type(template_type))
+        check_template_type(parse_template(body), kind)
     except TemplateError as exc:
         raise _prefixed(exc) from None
-
-
-def cast_type(value: str) -> TemplateType:
-    """``value`` as a :data:`TemplateType` (the store has checked the enum)."""
-    return "JITP" if value == "JITP" else "FLEET_PROVISIONING"
