@@ -18,11 +18,26 @@ from cryptography.hazmat.primitives import serialization
 from agent.cli import main
 from tests.unit.archive.conftest import snapshot
 
-#: Times derived from the clock at run time (``ca init`` makes its CA around the real now).
-_START = dt.datetime.now(dt.UTC).replace(microsecond=0)
-START = _START.isoformat().replace("+00:00", "Z")
-NOW = (_START + dt.timedelta(seconds=30)).isoformat().replace("+00:00", "Z")
-LATER = (_START + dt.timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+
+def _rfc3339(value: dt.datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+class _Times:
+    """RFC 3339 times around the clock of the running test (``ca init`` uses that clock)."""
+
+    start = now = later = ""
+
+
+T = _Times()
+
+
+@pytest.fixture(autouse=True)
+def _times_now() -> None:
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    T.start = _rfc3339(start)
+    T.now = _rfc3339(start + dt.timedelta(seconds=30))
+    T.later = _rfc3339(start + dt.timedelta(hours=1))
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
@@ -51,7 +66,7 @@ def make(capsys: pytest.CaptureFixture[str], ca: Path, out: Path, *extra: str) -
         "--out",
         str(out),
         "--not-before",
-        START,
+        T.start,
         *extra,
     )
     assert code == 0, body
@@ -97,7 +112,7 @@ def test_make_validate_install(
 
     trust = str(factory / "ca.pem")
     code, summary = run(
-        capsys, "archive", "validate", str(archive), "--trust", trust, "--now", NOW, "--json"
+        capsys, "archive", "validate", str(archive), "--trust", trust, "--now", T.now, "--json"
     )
     assert code == 0
     assert summary["timeCheck"] == "passed"
@@ -116,7 +131,7 @@ def test_make_validate_install(
         "--state-dir",
         str(state),
         "--now",
-        NOW,
+        T.now,
     )
     assert code == 0
     assert result["status"] == "INSTALLED"
@@ -132,7 +147,7 @@ def test_make_validate_install(
         "--state-dir",
         str(state),
         "--now",
-        NOW,
+        T.now,
     )
     assert code == 1
     assert error["error"]["code"] == "ConflictException"
@@ -152,7 +167,7 @@ def test_validate_writes_nothing(
         "--trust",
         str(factory / "ca.pem"),
         "--now",
-        NOW,
+        T.now,
     )
     assert code == 0
     assert snapshot(tmp_path) == before
@@ -170,7 +185,7 @@ def test_expired_archive_exit_1_with_error_json(
         "--trust",
         str(factory / "ca.pem"),
         "--now",
-        LATER,
+        T.later,
     )
     assert code == 1
     assert body["error"]["code"] == "ValidationException"
@@ -260,7 +275,7 @@ def test_python_dash_m_agent(factory: Path, tmp_path: Path) -> None:
             "--trust",
             str(factory / "ca.pem"),
             "--now",
-            NOW,
+            T.now,
         ],
         capture_output=True,
         text=True,
@@ -317,7 +332,7 @@ def test_archive_make_needs_only_the_factory_files(
         "--trust",
         str(factory / "ca.pem"),
         "--now",
-        NOW,
+        T.now,
         "--json",
     )
     assert code == 0, summary
