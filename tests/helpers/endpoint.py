@@ -11,19 +11,23 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import queue
 import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.registry.ca import (
     CertificateAuthority,
@@ -180,17 +184,18 @@ class Serve:
     process: subprocess.Popen[str]
     port: int
     ready: dict[str, Any]
+    stderr: str = ""
 
     def stop(self) -> int:
-        """SIGTERM and wait; the exit status."""
+        """SIGTERM and wait; the exit status (stderr is kept in :attr:`stderr`)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(10)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
+            _, self.stderr = self.process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            _, self.stderr = self.process.communicate()
+        return self.process.returncode
 
 
 def start_serve(args: list[str], *, timeout: float = 20.0) -> subprocess.Popen[str]:
@@ -242,3 +247,52 @@ def serve(config: Path, pki: EndpointPki, *extra: str) -> Serve:
         ]
     )
     return Serve(process, port, wait_ready(process))
+
+
+class RawDevice:
+    """A paho-mqtt claim connection for requests the SDK cannot make (CBOR, bad payloads)."""
+
+    def __init__(
+        self,
+        port: int,
+        claim: Claim,
+        ca_file: Path,
+        *,
+        client_id: str | None = None,
+        protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5,
+    ) -> None:
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id if client_id is not None else f"raw-{secrets.token_hex(6)}",
+            protocol=protocol,
+        )
+        self.client.tls_set(ca_certs=str(ca_file), certfile=str(claim.cert), keyfile=str(claim.key))
+        self.client.on_message = lambda _c, _u, m: self.messages.put((m.topic, bytes(m.payload)))
+        self._connected = threading.Event()
+        self.client.on_connect = lambda *_a: self._connected.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not self._connected.wait(10):
+            self.close()
+            raise ConnectionError("the claim connection did not come up")
+
+    def subscribe(self, *topics: str) -> None:
+        """Subscribe at QoS 1 and wait for each SUBACK."""
+        for topic in topics:
+            _, mid = self.client.subscribe(topic, 1)
+            del mid
+        time.sleep(0.1)
+
+    def request(
+        self, topic: str, payload: bytes | str, *, timeout: float = 10.0
+    ) -> tuple[str, bytes]:
+        """Subscribe to the answers of ``topic``, publish, and return the first answer."""
+        self.subscribe(topic + "/accepted", topic + "/rejected")
+        self.client.publish(topic, payload, 1).wait_for_publish(timeout)
+        return self.messages.get(timeout=timeout)
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.disconnect()
+        self.client.loop_stop()
