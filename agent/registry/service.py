@@ -37,6 +37,7 @@ from agent.registry.fleet import (
     RejectedError,
     encode,
 )
+from agent.registry.group_commit import GroupCommitter
 from agent.registry.register import Registry
 from agent.registry.signing import CsrPolicy
 from agent.registry.storage import SqliteRegistryStorage
@@ -136,9 +137,12 @@ class _Handlers:
 
     def close(self) -> None:
         with self._lock:
+            committers = {h.committer for h in self._all if h.committer is not None}
             for handler in self._all:
                 handler.storage.close()
             self._all.clear()
+        for committer in committers:
+            committer.close()
 
 
 def fleet_factory(section: RegistrySection) -> Callable[[], FleetProvisioning]:
@@ -146,6 +150,8 @@ def fleet_factory(section: RegistrySection) -> Callable[[], FleetProvisioning]:
     trust = load_endpoint_trust(section)
     ca = trust.signing_ca()
     policy = CsrPolicy.from_config(section)
+    committer: list[GroupCommitter] = []
+    lock = threading.Lock()
 
     def build() -> FleetProvisioning:
         store = Store(section.database)
@@ -164,6 +170,9 @@ def fleet_factory(section: RegistrySection) -> Callable[[], FleetProvisioning]:
             account=section.account,
             body_validator=validate_template_body,
         )
+        with lock:
+            if not committer:
+                committer.append(GroupCommitter(section.database))
         return FleetProvisioning(
             registry,
             storage,
@@ -171,6 +180,7 @@ def fleet_factory(section: RegistrySection) -> Callable[[], FleetProvisioning]:
             claim_registrations=section.claim_registrations,
             csr_subject=section.csr_subject,
             max_request_bytes=section.max_request_bytes,
+            committer=committer[0],
         )
 
     build().storage.close()  # fail now (CA, database) rather than on the first device
