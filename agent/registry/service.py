@@ -245,7 +245,9 @@ class RegistryWorker:
         tasks: set[asyncio.Task[None]] = set()
         try:
             async with self._client() as client:
-                await client.subscribe(SHARED_REQUEST, qos=1)
+                # QoS 0 on the local socket: a request in flight to a worker that dies is lost
+                # either way (its session is not kept); the device's retry reaches another.
+                await client.subscribe(SHARED_REQUEST, qos=0)
                 self.subscribed.set()
                 _log.info("registry worker subscribed to %s", SHARED_REQUEST)
                 async for message in client.messages:
@@ -271,7 +273,7 @@ class RegistryWorker:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.UserProperty = [(PROP_CONN, conn), (PROP_TOPIC, reply.topic)]
             with contextlib.suppress(aiomqtt.MqttError):
-                await client.publish(REPLY_TOPIC, reply.payload, qos=1, properties=props)
+                await client.publish(REPLY_TOPIC, reply.payload, qos=0, properties=props)
         finally:
             self._limit.release()
 
