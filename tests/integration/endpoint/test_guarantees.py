@@ -191,9 +191,12 @@ def test_bad_payloads_over_mqtt(endpoint: Endpoint) -> None:
             topic, answer = device.request(CSR_TOPIC, payload)
             assert topic == CSR_TOPIC + "/rejected"
             assert json.loads(answer)["errorCode"] == "InvalidPayload"
-        # Beyond the plugin's limit (AWS's 128 KB) the request never reaches the registry.
-        device.client.publish(CSR_TOPIC, b"x" * 140000, 1)
+        # Beyond the plugin's limit (AWS's 128 KiB) the request never reaches the registry,
+        # and the connection stays usable.
+        device.client.publish(CSR_TOPIC, b"x" * 133000, 1)
         assert _drain(device, 0.5) == []
+        topic, _ = device.request(CSR_TOPIC, b"[]")
+        assert topic == CSR_TOPIC + "/rejected"
     finally:
         device.close()
 
