@@ -6,7 +6,9 @@ CreateCertificateFromCsr, RegisterThing, disconnect. It runs with 1 and 8 device
 against ``edge-agent registry serve`` (mosquitto, plugin, worker) started by this script.
 Baseline, in the same run: the registry core alone, in-process (``register_thing`` of a
 CSR template, which checks and signs the CSR and writes the thing), one device at a time.
-Claim certificates and CSRs are made before timing. p50 and p99 are per provisioning.
+Claim certificates, CSRs and the devices' TLS contexts are made before timing. p50 and p99
+are per provisioning. The devices run in this process and share the machine's cores with
+mosquitto and the worker.
 
 Run: ``.venv/bin/python bench/provisioning.py [devices-per-run]``.
 """
@@ -268,12 +270,14 @@ def main() -> None:
             work.append((claim, make_csr(claim.name, key=generate_key("ec-p256")), f"b{i}"))
         core_csrs = [make_csr(f"core{i}") for i in range(count)]
         sdk_work = [work.pop() for _ in range(sdk_count)]
+        # A device loads its claim certificate once, at boot: the contexts are made here.
+        contexts = {claim.name: _client_context(str(pki.ca_file), claim) for claim, _, _ in work}
         running = serve(config, pki)
         try:
             ca_file = str(pki.ca_file)
 
             def raw(claim: Claim, csr: str, serial: str) -> float:
-                return provision_raw(running.port, _client_context(ca_file, claim), csr, serial)
+                return provision_raw(running.port, contexts[claim.name], csr, serial)
 
             def sdk(claim: Claim, csr: str, serial: str) -> float:
                 return provision(running.port, ca_file, claim, csr, serial)
