@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import socket
 import ssl
 import statistics
@@ -242,6 +243,28 @@ def core_run(directory: Path, csrs: list[str]) -> tuple[float, list[float]]:
         return time.perf_counter() - started, latencies
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (all its threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
 def _figures(name: str, seconds: float, latencies: list[float]) -> dict[str, Any]:
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -286,9 +309,22 @@ def main() -> None:
             one = _figures("registry serve, 1 device", *endpoint_run(
                 raw, work[: count // 2], 1
             ))  # fmt: skip
+            pids = {
+                "worker": running.process.pid,
+                "mosquitto": _children(running.process.pid)[0],
+                "devices": os.getpid(),
+            }
+            before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
             eight = _figures("registry serve, 8 devices", *endpoint_run(
                 raw, work[count // 2 : count // 2 + count], 8
             ))  # fmt: skip
+            used = {name: _cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+            print(
+                "  CPU per provisioning: "
+                + ", ".join(
+                    f"{name} {seconds / count * 1000:.2f} ms" for name, seconds in used.items()
+                )
+            )
             _figures("  the same with the SDK, 8", *endpoint_run(sdk, sdk_work, 8))
         finally:
             running.stop()
