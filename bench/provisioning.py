@@ -10,7 +10,7 @@ Claim certificates, CSRs and the devices' TLS contexts are made before timing. p
 are per provisioning. The devices run in this process and share the machine's cores with
 mosquitto and the worker.
 
-Run: ``.venv/bin/python bench/provisioning.py [devices-per-run]``.
+Run: ``.venv/bin/python bench/provisioning.py [devices-per-run [worker-threads]]``.
 """
 
 from __future__ import annotations
@@ -295,7 +295,7 @@ def main() -> None:
         sdk_work = [work.pop() for _ in range(sdk_count)]
         # A device loads its claim certificate once, at boot: the contexts are made here.
         contexts = {claim.name: _client_context(str(pki.ca_file), claim) for claim, _, _ in work}
-        running = serve(config, pki)
+        running = serve(config, pki, "--threads", sys.argv[2] if len(sys.argv) > 2 else "4")
         try:
             ca_file = str(pki.ca_file)
 
