@@ -29,7 +29,7 @@ from pathlib import Path
 import aiomqtt
 
 from agent.config import RegistrySection
-from agent.errors import AgentError, ConfigError
+from agent.errors import ConfigError
 from agent.fsutil import atomic_write
 from agent.registry.endpoint_trust import load_endpoint_trust
 from agent.registry.fleet import FleetProvisioning
@@ -41,14 +41,6 @@ PLUGIN_NAME = "edge_registry_plugin.so"
 PLUGIN_ENV = "EDGE_AGENT_REGISTRY_PLUGIN"
 PLUGIN_MAX_PAYLOAD = 131072  # AWS IoT's MQTT payload limit
 READY_TIMEOUT = 10.0
-
-
-class EndpointError(AgentError):
-    """The endpoint could not start or stopped unexpectedly."""
-
-    code = "InternalServerException"
-    status_code = 500
-    default_reason = "ENDPOINT_FAILED"
 
 
 def plugin_path() -> Path:
@@ -301,11 +293,17 @@ async def _supervise(
             subscribed.cancel()
             return await _broker_failed(broker, files, "did not accept the registry worker")
         _ready({"ready": True, "listen": f"{host}:{port}", "pid": os.getpid()})
-        done, _ = await asyncio.wait(
-            {tasks["signal"], tasks["broker"]}, return_when=asyncio.FIRST_COMPLETED
-        )
+        done, _ = await asyncio.wait(set(tasks.values()), return_when=asyncio.FIRST_COMPLETED)
         if tasks["broker"] in done:
             return await _broker_failed(broker, files, "exited")
+        if tasks["worker"] in done and tasks["signal"] not in done:
+            error = tasks["worker"].exception()
+            print(  # noqa: T201 - the reason the service stops, for systemd's journal
+                f"edge-agent registry serve: the registry worker stopped: {error!r}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 3
         return 0
     finally:
         for task in tasks.values():
