@@ -270,12 +270,19 @@ class RawDevice:
         self.client.tls_set(ca_certs=str(ca_file), certfile=str(claim.cert), keyfile=str(claim.key))
         self.client.on_message = lambda _c, _u, m: self.messages.put((m.topic, bytes(m.payload)))
         self._connected = threading.Event()
-        self.client.on_connect = lambda *_a: self._connected.set()
+        self._refused: list[object] = []
+
+        def on_connect(_c: object, _u: object, _f: object, reason: Any, _p: object) -> None:
+            if reason.is_failure:
+                self._refused.append(reason)
+            self._connected.set()
+
+        self.client.on_connect = on_connect
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        if not self._connected.wait(10):
+        if not self._connected.wait(10) or self._refused:
             self.close()
-            raise ConnectionError("the claim connection did not come up")
+            raise ConnectionError(f"the claim connection was refused: {self._refused}")
 
     def subscribe(self, *topics: str) -> None:
         """Subscribe at QoS 1 and wait for each SUBACK."""

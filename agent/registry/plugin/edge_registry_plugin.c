@@ -44,6 +44,7 @@ struct conn {
 	char *pem;
 	bool registry;
 	bool claim;
+	bool serving; /* a registry connection subscribed to the request topic */
 	struct conn *next_by_client;
 	struct conn *next_by_id;
 };
@@ -56,6 +57,7 @@ static char registry_password[PASSWORD_MAX];
 static uint32_t max_payload = 65536;
 static X509 **claim_issuers;
 static int claim_issuer_count;
+static int serving_registries;
 
 /* --- the connection table ------------------------------------------------------------- */
 
@@ -99,6 +101,9 @@ static void conn_remove(struct mosquitto *client)
 	}
 	if (c == NULL) {
 		return;
+	}
+	if (c->serving) {
+		serving_registries--;
 	}
 	pp = &by_id[hash_str(c->id)];
 	while (*pp) {
@@ -323,7 +328,9 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	}
 	struct conn *c = conn_get(ed->client, false);
 	if (c != NULL && c->claim) {
-		return MOSQ_ERR_SUCCESS; /* authenticated by its claim certificate (mutual TLS) */
+		/* Authenticated by its claim certificate (mutual TLS); refused while no registry
+		 * worker takes requests, so a device never waits for an answer that cannot come. */
+		return serving_registries > 0 ? MOSQ_ERR_SUCCESS : MOSQ_ERR_AUTH;
 	}
 	return MOSQ_ERR_PLUGIN_DEFER;
 }
@@ -332,6 +339,15 @@ static int registry_acl(const struct mosquitto_evt_acl_check *ed)
 {
 	switch (ed->access) {
 	case MOSQ_ACL_SUBSCRIBE:
+		if (strcmp(unshared(ed->topic), REQUEST_TOPIC) != 0) {
+			return MOSQ_ERR_ACL_DENIED;
+		}
+		struct conn *c = conn_find(ed->client);
+		if (c != NULL && !c->serving) {
+			c->serving = true;
+			serving_registries++;
+		}
+		return MOSQ_ERR_SUCCESS;
 	case MOSQ_ACL_READ:
 		return strcmp(unshared(ed->topic), REQUEST_TOPIC) == 0 ? MOSQ_ERR_SUCCESS
 									: MOSQ_ERR_ACL_DENIED;

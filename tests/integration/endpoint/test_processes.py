@@ -132,12 +132,8 @@ def _provision(port: int, pki: EndpointPki, serial: str) -> str:
         device.close()
 
 
-def test_two_workers_share_the_load_and_survive_one_killed(tmp_path: Path) -> None:
-    need_endpoint()
-    pki = EndpointPki(tmp_path)
-    database = tmp_path / "registry.db"
-    config = write_config(tmp_path / "agent.toml", pki, database)
-    add_template(database)
+def _operator_broker(tmp_path: Path, pki: EndpointPki) -> tuple[int, Path, subprocess.Popen[bytes]]:
+    """mosquitto with the plugin as an operator runs it for --broker mode."""
     port = free_port()
     broker_dir = tmp_path / "broker"
     broker_dir.mkdir(mode=0o700)
@@ -151,19 +147,56 @@ def test_two_workers_share_the_load_and_survive_one_killed(tmp_path: Path) -> No
         plugin=plugin_path(),
     )
     broker = subprocess.Popen(["mosquitto", "-c", str(files.config)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not files.socket.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return port, broker_dir, broker
+
+
+def _worker(config: Path, broker_dir: Path) -> subprocess.Popen[str]:
+    worker = start_serve(
+        ["-v", "--config", str(config), "registry", "serve",
+         "--broker", f"unix://{broker_dir / 'registry.sock'}",
+         "--password-file", str(broker_dir / "registry.pw")]
+    )  # fmt: skip
+    wait_ready(worker)
+    return worker
+
+
+def test_devices_are_refused_while_no_worker_serves(tmp_path: Path) -> None:
+    need_endpoint()
+    pki = EndpointPki(tmp_path)
+    database = tmp_path / "registry.db"
+    config = write_config(tmp_path / "agent.toml", pki, database)
+    add_template(database)
+    port, broker_dir, broker = _operator_broker(tmp_path, pki)
+    try:
+        with pytest.raises(ConnectionError):
+            RawDevice(port, pki.claim(), pki.ca_file)
+        worker = _worker(config, broker_dir)
+        try:
+            assert _provision(port, pki, "served") == "edge-served"
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(10) == 0
+            worker.communicate()
+        with pytest.raises(ConnectionError):
+            RawDevice(port, pki.claim(), pki.ca_file)
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
+def test_two_workers_share_the_load_and_survive_one_killed(tmp_path: Path) -> None:
+    need_endpoint()
+    pki = EndpointPki(tmp_path)
+    database = tmp_path / "registry.db"
+    config = write_config(tmp_path / "agent.toml", pki, database)
+    add_template(database)
+    port, broker_dir, broker = _operator_broker(tmp_path, pki)
     workers: list[subprocess.Popen[str]] = []
     try:
-        deadline = time.monotonic() + 10
-        while not files.socket.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        for _ in range(2):
-            worker = start_serve(
-                ["-v", "--config", str(config), "registry", "serve",
-                 "--broker", f"unix://{files.socket}",
-                 "--password-file", str(broker_dir / "registry.pw")]
-            )  # fmt: skip
-            wait_ready(worker)
-            workers.append(worker)
+        workers.extend(_worker(config, broker_dir) for _ in range(2))
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(_provision, port, pki, f"w{i}") for i in range(16)]
             for done, _ in enumerate(concurrent.futures.as_completed(futures), start=1):
