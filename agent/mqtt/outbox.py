@@ -178,7 +178,9 @@ class Outbox:
         db = self._store.db
         rows = [
             _Row(r[0], r[1], r[2], bytes(r[3]))
-            for r in db.execute("SELECT seq, topic, priority, payload FROM mqtt_outbox ORDER BY seq")
+            for r in db.execute(
+                "SELECT seq, topic, priority, payload FROM mqtt_outbox ORDER BY seq"
+            )
         ]
         meta = db.execute("SELECT next_seq, dropped FROM mqtt_outbox_meta WHERE id = 1").fetchone()
         return rows, int(meta[0]), int(meta[1])

@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.mqtt.client import Identity
 from agent.registry.ca import cert_to_pem, key_to_pem
@@ -57,7 +58,9 @@ class Pki:
     """A test CA with a broker certificate and client identities."""
 
     directory: Path
-    key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+    key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
+    )
     cert: x509.Certificate | None = None
 
     def __post_init__(self) -> None:
@@ -202,8 +205,8 @@ class Broker:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                log = (self.directory / "mosquitto.log").read_text()
-                raise RuntimeError(f"mosquitto exited: {log}")
+                text = (self.directory / "mosquitto.log").read_text()
+                raise RuntimeError(f"mosquitto exited: {text}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
@@ -250,7 +253,7 @@ class Watcher:
         self.lock = threading.Lock()
         self.subscribed = threading.Event()
         self.client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=f"watch-{os.urandom(4).hex()}",
             protocol=paho.MQTTv311,
             clean_session=False,
@@ -281,7 +284,7 @@ class Watcher:
     def payloads(self, topic: str | None = None) -> list[bytes]:
         """Payloads received so far (optionally on one topic)."""
         with self.lock:
-            return [m.payload for m in self.messages if topic is None or m.topic == topic]
+            return [bytes(m.payload) for m in self.messages if topic is None or m.topic == topic]
 
     def wait_for(self, count: int, topic: str | None = None, timeout: float = 30.0) -> list[bytes]:
         """Wait until ``count`` messages arrived; return their payloads."""

@@ -82,7 +82,9 @@ def test_events_flow_and_status(tmp_path: Path, broker: Broker, pki: Pki) -> Non
         assert [e["seq"] for e in events] == list(range(1, 52))
         assert events[-1]["type"] == "RUN_OUTCOME"
         assert {e["thingName"] for e in events} == {thing}
-        statuses = [validate("status.schema.json", p) for p in watcher.payloads(f"edge/{thing}/status")]
+        statuses = [
+            validate("status.schema.json", p) for p in watcher.payloads(f"edge/{thing}/status")
+        ]
         assert statuses[0]["state"] == "online"
     finally:
         watcher.close()
@@ -121,7 +123,9 @@ def test_broker_away_30s_then_all_5000_arrive_in_order(
                 await outbox.publish("LOG", {"level": "info", "message": f"m{i}"})
                 if i >= 500:
                     # spread the rest over the 30 s outage
-                    await asyncio.sleep(max(0.0, (i - 500) * 30 / (total - 500) - (time.monotonic() - start)))
+                    await asyncio.sleep(
+                        max(0.0, (i - 500) * 30 / (total - 500) - (time.monotonic() - start))
+                    )
             remaining = 30 - (time.monotonic() - start)
             if remaining > 0:
                 await asyncio.sleep(remaining)
@@ -147,7 +151,9 @@ def test_broker_away_30s_then_all_5000_arrive_in_order(
         watcher.close()
 
 
-def _driver(tmp_path: Path, broker: Broker, pki: Pki, thing: str, count: int) -> subprocess.Popen[str]:
+def _driver(
+    tmp_path: Path, broker: Broker, pki: Pki, thing: str, count: int
+) -> subprocess.Popen[str]:
     identity_dir = tmp_path / f"id-{thing}"
     if not identity_dir.exists():
         identity_dir.mkdir()
