@@ -64,6 +64,10 @@ class Pki:
     cert: x509.Certificate | None = None
 
     def __post_init__(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.cert is not None:  # an existing CA (the registry's)
+            self.ca_path.write_bytes(cert_to_pem(self.cert))
+            return
         now = dt.datetime.now(dt.UTC)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test MQTT CA")])
         self.cert = (
