@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,12 +54,16 @@ class Responder:
             self.endpoint, self.identity, client_id=f"registry-{secrets.token_hex(3)}"
         )
         async with connect(settings) as session:
+
+            def handler(message: aiomqtt.Message) -> Awaitable[None]:
+                return self._answer(session, message)
+
             for topic in (
                 "$aws/certificates/create-from-csr/+",
                 "$aws/certificates/create/+",
                 "$aws/provisioning-templates/+/provision/+",
             ):
-                await session.subscribe(topic, lambda m, s=session: self._answer(s, m))
+                await session.subscribe(topic, handler)
             ready.set()
             await session.closed
 
@@ -132,7 +136,7 @@ class Responder:
             raise ResourceNotFoundError(f"no template {template}")
         if template in self.disabled:
             raise InvalidRequestError(f"template {template} is disabled")
-        token = request.get("certificateOwnershipToken")
+        token = str(request.get("certificateOwnershipToken"))
         if token not in self.tokens:
             raise InvalidRequestError("Certificate ownership token is invalid.")
         parameters = dict(request.get("parameters") or {})

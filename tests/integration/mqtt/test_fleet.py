@@ -228,7 +228,8 @@ def test_full_flow_then_events_with_the_permanent_identity(
         out = asyncio.run(scenario())
         assert steps == ["certificate", "registered", "installed"]
         current = current_credentials(state)
-        assert current is not None and current != claim_fp
+        assert current is not None
+        assert current != claim_fp
         key_file = current / "private.key"
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         cert = x509.load_pem_x509_certificate((current / "certificate.pem").read_bytes())
@@ -252,16 +253,16 @@ def test_crash_between_certificate_and_register_resumes_with_the_recorded_token(
     thing = "hub-resume"
     state = install_claim(world, thing)
 
-    class Crash(Exception):
+    class CrashError(Exception):
         pass
 
     def crash_after_certificate(step: str) -> None:
         if step == "certificate":
-            raise Crash
+            raise CrashError
 
     async def scenario() -> tuple[list[str], str]:
         async with responder(world) as r:
-            with pytest.raises(Crash):
+            with pytest.raises(CrashError):
                 await provision(state, on_step=crash_after_certificate)
             token_before = _recorded_token(state)
             result = await provision(state)
