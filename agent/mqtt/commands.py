@@ -144,9 +144,8 @@ class CommandServer:
                 outcome = "rejected"
             else:
                 if token is not None:
+                    body = {**body, "ClientToken": token}
                     await asyncio.to_thread(self._record, operation, token, digest, outcome, body)
-            if token is not None:
-                body = {**body, "ClientToken": token} if outcome == "accepted" else body
             return self._reply(operation, outcome, body, properties, token)
 
     def _operation(self, operation: str) -> Operation:
