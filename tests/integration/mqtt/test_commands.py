@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ class Appliance:
 
 
 @pytest.fixture
-def appliance(tmp_path: Path, pki: Pki, broker: Broker) -> Iterator[Appliance]:
+def appliance(tmp_path: Path, pki: Pki, broker: Broker) -> Appliance:
     cert, key = pki.issue(THING)
     manifest = {
         "deviceName": THING,
@@ -79,7 +79,7 @@ def appliance(tmp_path: Path, pki: Pki, broker: Broker) -> Iterator[Appliance]:
             ca_dir=tmp_path / "no-ca", database=tmp_path / "registry.db", bulk_root=bulk_root
         )
     )
-    yield Appliance(state, bulk_root, config)
+    return Appliance(state, bulk_root, config)
 
 
 def _operations(app: Appliance) -> dict[str, Any]:
