@@ -178,7 +178,7 @@ def test_each_operation_and_bad_requests(appliance: Appliance, broker: Broker, p
             assert described["status"] == "Completed"
             assert described["successCount"] == 20
 
-            for operation, body, code, reason in [
+            bad: list[tuple[str, bytes | dict[str, Any], str, str | None]] = [
                 ("DescribeDevice", b"{not json", "InvalidRequestException", "MALFORMED_JSON"),
                 ("DescribeDevice", b"[1,2]", "InvalidRequestException", "MALFORMED_REQUEST"),
                 ("DescribeDevice", b'{"a":1,"a":2}', "InvalidRequestException", "MALFORMED_JSON"),
@@ -202,7 +202,8 @@ def test_each_operation_and_bad_requests(appliance: Appliance, broker: Broker, p
                     "ResourceNotFoundException",
                     None,
                 ),
-            ]:
+            ]
+            for operation, body, code, reason in bad:
                 topic, err, _ = await op.call(operation, body)
                 assert topic == f"edge/{THING}/cmd/{operation}/rejected", (operation, err)
                 validate("error.schema.json", err)
@@ -217,9 +218,10 @@ def test_each_operation_and_bad_requests(appliance: Appliance, broker: Broker, p
             topic, data, message = await op.call("DescribeDevice", {}, properties=props)
             assert topic == f"edge/{THING}/replies/op-1"
             assert data["Name"] == THING
-            assert message.properties is not None
-            assert message.properties.CorrelationData == b"corr-42"
-            assert ("outcome", "accepted") in message.properties.UserProperty
+            received: Any = message.properties  # paho's Properties sets attributes dynamically
+            assert received is not None
+            assert received.CorrelationData == b"corr-42"
+            assert ("outcome", "accepted") in received.UserProperty
 
     asyncio.run(scenario())
     # exactly one task was recorded although the start was sent three times
