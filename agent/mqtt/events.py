@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import uuid
+import os
+import time
 from collections.abc import Mapping
 from enum import IntEnum
 from importlib import resources
@@ -49,8 +50,27 @@ SCHEMA_FILES = (
 
 def utc_timestamp(now: dt.datetime | None = None) -> str:
     """RFC 3339 UTC with milliseconds and ``Z``."""
-    moment = now or dt.datetime.now(dt.UTC)
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if now is not None:
+        return now.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    moment = time.time()
+    second = int(moment)
+    prefix = _SECOND_CACHE.get(second)
+    if prefix is None:  # one strftime per second; events are stamped many times a second
+        _SECOND_CACHE.clear()
+        prefix = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _SECOND_CACHE[second] = prefix
+    return f"{prefix}.{int((moment - second) * 1000):03d}Z"
+
+
+_SECOND_CACHE: dict[int, str] = {}
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID in its canonical text form."""
+    value = int.from_bytes(os.urandom(16), "big")
+    value = (value & ~(0xF000 << 64) | (4 << 76)) & ~(0xC000 << 48) | (0x8000 << 48)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def priority_of(event_type: str) -> Priority:
@@ -68,7 +88,7 @@ def make_event(
 ) -> dict[str, Any]:
     """Build one event envelope."""
     return {
-        "eventId": str(uuid.uuid4()),
+        "eventId": new_event_id(),
         "seq": seq,
         "time": utc_timestamp(),
         "type": event_type,
@@ -77,9 +97,12 @@ def make_event(
     }
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(event: Mapping[str, Any]) -> bytes:
     """Compact UTF-8 JSON."""
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(event).encode()
 
 
 def load_schema(name: str) -> dict[str, Any]:

@@ -58,6 +58,9 @@ MIGRATIONS = (
 _REFUSED = 128
 #: The high-water alarm re-arms once the outbox is back under this fill level.
 _REARM = 0.6
+#: Acknowledged rows are deleted in batches of this many, or after this delay.
+_DELETE_BATCH = 2000
+_DELETE_DELAY = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +148,7 @@ class Outbox:
         self._empty = asyncio.Event()
         self._alarmed = False
         self._drop_summary: tuple[int, int, int] | None = None
+        self._delete_timer: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -205,10 +209,22 @@ class Outbox:
         priority: Priority | None = None,
     ) -> dict[str, Any]:
         """Queue one event; return it once it is durable (committed to disk)."""
+        return await self.submit(event_type, body, priority=priority)
+
+    def submit(
+        self,
+        event_type: str,
+        body: Mapping[str, Any],
+        *,
+        priority: Priority | None = None,
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Queue one event; the future resolves with it once it is durable.
+
+        The non-coroutine form of :meth:`publish` for producers of many events at once.
+        """
         if self._writer is None or self._closing:
             raise StateError("the outbox is not open", reason="OUTBOX_CLOSED")
-        fut = self._enqueue(event_type, body, priority)
-        return await fut
+        return self._enqueue(event_type, body, priority)
 
     def _enqueue(
         self, event_type: str, body: Mapping[str, Any], priority: Priority | None
@@ -453,11 +469,18 @@ class Outbox:
             self._forget(seq)
             self._acked.append(seq)
             self.stats.acked += 1
-            self._wake.set()
         self._pump()
-        if not self._rows and not self._batch.rows:
-            # the deletions still have to commit before the outbox counts as empty
+        if len(self._acked) >= _DELETE_BATCH or not self._rows:
             self._wake.set()
+        elif self._delete_timer is None:
+            # deletions are not urgent (a lost one only means a duplicate): batch them
+            self._delete_timer = asyncio.get_running_loop().call_later(
+                _DELETE_DELAY, self._flush_deletes
+            )
+
+    def _flush_deletes(self) -> None:
+        self._delete_timer = None
+        self._wake.set()
 
     def snapshot(self) -> dict[str, Any]:
         """Counters and fill level (for status and tests)."""
