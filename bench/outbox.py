@@ -158,9 +158,8 @@ def main() -> None:
     size = statistics.mean(len(p) for p in data)
     print(f"{args.count} QoS 1 events of ~{size:.0f} bytes, window {args.window}, mTLS, MQTT 5")
     print(f"raw paho-mqtt QoS 1        : {raw_median:9.0f} msg/s   runs {[round(r) for r in raw]}")
-    print(
-        f"durable outbox             : {durable_median:9.0f} ev/s    runs {[round(d) for d in durable]}"
-    )
+    runs = [round(d) for d in durable]
+    print(f"durable outbox             : {durable_median:9.0f} ev/s    runs {runs}")
     print(f"ratio outbox / raw         : {durable_median / raw_median:9.2f}   (target >= 0.80)")
     print(f"broker away, enqueue only  : {enqueue:9.0f} ev/s    ({enqueue / raw_median:.2f} x raw)")
     print(f"drain after it returns     : {drain:9.0f} ev/s    ({drain / raw_median:.2f} x raw)")
