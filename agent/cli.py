@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.netconf.cli",
     "agent.registry.cli",
     "agent.registry.bulk_cli",
+    "agent.registry.serve_cli",
     "agent.mqtt.cli",
 )
 

@@ -141,6 +141,14 @@ class RegistrySection:
     #: Local root of bulk registration input: ``inputFileBucket`` is a directory of it and
     #: ``inputFileKey`` a path inside that; nothing outside the root is ever read.
     bulk_root: Path = Path("/var/lib/edge-agent/bulk-input")
+    #: Fleet provisioning: successful RegisterThing calls one claim certificate may make
+    #: (1 for per-device archive claims; 0 for shared fleet claims, without limit).
+    claim_registrations: int = field(default=1, metadata=_limits(0, 1_000_000))
+    #: Fleet provisioning: ``claim`` requires a CSR's common name to be the claim
+    #: certificate's; ``any`` accepts any name allowed by ``common_name_pattern``.
+    csr_subject: Literal["claim", "any"] = "claim"
+    #: Fleet provisioning: the largest request payload the endpoint answers (bytes).
+    max_request_bytes: int = field(default=65536, metadata=_limits(4096, 131072))
 
 
 @dataclass(frozen=True, slots=True)
