@@ -33,6 +33,9 @@ from agent.mqtt.fleet import (
     FleetExchange,
     FleetOptions,
     FleetProvisioningError,
+    Format,
+    KeyKind,
+    Mode,
     provision,
 )
 from agent.registry.ca import CertificateAuthority, cert_to_pem, generate_key, init_ca, key_to_pem
@@ -190,7 +193,7 @@ def _count(world: World, table: str) -> int:
     ],
 )
 def test_full_flow_then_events_with_the_permanent_identity(
-    world: World, mode: str, fmt: str, key_type: str
+    world: World, mode: Mode, fmt: Format, key_type: KeyKind
 ) -> None:
     thing = f"hub-{mode}-{fmt}-{key_type}".replace("_", "-")
     state = install_claim(world, thing)
@@ -202,7 +205,7 @@ def test_full_flow_then_events_with_the_permanent_identity(
         async with responder(world, create_keys_cn=thing) as r:
             result = await provision(
                 state,
-                FleetOptions(mode=mode, payload_format=fmt, key_type=key_type),  # type: ignore[arg-type]
+                FleetOptions(mode=mode, payload_format=fmt, key_type=key_type),
                 on_step=steps.append,
             )
             assert r.requests == [

@@ -31,7 +31,7 @@ from agent.fsutil import PRIVATE_FILE, PUBLIC_FILE
 from agent.mqtt.agent_link import ApplianceMqtt
 from agent.mqtt.client import Endpoint, MqttConnectionError
 from agent.mqtt.credentials import install_set
-from agent.mqtt.fleet import FleetOptions, FleetProvisioningError, provision
+from agent.mqtt.fleet import FleetOptions, FleetProvisioningError, Format, KeyKind, Mode, provision
 from agent.registry.ca import cert_to_pem, generate_key, key_to_pem
 from tests.helpers.endpoint import EndpointPki, Serve, add_template, serve, write_config
 from tests.helpers.mosquitto import Broker, Pki, Watcher
@@ -152,7 +152,7 @@ def _things_named(world: World, thing: str) -> int:
     ],
 )
 def test_full_flow_then_events_with_the_permanent_identity(
-    world: World, mode: str, fmt: str, key_type: str
+    world: World, mode: Mode, fmt: Format, key_type: KeyKind
 ) -> None:
     state, thing = install_claim(world)
     claim_set = current_credentials(state)
@@ -162,7 +162,7 @@ def test_full_flow_then_events_with_the_permanent_identity(
     async def scenario() -> dict[str, Any]:
         result = await provision(
             state,
-            FleetOptions(mode=mode, payload_format=fmt, key_type=key_type),  # type: ignore[arg-type]
+            FleetOptions(mode=mode, payload_format=fmt, key_type=key_type),
         )
         assert result.endpoint == Endpoint("localhost", world.operational.port)
         assert result.thing_name == thing
