@@ -296,9 +296,8 @@ async def connect(settings: Settings) -> AsyncIterator[Session]:
             await client.__aenter__()
         except aiomqtt.MqttCodeError as exc:
             last = exc
-            if exc.rc in _UNSUPPORTED_VERSION or getattr(exc.rc, "value", None) in (
-                _UNSUPPORTED_VERSION
-            ):
+            code = exc.rc.value if isinstance(exc.rc, ReasonCode) else exc.rc
+            if code in _UNSUPPORTED_VERSION:
                 _log.info("broker %s refused MQTT %s; trying the next", settings.endpoint, protocol)
                 continue
             break
