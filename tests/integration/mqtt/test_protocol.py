@@ -75,7 +75,7 @@ def test_falls_back_to_311_when_the_broker_refuses_5(tmp_path: Path, pki: Pki) -
             body = await reader.readexactly(length)
             level = body[6]  # after the 2-byte length and "MQTT"
             seen.append(level)
-            if level == 5:  # noqa: PLR2004
+            if level == 5:
                 writer.write(b"\x20\x02\x00\x01")  # 3.1.1: unacceptable protocol version
                 await writer.drain()
                 writer.close()
