@@ -20,6 +20,7 @@ from agent.errors import StateError
 from agent.mqtt.client import Backoff, Endpoint, Identity, Link, Settings
 from agent.mqtt.commands import CommandServer, Operation
 from agent.mqtt.outbox import Limits, Outbox, open_outbox
+from agent.store import Store
 
 
 def topic_prefix(section: MqttSection, thing_name: str) -> str:
@@ -72,6 +73,7 @@ class ApplianceMqtt:
         self.outbox: Outbox | None = None
         self.commands: CommandServer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._command_store: Store | None = None
 
     async def __aenter__(self) -> Self:
         self.outbox = await open_outbox(
@@ -83,11 +85,8 @@ class ApplianceMqtt:
         )
         self.link.add_hook(self.outbox.attach)
         if self._operations is not None:
-            from agent.store import Store  # noqa: PLC0415
-
-            self.commands = CommandServer(
-                self.prefix, self._operations, Store(self.state_dir / "agent.db")
-            )
+            self._command_store = Store(self.state_dir / "agent.db")
+            self.commands = CommandServer(self.prefix, self._operations, self._command_store)
             self.link.add_hook(self.commands.attach)
         self._task = asyncio.create_task(self.link.run(), name="mqtt-link")
         return self
@@ -110,3 +109,5 @@ class ApplianceMqtt:
                 await self._task
         if self.outbox is not None:
             await self.outbox.close()
+        if self._command_store is not None:
+            self._command_store.close()

@@ -170,6 +170,9 @@ class Outbox:
     async def close(self) -> None:
         """Commit what is queued (acks included), stop the writer."""
         self._closing = True
+        if self._delete_timer is not None:
+            self._delete_timer.cancel()
+            self._delete_timer = None
         self._wake.set()
         if self._writer is not None:
             await self._writer

@@ -268,6 +268,7 @@ def test_rejections_carry_aws_fields(
     assert (err.operation, err.aws_status) == (operation, status), err.to_dict()
     assert err.aws_code.startswith(code), err.to_dict()
     assert err.aws_message
+    validate("error.schema.json", err.to_dict())
     assert current_credentials(state) == claim_set  # nothing switched
 
 
