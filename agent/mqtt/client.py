@@ -226,15 +226,21 @@ class Session:
         except aiomqtt.MqttError as exc:
             raise MqttConnectionError(f"subscribing to {topic_filter} failed: {exc}") from exc
 
+    async def _deliver(self, handler: Handler, message: aiomqtt.Message) -> None:
+        try:
+            result = handler(message)
+            if result is not None:
+                await result
+        except Exception:  # noqa: BLE001 - a faulty handler must not take the connection down
+            _log.exception("the handler of %s failed", message.topic.value)
+
     async def run(self) -> None:
         """Dispatch incoming messages until the connection ends."""
         try:
             async for message in self._client.messages:
                 for topic_filter, handler in list(self._handlers):
                     if message.topic.matches(topic_filter):
-                        result = handler(message)
-                        if result is not None:
-                            await result
+                        await self._deliver(handler, message)
         except aiomqtt.MqttError as exc:
             _log.info("MQTT connection ended: %s", exc)
         finally:

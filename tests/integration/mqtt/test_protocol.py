@@ -100,3 +100,30 @@ def test_falls_back_to_311_when_the_broker_refuses_5(tmp_path: Path, pki: Pki) -
 
     assert asyncio.run(scenario()) == "3.1.1"
     assert seen == [5, 4]
+
+
+def test_a_failing_handler_keeps_the_connection(broker: Broker, pki: Pki) -> None:
+    import aiomqtt
+
+    async def scenario() -> list[bytes]:
+        got: list[bytes] = []
+        done = asyncio.Event()
+
+        def boom(_message: aiomqtt.Message) -> None:
+            raise RuntimeError("handler bug")
+
+        def keep(message: aiomqtt.Message) -> None:
+            got.append(message.payload if isinstance(message.payload, bytes) else b"")
+            done.set()
+
+        settings = Settings(Endpoint("localhost", broker.port), pki.identity("hub-h"), "hub-h")
+        async with connect(settings) as session:
+            await session.subscribe("edge/hub-h/a", boom)
+            await session.subscribe("edge/hub-h/b", keep)
+            await session.publish("edge/hub-h/a", b"first")
+            await session.publish("edge/hub-h/b", b"second")
+            await asyncio.wait_for(done.wait(), 10)
+            assert not session.closed.done()
+        return got
+
+    assert asyncio.run(scenario()) == [b"second"]
