@@ -45,6 +45,7 @@ SCHEMA_FILES = (
     "error.schema.json",
     "describe-device.schema.json",
     "registration-task.schema.json",
+    "fleet-provisioning.schema.json",
 )
 
 

@@ -51,6 +51,8 @@ KeyKind = Literal["ec-p256", "rsa-2048", "ed25519"]
 Mode = Literal["csr", "create-keys"]
 Format = Literal["json", "cbor"]
 Step = Literal["started", "certificate", "registered", "installed"]
+#: (operation, request, outcome, answer) of one fleet-provisioning request.
+Exchange = Callable[[str, dict[str, Any], str, dict[str, Any]], None]
 
 COMPONENT = "mqtt_fleet"
 MIGRATIONS = (
@@ -215,6 +217,8 @@ class FleetExchange:
         state_dir: the agent's state directory (credential sets, ``agent.db``).
         options: how to run it.
         on_step: called with each step name once it is durable (tests stop there).
+        on_exchange: called with (operation, request, outcome, answer) of each request
+            (for checks against the schemas; it sees secrets, so it must not log them).
     """
 
     def __init__(
@@ -223,10 +227,12 @@ class FleetExchange:
         options: FleetOptions | None = None,
         *,
         on_step: Callable[[str], None] | None = None,
+        on_exchange: Exchange | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.options = options or FleetOptions()
         self._on_step = on_step or (lambda _s: None)
+        self._on_exchange = on_exchange
         self._store = Store(ensure_dir(state_dir) / "agent.db")
         self._store.migrate(COMPONENT, MIGRATIONS)
 
@@ -378,6 +384,8 @@ class FleetExchange:
         except TimeoutError:
             raise FleetTimeoutError(f"no answer to {operation} within {wait:.0f} s") from None
         data = _decode(fmt, payload)
+        if self._on_exchange is not None:
+            self._on_exchange(operation, request, outcome, data)
         if outcome != "accepted":
             raise FleetProvisioningError(operation, data)
         return data
@@ -492,9 +500,10 @@ async def provision(
     options: FleetOptions | None = None,
     *,
     on_step: Callable[[str], None] | None = None,
+    on_exchange: Exchange | None = None,
 ) -> FleetResult:
     """Run (or resume) the exchange; the claim session is closed before this returns."""
-    exchange = FleetExchange(state_dir, options, on_step=on_step)
+    exchange = FleetExchange(state_dir, options, on_step=on_step, on_exchange=on_exchange)
     try:
         return await exchange.run()
     finally:

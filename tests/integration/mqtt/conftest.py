@@ -27,10 +27,12 @@ def _registry() -> Registry[Any]:
 _REGISTRY = _registry()
 
 
-def validate(schema_name: str, payload: bytes | dict[str, Any]) -> dict[str, Any]:
-    """Validate one payload against a shipped schema; return it decoded."""
+def validate(schema_name: str, payload: bytes | dict[str, Any], part: str = "") -> dict[str, Any]:
+    """Validate one payload against a shipped schema (or one of its ``$defs``)."""
     data: dict[str, Any] = json.loads(payload) if isinstance(payload, bytes) else payload
     schema = load_schema(schema_name)
+    if part:
+        schema = {"$ref": f"{schema['$id']}#/$defs/{part}"}
     jsonschema.Draft202012Validator(schema, registry=_REGISTRY).validate(data)
     return data
 

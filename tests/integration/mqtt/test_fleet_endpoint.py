@@ -142,6 +142,22 @@ def _things_named(world: World, thing: str) -> int:
         )
 
 
+_PARTS = {
+    "CreateCertificateFromCsr": "createCertificateFromCsr",
+    "CreateKeysAndCertificate": "createKeysAndCertificate",
+    "RegisterThing": "registerThing",
+}
+
+
+def check_against_schemas(
+    operation: str, request: dict[str, Any], outcome: str, answer: dict[str, Any]
+) -> None:
+    """Every request the appliance sends and every answer it gets match the shipped schema."""
+    validate("fleet-provisioning.schema.json", request, f"{_PARTS[operation]}Request")
+    part = f"{_PARTS[operation]}Accepted" if outcome == "accepted" else "rejected"
+    validate("fleet-provisioning.schema.json", answer, part)
+
+
 @pytest.mark.parametrize(
     ("mode", "fmt", "key_type"),
     [
@@ -163,6 +179,7 @@ def test_full_flow_then_events_with_the_permanent_identity(
         result = await provision(
             state,
             FleetOptions(mode=mode, payload_format=fmt, key_type=key_type),
+            on_exchange=check_against_schemas,
         )
         assert result.endpoint == Endpoint("localhost", world.operational.port)
         assert result.thing_name == thing
@@ -263,7 +280,7 @@ def test_rejections_carry_aws_fields(
     state, _thing = install_claim(world, template=template)
     claim_set = current_credentials(state)
     with pytest.raises(FleetProvisioningError) as info:
-        asyncio.run(provision(state, FleetOptions(**options)))
+        asyncio.run(provision(state, FleetOptions(**options), on_exchange=check_against_schemas))
     err = info.value
     assert (err.operation, err.aws_status) == (operation, status), err.to_dict()
     assert err.aws_code.startswith(code), err.to_dict()
