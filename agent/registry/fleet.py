@@ -23,7 +23,7 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import cbor2
 from cryptography import x509
@@ -35,6 +35,7 @@ from agent.jsonutil import loads_strict
 from agent.registry import fleet_store
 from agent.registry.ca import PrivateKey, generate_key, key_to_pem, signature_hash
 from agent.registry.errors import CsrError, ProvisioningDeniedError
+from agent.registry.group_commit import GroupCommitter
 from agent.registry.hook import PreProvisioningHook
 from agent.registry.register import Registry
 from agent.registry.signing import IssuedCertificate
@@ -48,6 +49,7 @@ from agent.registry.templates_store import TemplateStore
 
 _log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 TOKEN_LIFETIME = dt.timedelta(hours=1)
 Format = Literal["json", "cbor"]
 Operation = Literal["CreateCertificateFromCsr", "CreateKeysAndCertificate", "RegisterThing"]
@@ -179,6 +181,8 @@ class FleetProvisioning:
         csr_subject: ``claim`` requires a CSR's common name to be the claim certificate's.
         max_request_bytes: the largest payload answered.
         clock: the current time.
+        committer: shares durable commits between concurrent requests (default: each
+            request commits its own transaction).
     """
 
     def __init__(
@@ -191,6 +195,7 @@ class FleetProvisioning:
         csr_subject: Literal["claim", "any"] = "claim",
         max_request_bytes: int = 65536,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        committer: GroupCommitter | None = None,
     ) -> None:
         self.registry = registry
         self.storage = storage
@@ -199,6 +204,7 @@ class FleetProvisioning:
         self.csr_subject = csr_subject
         self.max_request_bytes = max_request_bytes
         self.clock = clock
+        self.committer = committer
         self._parsed: dict[str, Template] = {}
         fleet_store.migrate(storage.store)
 
@@ -268,7 +274,8 @@ class FleetProvisioning:
                     "InvalidCsr",
                     "the CSR's common name must be the claim certificate's common name",
                 )
-        with self.storage.transaction() as tx:
+
+        def write(tx: SqliteRegistryTransaction) -> tuple[str, str]:
             again = fleet_store.find_csr(tx.db, request.claim_sha256, csr_sha256)
             if again is not None:  # another worker answered a retry of the same request
                 cert_id = again
@@ -276,7 +283,9 @@ class FleetProvisioning:
                 cert_id = issued.certificate_id
                 self._put_pending(tx, issued)
                 fleet_store.record_csr(tx.db, request.claim_sha256, csr_sha256, cert_id)
-            token = self._new_token(tx.db, request, cert_id)
+            return cert_id, self._new_token(tx.db, request, cert_id)
+
+        cert_id, token = self._write(write)
         pem = self._certificate_pem(cert_id)
         return {
             "certificateOwnershipToken": token,
@@ -289,15 +298,25 @@ class FleetProvisioning:
         key = generate_key("ec-p256")
         name = self._claim_common_name(request) or "device"
         issued = self.registry.sign_csr(_csr_pem(key, name))
-        with self.storage.transaction() as tx:
+
+        def write(tx: SqliteRegistryTransaction) -> str:
             self._put_pending(tx, issued)
-            token = self._new_token(tx.db, request, issued.certificate_id)
+            return self._new_token(tx.db, request, issued.certificate_id)
+
+        token = self._write(write)
         return {
             "certificateId": issued.certificate_id,
             "certificatePem": issued.certificate_pem,
             "privateKey": key_to_pem(key).decode("ascii"),
             "certificateOwnershipToken": token,
         }
+
+    def _write(self, fn: Callable[[SqliteRegistryTransaction], T]) -> T:
+        """Run ``fn`` in a durable transaction (shared with other requests when grouped)."""
+        if self.committer is not None:
+            return self.committer.run(fn)
+        with self.storage.transaction() as tx:
+            return fn(tx)
 
     def _put_pending(self, tx: SqliteRegistryTransaction, issued: IssuedCertificate) -> None:
         now = self.clock()
@@ -318,8 +337,7 @@ class FleetProvisioning:
         return token
 
     def _reissue_token(self, request: FleetRequest, certificate_id: str) -> dict[str, Any]:
-        with self.storage.transaction() as tx:
-            token = self._new_token(tx.db, request, certificate_id)
+        token = self._write(lambda tx: self._new_token(tx.db, request, certificate_id))
         return {
             "certificateOwnershipToken": token,
             "certificateId": certificate_id,
@@ -402,7 +420,8 @@ class FleetProvisioning:
             client_id=request.client_id,
             claim_certificate_id=request.claim_sha256,
         )
-        with self.storage.transaction() as tx:
+
+        def write(tx: SqliteRegistryTransaction) -> dict[str, Any]:
             again = fleet_store.get_token(tx.db, token)
             if again is not None and again.result is not None:
                 if again.template_name == name:
@@ -417,7 +436,10 @@ class FleetProvisioning:
             }
             fleet_store.spend_token(tx.db, token, name, json.dumps(body, separators=(",", ":")))
             fleet_store.count_registration(tx.db, request.claim_sha256, outcome.thing_name or "")
-        _log.info("registered thing %s through fleet provisioning", outcome.thing_name)
+            return body
+
+        body = self._write(write)
+        _log.info("registered thing %s through fleet provisioning", body["thingName"])
         return body
 
     def _check_claim(self, db: Any, request: FleetRequest) -> None:

@@ -122,6 +122,7 @@ def write_broker_files(
         "persistence false",
         "allow_anonymous false",
         "connection_messages false",
+        "set_tcp_nodelay true",
         f"log_dest file {log}",
         "log_type error",
         "log_type warning",
@@ -136,7 +137,6 @@ def write_broker_files(
         f"certfile {server_cert}",
         f"keyfile {server_key}",
         "require_certificate true",
-        "tls_version tlsv1.2",
     ]
     if os.geteuid() == 0:
         lines.insert(1, "user root")  # the files are root's and 0600

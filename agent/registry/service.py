@@ -37,6 +37,7 @@ from agent.registry.fleet import (
     RejectedError,
     encode,
 )
+from agent.registry.group_commit import GroupCommitter
 from agent.registry.register import Registry
 from agent.registry.signing import CsrPolicy
 from agent.registry.storage import SqliteRegistryStorage
@@ -136,9 +137,12 @@ class _Handlers:
 
     def close(self) -> None:
         with self._lock:
+            committers = {h.committer for h in self._all if h.committer is not None}
             for handler in self._all:
                 handler.storage.close()
             self._all.clear()
+        for committer in committers:
+            committer.close()
 
 
 def fleet_factory(section: RegistrySection) -> Callable[[], FleetProvisioning]:
@@ -146,6 +150,8 @@ def fleet_factory(section: RegistrySection) -> Callable[[], FleetProvisioning]:
     trust = load_endpoint_trust(section)
     ca = trust.signing_ca()
     policy = CsrPolicy.from_config(section)
+    committer: list[GroupCommitter] = []
+    lock = threading.Lock()
 
     def build() -> FleetProvisioning:
         store = Store(section.database)
@@ -164,6 +170,9 @@ def fleet_factory(section: RegistrySection) -> Callable[[], FleetProvisioning]:
             account=section.account,
             body_validator=validate_template_body,
         )
+        with lock:
+            if not committer:
+                committer.append(GroupCommitter(section.database))
         return FleetProvisioning(
             registry,
             storage,
@@ -171,6 +180,7 @@ def fleet_factory(section: RegistrySection) -> Callable[[], FleetProvisioning]:
             claim_registrations=section.claim_registrations,
             csr_subject=section.csr_subject,
             max_request_bytes=section.max_request_bytes,
+            committer=committer[0],
         )
 
     build().storage.close()  # fail now (CA, database) rather than on the first device
@@ -235,7 +245,9 @@ class RegistryWorker:
         tasks: set[asyncio.Task[None]] = set()
         try:
             async with self._client() as client:
-                await client.subscribe(SHARED_REQUEST, qos=1)
+                # QoS 0 on the local socket: a request in flight to a worker that dies is lost
+                # either way (its session is not kept); the device's retry reaches another.
+                await client.subscribe(SHARED_REQUEST, qos=0)
                 self.subscribed.set()
                 _log.info("registry worker subscribed to %s", SHARED_REQUEST)
                 async for message in client.messages:
@@ -261,7 +273,7 @@ class RegistryWorker:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.UserProperty = [(PROP_CONN, conn), (PROP_TOPIC, reply.topic)]
             with contextlib.suppress(aiomqtt.MqttError):
-                await client.publish(REPLY_TOPIC, reply.payload, qos=1, properties=props)
+                await client.publish(REPLY_TOPIC, reply.payload, qos=0, properties=props)
         finally:
             self._limit.release()
 

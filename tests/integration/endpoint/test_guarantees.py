@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 import cbor2
+import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.registry.ca import init_ca
 from tests.helpers.endpoint import RawDevice
@@ -190,9 +191,12 @@ def test_bad_payloads_over_mqtt(endpoint: Endpoint) -> None:
             topic, answer = device.request(CSR_TOPIC, payload)
             assert topic == CSR_TOPIC + "/rejected"
             assert json.loads(answer)["errorCode"] == "InvalidPayload"
-        # Beyond the plugin's limit (AWS's 128 KB) the request never reaches the registry.
-        device.client.publish(CSR_TOPIC, b"x" * 140000, 1)
+        # Beyond the plugin's limit (AWS's 128 KiB) the request never reaches the registry,
+        # and the connection stays usable.
+        device.client.publish(CSR_TOPIC, b"x" * 133000, 1)
         assert _drain(device, 0.5) == []
+        topic, _ = device.request(CSR_TOPIC, b"[]")
+        assert topic == CSR_TOPIC + "/rejected"
     finally:
         device.close()
 
@@ -209,3 +213,27 @@ def test_claim_clients_only_use_provisioning_topics(endpoint: Endpoint) -> None:
     finally:
         listener.close()
         talker.close()
+
+
+@pytest.mark.parametrize("password", [None, "guess"])
+def test_a_claim_client_cannot_pose_as_the_registry(
+    endpoint: Endpoint, password: str | None
+) -> None:
+    claim = endpoint.pki.claim()
+    outcome: queue.Queue[object] = queue.Queue()
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id="impostor", protocol=MQTTProtocolVersion.MQTTv5
+    )
+    client.tls_set(
+        ca_certs=str(endpoint.pki.ca_file), certfile=str(claim.cert), keyfile=str(claim.key)
+    )
+    client.username_pw_set("edge-registry", password)
+    client.on_connect = lambda _c, _u, _f, reason, _p: outcome.put(reason)
+    client.connect("127.0.0.1", endpoint.port)
+    client.loop_start()
+    try:
+        reason = outcome.get(timeout=10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    assert getattr(reason, "is_failure", False), reason

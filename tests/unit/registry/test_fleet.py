@@ -390,3 +390,34 @@ def test_retries_get_the_same_answers(world: World) -> None:
 
 def test_other_topics_are_not_answered(world: World) -> None:
     assert world.fleet.handle(world.claim().request("$aws/things/x/shadow/get", {})) is None
+
+
+def test_group_commit_shares_transactions_and_isolates_failures(world: World) -> None:
+    import concurrent.futures
+
+    from agent.registry.group_commit import GroupCommitter
+
+    committer = GroupCommitter(world.tmp / "registry.db")
+    try:
+        world.fleet.committer = committer
+        claims = [world.claim(f"dev-{i}") for i in range(12)]
+
+        def one(i: int) -> FleetReply:
+            claim = claims[i]
+            created = create(world, claim)
+            if i % 4 == 0:
+                return register(world, world.claim("thief"), created["certificateOwnershipToken"])
+            return register(world, claim, created["certificateOwnershipToken"], serial=str(i))
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            replies = list(pool.map(one, range(12)))
+        for i, reply in enumerate(replies):
+            if i % 4 == 0:
+                rejected(reply, 400, "InvalidCertificateOwnershipToken")
+            else:
+                assert reply.accepted, reply.body
+        assert world.storage.count_things() == 9
+        assert world.count("registry_certificates") == 12
+    finally:
+        world.fleet.committer = None
+        committer.close()
