@@ -160,7 +160,14 @@ def main() -> None:
     print(f"raw paho-mqtt QoS 1        : {raw_median:9.0f} msg/s   runs {[round(r) for r in raw]}")
     runs = [round(d) for d in durable]
     print(f"durable outbox             : {durable_median:9.0f} ev/s    runs {runs}")
-    print(f"ratio outbox / raw         : {durable_median / raw_median:9.2f}   (target >= 0.80)")
+    # each outbox run right after its raw run: the per-run ratio is the robust figure on a
+    # machine whose load changes between runs
+    ratios = [d / r for d, r in zip(durable, raw, strict=True)]
+    per_run = [round(x, 2) for x in ratios]
+    median = statistics.median(ratios)
+    print(
+        f"ratio outbox / raw         : {median:9.2f}   (median of per-run {per_run}; target 0.80)"
+    )
     print(f"broker away, enqueue only  : {enqueue:9.0f} ev/s    ({enqueue / raw_median:.2f} x raw)")
     print(f"drain after it returns     : {drain:9.0f} ev/s    ({drain / raw_median:.2f} x raw)")
 

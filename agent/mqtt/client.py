@@ -140,6 +140,7 @@ class Settings:
     protocol: Protocol = "auto"
     keepalive: int = 60
     connect_timeout: float = 10.0
+    #: QoS 1 messages the outbox keeps in flight (see :class:`~agent.mqtt.outbox.Outbox`).
     inflight_window: int = 20
     #: ``<prefix>status`` gets the retained will (offline) and online status.
     status_topic: str | None = None
@@ -169,6 +170,8 @@ class Session:
                 listener(mid, rc.value)
 
         paho_client.on_publish = on_publish
+        if not _PAHO_LOG.isEnabledFor(logging.DEBUG):
+            paho_client.disable_logger()  # one call per packet otherwise, even when silent
         self._paho = paho_client
 
     @property
@@ -282,7 +285,9 @@ def _make_client(settings: Settings, protocol: Literal["5", "3.1.1"]) -> aiomqtt
         clean_session=True if protocol == "3.1.1" else None,
         keepalive=settings.keepalive,
         timeout=settings.connect_timeout,
-        max_inflight_messages=settings.inflight_window,
+        # the outbox keeps its own window (``inflight_window``); paho's own limit would make
+        # it scan every message in flight on each PUBACK
+        max_inflight_messages=0,
         properties=properties,
         tls_context=tls_context(settings.identity, settings.endpoint),
         logger=_PAHO_LOG,
