@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from agent.archive.install import current_credentials
-from agent.errors import AgentError, StateError, ValidationError
+from agent.errors import EXIT_REJECTED, AgentError, StateError, ValidationError
 from agent.fsutil import PRIVATE_FILE, PUBLIC_FILE, atomic_write, ensure_dir
 from agent.mqtt.client import Endpoint, Identity, Session, Settings, connect
 from agent.mqtt.credentials import install_set
@@ -79,6 +79,7 @@ class FleetProvisioningError(AgentError):
 
     code = "InvalidRequestException"
     status_code = 400
+    exit_code = EXIT_REJECTED
     default_reason = "FLEET_REJECTED"
     aws_fields: ClassVar[tuple[str, ...]] = ("statusCode", "errorCode", "errorMessage")
 

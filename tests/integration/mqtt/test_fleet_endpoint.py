@@ -304,3 +304,14 @@ def test_registry_unreachable(world: World) -> None:
     with pytest.raises(MqttConnectionError) as info:
         asyncio.run(provision(state, FleetOptions(endpoint=f"localhost:{free_port()}")))
     assert info.value.to_dict()["error"]["statusCode"] == 503
+
+
+def test_cli_reports_a_rejection_as_json_with_exit_code_1(world: World) -> None:
+    state, _thing = install_claim(world, template="edge-off")
+    proc = _run(["-m", "agent", "provision", "fleet", "--state-dir", str(state)])
+    out, _err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    error = validate("error.schema.json", json.loads(out))["error"]
+    assert error["reason"] == "FLEET_REJECTED"
+    assert error["aws"]["statusCode"] == 400
+    assert error["aws"]["operation"] == "RegisterThing"
