@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from agent.archive.install import current_credentials
 from agent.config import MqttSection
@@ -21,6 +22,13 @@ from agent.mqtt.client import Backoff, Endpoint, Identity, Link, Settings
 from agent.mqtt.commands import CommandServer, Operation
 from agent.mqtt.outbox import Limits, Outbox, open_outbox
 from agent.store import Store
+
+_log = logging.getLogger(__name__)
+
+
+def _log_failure(future: asyncio.Future[dict[str, Any]]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        _log.warning("a COMMAND_RESULT event was not recorded: %s", future.exception())
 
 
 def topic_prefix(section: MqttSection, thing_name: str) -> str:
@@ -86,10 +94,26 @@ class ApplianceMqtt:
         self.link.add_hook(self.outbox.attach)
         if self._operations is not None:
             self._command_store = Store(self.state_dir / "agent.db")
-            self.commands = CommandServer(self.prefix, self._operations, self._command_store)
+            self.commands = CommandServer(
+                self.prefix, self._operations, self._command_store, on_result=self._report
+            )
             self.link.add_hook(self.commands.attach)
         self._task = asyncio.create_task(self.link.run(), name="mqtt-link")
         return self
+
+    def _report(
+        self, operation: str, outcome: str, token: str | None, body: dict[str, Any]
+    ) -> None:
+        """A ``COMMAND_RESULT`` event for every reply."""
+        if self.outbox is None:
+            return
+        event: dict[str, Any] = {"operation": operation, "outcome": outcome}
+        if token is not None:
+            event["clientToken"] = token
+        if outcome == "rejected":
+            event["reason"] = str(body.get("error", {}).get("reason", "INTERNAL_ERROR"))
+        future = self.outbox.submit("COMMAND_RESULT", event)
+        future.add_done_callback(_log_failure)
 
     def require_outbox(self) -> Outbox:
         """The outbox (inside the context)."""

@@ -82,7 +82,8 @@ class CommandServer:
         prefix: the appliance's topic prefix (``edge/<thingName>/``).
         operations: operation name → implementation (run in a worker thread).
         store: records ClientToken replies (idempotency across restarts).
-        on_result: called with (operation, outcome, client token or None) after each reply.
+        on_result: called with (operation, outcome, client token or None, reply body) after
+            each reply.
     """
 
     def __init__(
@@ -91,7 +92,7 @@ class CommandServer:
         operations: Mapping[str, Operation],
         store: Store,
         *,
-        on_result: Callable[[str, str, str | None], None] | None = None,
+        on_result: Callable[[str, str, str | None, dict[str, Any]], None] | None = None,
     ) -> None:
         self.prefix = prefix
         self.operations = dict(operations)
@@ -165,7 +166,7 @@ class CommandServer:
         token: str | None,
     ) -> Reply:
         if self._on_result is not None:
-            self._on_result(operation, outcome, token)
+            self._on_result(operation, outcome, token, body)
         topic = f"{self.prefix}cmd/{operation}/{outcome}"
         properties = None
         response_topic = getattr(request_properties, "ResponseTopic", None)

@@ -107,11 +107,14 @@ def _operations(app: Appliance) -> dict[str, Any]:
 class Operator:
     session: Session
     replies: asyncio.Queue[aiomqtt.Message]
+    events: list[aiomqtt.Message]
+    calls: int = 0
 
     async def call(
         self, operation: str, body: bytes | dict[str, Any], *, properties: Any = None
     ) -> tuple[str, dict[str, Any], aiomqtt.Message]:
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.calls += 1
         await self.session.publish(f"edge/{THING}/cmd/{operation}", payload, properties=properties)
         message = await asyncio.wait_for(self.replies.get(), 10)
         data = json.loads(message.payload if isinstance(message.payload, bytes) else b"")
@@ -129,7 +132,68 @@ async def running(app: Appliance, broker: Broker, pki: Pki) -> AsyncIterator[Ope
             queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
             for suffix in ("cmd/+/accepted", "cmd/+/rejected", "replies/#"):
                 await session.subscribe(f"edge/{THING}/{suffix}", queue.put_nowait)
-            yield Operator(session, queue)
+            events: list[aiomqtt.Message] = []
+            await session.subscribe(f"edge/{THING}/events", events.append)
+            operator = Operator(session, queue, events)
+            yield operator
+            outbox = mqtt.require_outbox()
+            await asyncio.wait_for(outbox.drained(), 10)
+            deadline = time.monotonic() + 10
+            while len(events) < operator.calls and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # the events arrive on the operator's own session
+
+
+async def _bad_requests(op: Operator) -> None:
+    """Malformed, unknown and refused requests: rejected with the error shape."""
+    bad: list[tuple[str, bytes | dict[str, Any], str, str | None]] = [
+        ("DescribeDevice", b"{not json", "InvalidRequestException", "MALFORMED_JSON"),
+        ("DescribeDevice", b"[1,2]", "InvalidRequestException", "MALFORMED_REQUEST"),
+        ("DescribeDevice", b'{"a":1,"a":2}', "InvalidRequestException", "MALFORMED_JSON"),
+        ("DescribeDevice", {"Bogus": 1}, "InvalidRequestException", "UNKNOWN_FIELD"),
+        (
+            "DescribeDevice",
+            {"ClientToken": "bad token!"},
+            "ValidationException",
+            "FIELD_VALIDATION_FAILED",
+        ),
+        ("RebootEverything", {}, "ResourceNotFoundException", "OPERATION_UNKNOWN"),
+        (
+            "StartThingRegistrationTask",
+            {"inputFileBucket": "x"},
+            "InvalidRequestException",
+            None,
+        ),
+        (
+            "DescribeThingRegistrationTask",
+            {"taskId": "nope"},
+            "ResourceNotFoundException",
+            None,
+        ),
+    ]
+    for operation, body, code, reason in bad:
+        topic, err, _ = await op.call(operation, body)
+        assert topic == f"edge/{THING}/cmd/{operation}/rejected", (operation, err)
+        validate("error.schema.json", err)
+        assert err["error"]["code"] == code
+        if reason is not None:
+            assert err["error"]["reason"] == reason
+
+
+def _check_results(op: Operator) -> None:
+    """One COMMAND_RESULT event per reply, replays included (after the outbox drained)."""
+    results = [
+        validate("event.schema.json", m.payload if isinstance(m.payload, bytes) else b"")
+        for m in op.events
+    ]
+    assert len(results) == op.calls
+    assert {r["type"] for r in results} == {"COMMAND_RESULT"}
+    rejected = [r["body"] for r in results if r["body"]["outcome"] == "rejected"]
+    unknown = {
+        "operation": "RebootEverything",
+        "outcome": "rejected",
+        "reason": "OPERATION_UNKNOWN",
+    }
+    assert unknown in rejected
 
 
 def test_each_operation_and_bad_requests(appliance: Appliance, broker: Broker, pki: Pki) -> None:
@@ -178,38 +242,7 @@ def test_each_operation_and_bad_requests(appliance: Appliance, broker: Broker, p
             assert described["status"] == "Completed"
             assert described["successCount"] == 20
 
-            bad: list[tuple[str, bytes | dict[str, Any], str, str | None]] = [
-                ("DescribeDevice", b"{not json", "InvalidRequestException", "MALFORMED_JSON"),
-                ("DescribeDevice", b"[1,2]", "InvalidRequestException", "MALFORMED_REQUEST"),
-                ("DescribeDevice", b'{"a":1,"a":2}', "InvalidRequestException", "MALFORMED_JSON"),
-                ("DescribeDevice", {"Bogus": 1}, "InvalidRequestException", "UNKNOWN_FIELD"),
-                (
-                    "DescribeDevice",
-                    {"ClientToken": "bad token!"},
-                    "ValidationException",
-                    "FIELD_VALIDATION_FAILED",
-                ),
-                ("RebootEverything", {}, "ResourceNotFoundException", "OPERATION_UNKNOWN"),
-                (
-                    "StartThingRegistrationTask",
-                    {"inputFileBucket": "x"},
-                    "InvalidRequestException",
-                    None,
-                ),
-                (
-                    "DescribeThingRegistrationTask",
-                    {"taskId": "nope"},
-                    "ResourceNotFoundException",
-                    None,
-                ),
-            ]
-            for operation, body, code, reason in bad:
-                topic, err, _ = await op.call(operation, body)
-                assert topic == f"edge/{THING}/cmd/{operation}/rejected", (operation, err)
-                validate("error.schema.json", err)
-                assert err["error"]["code"] == code
-                if reason is not None:
-                    assert err["error"]["reason"] == reason
+            await _bad_requests(op)
 
             # MQTT 5: response topic and correlation data are honoured
             props = make_properties(3)  # PUBLISH
@@ -222,6 +255,7 @@ def test_each_operation_and_bad_requests(appliance: Appliance, broker: Broker, p
             assert received is not None
             assert received.CorrelationData == b"corr-42"
             assert ("outcome", "accepted") in received.UserProperty
+        _check_results(op)
 
     asyncio.run(scenario())
     # exactly one task was recorded although the start was sent three times
