@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.registry.cli",
     "agent.registry.bulk_cli",
     "agent.registry.serve_cli",
+    "agent.mqtt.cli",
 )
 
 #: The status a shell reports for a command ended by SIGPIPE (128 + 13).

@@ -200,6 +200,31 @@ class StatusSection:
 
 
 @dataclass(frozen=True, slots=True)
+class MqttSection:
+    """The MQTT client, the outbox and fleet provisioning (owned by :mod:`agent.mqtt`)."""
+
+    #: Our topics live under this prefix; ``{thingName}`` is replaced.
+    topic_prefix: str = "edge/{thingName}/"
+    #: Override of the operational broker (``host:port``); empty: the one provisioning gave.
+    endpoint: str = ""
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    keepalive_seconds: int = field(default=60, metadata=_limits(5, 3600))
+    connect_timeout_seconds: float = field(default=10.0, metadata=_limits(0.5, 300))
+    reconnect_initial_seconds: float = field(default=0.5, metadata=_limits(0.01, 600))
+    reconnect_max_seconds: float = field(default=60.0, metadata=_limits(0.01, 3600))
+    #: QoS 1 messages in flight at once.
+    inflight_window: int = field(default=20, metadata=_limits(1, 65535))
+    outbox_max_events: int = field(default=100_000, metadata=_limits(10))
+    outbox_max_bytes: int = field(default=64 * 1024 * 1024, metadata=_limits(4096))
+    #: Fleet provisioning: CSR (key made here) or CreateKeysAndCertificate.
+    fleet_mode: Literal["csr", "create-keys"] = "csr"
+    fleet_key_type: Literal["ec-p256", "rsa-2048", "ed25519"] = "ec-p256"
+    fleet_format: Literal["json", "cbor"] = "json"
+    #: Most seconds one fleet-provisioning answer is awaited (also bounded by the claim).
+    fleet_step_timeout_seconds: float = field(default=30.0, metadata=_limits(0.1, 300))
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     """The whole configuration file."""
 
@@ -211,6 +236,7 @@ class AgentConfig:
     api: ApiSection = field(default_factory=ApiSection)
     usb: UsbSection = field(default_factory=UsbSection)
     status: StatusSection = field(default_factory=StatusSection)
+    mqtt: MqttSection = field(default_factory=MqttSection)
 
 
 T = TypeVar("T")

@@ -1,0 +1,1 @@
+"""MQTT on the appliance: the client, the durable outbox, fleet provisioning, commands."""
