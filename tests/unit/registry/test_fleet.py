@@ -394,20 +394,51 @@ def test_other_topics_are_not_answered(world: World) -> None:
 
 def test_group_commit_shares_transactions_and_isolates_failures(world: World) -> None:
     import concurrent.futures
+    import dataclasses
+    import threading
 
     from agent.registry.group_commit import GroupCommitter
 
     committer = GroupCommitter(world.tmp / "registry.db")
+    local = threading.local()
+    opened: list[SqliteRegistryStorage] = []
+    lock = threading.Lock()
+
+    def thread_world() -> World:
+        # as ``registry serve`` runs it: a handler and connection per thread, one committer
+        if not hasattr(local, "world"):
+            store = Store(world.tmp / "registry.db")
+            storage = SqliteRegistryStorage(store, owns_store=True)
+            registry = Registry(
+                storage, world.ca.registry(), region="eu-west-1", account="111122223333"
+            )
+            templates = TemplateStore(
+                store,
+                region="eu-west-1",
+                account="111122223333",
+                body_validator=validate_template_body,
+            )
+            fleet = FleetProvisioning(
+                registry, storage, templates, clock=world.clock, committer=committer
+            )
+            local.world = dataclasses.replace(
+                world, fleet=fleet, storage=storage, templates=templates
+            )
+            with lock:
+                opened.append(storage)
+        mine: World = local.world
+        return mine
+
     try:
-        world.fleet.committer = committer
         claims = [world.claim(f"dev-{i}") for i in range(12)]
 
         def one(i: int) -> FleetReply:
+            here = thread_world()
             claim = claims[i]
-            created = create(world, claim)
+            created = create(here, claim)
             if i % 4 == 0:
-                return register(world, world.claim("thief"), created["certificateOwnershipToken"])
-            return register(world, claim, created["certificateOwnershipToken"], serial=str(i))
+                return register(here, world.claim("thief"), created["certificateOwnershipToken"])
+            return register(here, claim, created["certificateOwnershipToken"], serial=str(i))
 
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             replies = list(pool.map(one, range(12)))
@@ -419,5 +450,6 @@ def test_group_commit_shares_transactions_and_isolates_failures(world: World) ->
         assert world.storage.count_things() == 9
         assert world.count("registry_certificates") == 12
     finally:
-        world.fleet.committer = None
         committer.close()
+        for storage in opened:
+            storage.close()
