@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.netconf.cli",
     "agent.registry.cli",
     "agent.registry.bulk_cli",
+    "agent.commissioning.cli",
 )
 
 _log = logging.getLogger(__name__)
