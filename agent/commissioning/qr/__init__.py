@@ -9,6 +9,7 @@ the code.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from agent.commissioning.errors import QrFormatError
@@ -45,6 +46,12 @@ _PREFIXED: dict[str, Callable[[str], QrPayload]] = {
 
 
 def parse(text: str, *, repair_zigbee_crc: bool = False) -> QrPayload:
+    """Decode one scanned code (see :func:`_parse`); the result keeps the trimmed text."""
+    payload = _parse(text, repair_zigbee_crc=repair_zigbee_crc)
+    return dataclasses.replace(payload, source=text.strip())
+
+
+def _parse(text: str, *, repair_zigbee_crc: bool) -> QrPayload:
     """Decode one scanned code.
 
     Args:

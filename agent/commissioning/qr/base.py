@@ -38,6 +38,8 @@ class QrPayload:
     fields: dict[str, Any]
     secrets: frozenset[str] = frozenset()
     masks: dict[str, str] = field(default_factory=dict)
+    #: The code as scanned, trimmed (secret for most formats; never part of :meth:`to_dict`).
+    source: str = field(default="", repr=False, compare=False)
 
     def to_dict(self, *, show_secrets: bool = False) -> dict[str, Any]:
         """The JSON form; secrets are redacted unless ``show_secrets``."""
