@@ -24,6 +24,7 @@ from agent.commissioning.backend import Commissioner
 from agent.commissioning.errors import RadioUnavailableError, UnsupportedDeviceError
 from agent.commissioning.notify import CommissioningNotifier, ScanEvent
 from agent.commissioning.qr import QrPayload, parse
+from agent.commissioning.qr.zwave import dsk_mask
 from agent.commissioning.things import ManagedThings
 from agent.errors import AgentError
 
@@ -205,5 +206,5 @@ def _device(payload: QrPayload) -> str | None:
         if key in f:
             return f"{key}={f[key]}"
     if "dsk" in f:
-        return "dsk=" + "*****" + f["dsk"][5:]
+        return f"dsk={dsk_mask(str(f['dsk']))}"
     return None
