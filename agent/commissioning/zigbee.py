@@ -126,6 +126,7 @@ class ZigbeeBackend:
         progress: JoinProgress,
         within: float,
     ) -> None:
+        joined = False
         try:
             async with asyncio.timeout(within):
                 done, _ = await asyncio.wait(
@@ -134,14 +135,15 @@ class ZigbeeBackend:
                 if permit in done and permit.exception() is not None:
                     raise permit.exception()  # type: ignore[misc] # a RadioError from _permit
                 device = await watcher.joined
+                joined = True
                 progress.discovered({"ieee": str(device.ieee), "nwk": f"0x{device.nwk:04x}"})
                 await watcher.initialized
                 progress.activated({"ieee": str(device.ieee)})
         except TimeoutError:
-            phase = "join" if not watcher.joined.done() else "finish its interview"
             raise CommissioningTimeoutError(
-                f"the Zigbee device did not {phase} within {within:g} s",
-                reason="JOIN_TIMEOUT" if phase == "join" else "INTERVIEW_TIMEOUT",
+                f"the Zigbee device did not {'finish its interview' if joined else 'join'} "
+                f"within {within:g} s",
+                reason="INTERVIEW_TIMEOUT" if joined else "JOIN_TIMEOUT",
             ) from None
 
 

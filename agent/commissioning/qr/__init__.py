@@ -9,7 +9,6 @@ the code.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 from agent.commissioning.errors import QrFormatError
@@ -46,16 +45,11 @@ _PREFIXED: dict[str, Callable[[str], QrPayload]] = {
 
 
 def parse(text: str, *, repair_zigbee_crc: bool = False) -> QrPayload:
-    """Decode one scanned code (see :func:`_parse`); the result keeps the trimmed text."""
-    payload = _parse(text, repair_zigbee_crc=repair_zigbee_crc)
-    return dataclasses.replace(payload, source=text.strip())
-
-
-def _parse(text: str, *, repair_zigbee_crc: bool) -> QrPayload:
     """Decode one scanned code.
 
     Args:
-        text: the scanner's output (surrounding whitespace and line breaks are ignored).
+        text: the scanner's output (surrounding whitespace and line breaks are ignored);
+            the result's ``source`` is the code itself (for Z-Wave, the valid code found).
         repair_zigbee_crc: accept a Zigbee install code with a wrong CRC, replacing it
             (the result then carries ``crcRepaired: true``).
 

@@ -159,5 +159,8 @@ def parse_dpp(text: str) -> QrPayload:
             raise qr_error("B: is up to two hex digits", path="supportedCurves")
         fields["supportedCurves"] = tags["B"].lower()
     return QrPayload(
-        authentication_material_type="WIFI_SETUP_QR_BAR_CODE", format="dpp", fields=fields
+        authentication_material_type="WIFI_SETUP_QR_BAR_CODE",
+        format="dpp",
+        fields=fields,
+        source=text,
     )

@@ -100,4 +100,5 @@ def parse_matter(text: str) -> QrPayload:
         format="matter",
         fields=fields,
         secrets=frozenset({"passcode"}),
+        source=text,
     )

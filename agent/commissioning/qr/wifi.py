@@ -87,6 +87,7 @@ def parse_wifi(text: str) -> QrPayload:
         format="wifi",
         fields=out,
         secrets=frozenset({"password"}),
+        source=text,
     )
 
 

@@ -144,9 +144,9 @@ def parse_zigbee(text: str, *, repair_crc: bool = False) -> QrPayload | None:
         if groups.get("key") is not None:
             fields["installCode"] = None
             fields["linkKey"] = groups["key"].upper()
-            return _payload(fmt.name, fields)
+            return _payload(fmt.name, fields, text)
         fields.update(_install_code(groups["code"], repair_crc=repair_crc))
-        return _payload(fmt.name, fields)
+        return _payload(fmt.name, fields, text)
     return None
 
 
@@ -173,10 +173,11 @@ def _install_code(hex_code: str, *, repair_crc: bool) -> dict[str, Any]:
     return fields
 
 
-def _payload(fmt: str, fields: dict[str, Any]) -> QrPayload:
+def _payload(fmt: str, fields: dict[str, Any], source: str) -> QrPayload:
     return QrPayload(
         authentication_material_type="ZIGBEE_QR_BAR_CODE",
         format=fmt,
         fields=fields,
         secrets=frozenset({"installCode", "linkKey"}),
+        source=source,
     )

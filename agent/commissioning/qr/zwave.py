@@ -68,7 +68,7 @@ def parse_dsk(text: str) -> QrPayload:
     blocks = [int(b) for b in value.split("-")]
     if any(b > _UINT16_MAX for b in blocks):
         raise qr_error("a DSK block is larger than 65535", path="dsk")
-    return _payload("zwave-dsk", {"dsk": value})
+    return _payload("zwave-dsk", {"dsk": value}, value)
 
 
 def is_dsk(text: str) -> bool:
@@ -82,19 +82,20 @@ def dsk_mask(dsk: str) -> str:
     return "*****" + dsk[5:]
 
 
-def _payload(fmt: str, fields: dict[str, Any]) -> QrPayload:
+def _payload(fmt: str, fields: dict[str, Any], source: str) -> QrPayload:
     return QrPayload(
         authentication_material_type="ZWAVE_QR_BAR_CODE",
         format=fmt,
         fields=fields,
         secrets=frozenset({"dsk"}),
         masks={"dsk": dsk_mask(fields["dsk"])},
+        source=source,
     )
 
 
 def _number(qr: str, offset: int, width: int, limit: int, what: str) -> int:
     chunk = qr[offset : offset + width]
-    if len(chunk) != width or not _DIGITS.fullmatch(chunk):
+    if len(chunk) != width:  # the whole code is already known to be ASCII digits
         raise qr_error(f"{what} is cut short", path=what)
     value = int(chunk)
     if value > limit:
@@ -106,34 +107,36 @@ def _checksum(qr: str) -> int:
     return int.from_bytes(hashlib.sha1(qr[9:].encode("ascii")).digest()[:2], "big")  # noqa: S324 - the format's checksum, not security
 
 
+_FIXED = re.compile(r"90([0-9]{2})([0-9]{5})([0-9]{3})" + r"([0-9]{5})" * 8 + r"[0-9]*")
+
+
 def _parse_strict(qr: str) -> QrPayload:
-    if not qr.startswith("90"):
-        raise qr_error("a Z-Wave code starts with 90", "QR_UNKNOWN_FORMAT")
-    if len(qr) < MIN_LENGTH:
-        raise qr_error("a Z-Wave code has at least 52 digits")
-    if not _DIGITS.fullmatch(qr):
+    fixed = _FIXED.fullmatch(qr)
+    if fixed is None:
+        if not qr.startswith("90"):
+            raise qr_error("a Z-Wave code starts with 90", "QR_UNKNOWN_FORMAT")
+        if len(qr) < MIN_LENGTH:
+            raise qr_error("a Z-Wave code has at least 52 digits")
         raise qr_error("a Z-Wave code has only digits")
-    version = _number(qr, 2, 2, _LEVEL_MAX, "version")
+    version_text, stored_text, keys_text, *block_texts = fixed.groups()
+    version = int(version_text)
     if version > 1:
         raise qr_error(
             "Z-Wave code version must be 0 (S2) or 1 (SmartStart)",
             "QR_VERSION_UNSUPPORTED",
             "version",
         )
-    stored = int(qr[4:9])
+    stored = int(stored_text)
     if stored > _UINT16_MAX or stored != _checksum(qr):
         raise qr_error(
             "the Z-Wave code checksum does not match", "QR_CHECKSUM_MISMATCH", "checksum"
         )
-    keys = _number(qr, 9, 3, _UINT8_MAX, "requestedSecurityClasses")
-    classes = [bit for bit in range(8) if keys >> bit & 1]
-    if any(bit not in _SECURITY_BITS for bit in classes):
-        raise qr_error("unknown security class requested", path="requestedSecurityClasses")
-    blocks = [_number(qr, 12 + 5 * i, 5, _UINT16_MAX, "dsk") for i in range(8)]
+    if any(int(b) > _UINT16_MAX for b in block_texts):
+        raise qr_error("dsk is out of range", path="dsk")
     fields: dict[str, Any] = {
         "version": version,
-        "requestedSecurityClasses": [_SECURITY_BITS[b] for b in classes],
-        "dsk": "-".join(f"{b:05d}" for b in blocks),
+        "requestedSecurityClasses": _security_classes(int(keys_text)),
+        "dsk": "-".join(block_texts),
     }
     offset = MIN_LENGTH
     seen: set[int] = set()
@@ -144,7 +147,16 @@ def _parse_strict(qr: str) -> QrPayload:
             "a Z-Wave code must carry ProductType and ProductId", "QR_FIELD_MISSING", "productId"
         )
     fmt = "zwave-smartstart" if version == 1 else "zwave-s2"
-    return _payload(fmt, fields)
+    return _payload(fmt, fields, qr)
+
+
+def _security_classes(keys: int) -> list[int]:
+    if keys > _UINT8_MAX:
+        raise qr_error("requestedSecurityClasses is out of range", path="requestedSecurityClasses")
+    classes = [bit for bit in range(8) if keys >> bit & 1]
+    if any(bit not in _SECURITY_BITS for bit in classes):
+        raise qr_error("unknown security class requested", path="requestedSecurityClasses")
+    return [_SECURITY_BITS[b] for b in classes]
 
 
 def _parse_tlv(qr: str, offset: int, fields: dict[str, Any], seen: set[int]) -> int:
