@@ -37,7 +37,17 @@ def register(sub: Any) -> None:
     describe.add_argument("--show-secrets", action="store_true", help="include the code")
     delete = tsub.add_parser("delete", help="forget a managed thing")
     delete.add_argument("id", metavar="ID")
+    scan = sub.add_parser(
+        "scan", help="answer QR scans and commission devices with the configured radios"
+    )
+    scan.add_argument(
+        "--source",
+        default=None,
+        metavar="SOURCE",
+        help="stdin or a serial device (default: commissioning.scanner)",
+    )
     for cmd, handler in (
+        (scan, _scan),
         (create, _things_create),
         (listing, _things_list),
         (describe, _things_describe),
@@ -62,7 +72,7 @@ def _qr_parse(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _things(args: argparse.Namespace) -> Any:
+def _things(args: argparse.Namespace, notifier: Any = None) -> Any:
     from agent.commissioning.things import ManagedThings
     from agent.config import load_config
     from agent.fsutil import ensure_dir
@@ -77,6 +87,7 @@ def _things(args: argparse.Namespace) -> Any:
         region=config.registry.region,
         account=config.registry.account,
         repair_zigbee_crc=config.commissioning.zigbee_crc == "repair",
+        notifier=notifier,
     ), store
 
 
@@ -137,4 +148,32 @@ def _things_delete(args: argparse.Namespace) -> int:
     with store:
         things.delete(args.id)
     print_json({"Id": args.id, "Deleted": True})
+    return EXIT_OK
+
+
+def _scan(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from agent.commissioning.notify import FanOutNotifier, JournalNotifier, PrintNotifier
+    from agent.commissioning.service import run_scanner, scan_source
+    from agent.config import load_config
+
+    config = load_config(args.config)
+    spec = args.source or config.commissioning.scanner
+    if not spec:
+        raise ValidationError(
+            "no scanner: pass --source or set commissioning.scanner",
+            reason="SCANNER_NOT_CONFIGURED",
+            fields=[FieldProblem("commissioning.scanner", "empty")],
+        )
+    things, store = _things(args, notifier=FanOutNotifier(JournalNotifier(), PrintNotifier()))
+    with store:
+        asyncio.run(
+            run_scanner(
+                config,
+                things,
+                FanOutNotifier(JournalNotifier(), PrintNotifier()),
+                scan_source(spec, config.commissioning),
+            )
+        )
     return EXIT_OK

@@ -8,6 +8,7 @@ secrets: codes are described by their format and device identity only.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -94,6 +95,18 @@ class JournalNotifier:
             self._log.warning(
                 "scan from %s rejected: %s: %s", event.source, event.reason, event.message
             )
+
+
+class PrintNotifier:
+    """Prints each event as one JSON line on stdout (the ``scan`` command's answers)."""
+
+    def thing_changed(self, event: ThingEvent) -> None:
+        """Print a state change."""
+        print(json.dumps({"ThingChanged": event.to_dict()}), flush=True)  # noqa: T201
+
+    def scan_answered(self, event: ScanEvent) -> None:
+        """Print a scan answer."""
+        print(json.dumps({"Scan": event.to_dict()}), flush=True)  # noqa: T201
 
 
 class RecordingNotifier:

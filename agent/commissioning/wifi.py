@@ -242,3 +242,27 @@ class WifiUplink:
             raise ApplyError(
                 "the previous Wi-Fi networks could not be restored", reason="ROLLBACK_FAILED"
             )
+
+
+class WifiUplinkBackend:
+    """A ``WIFI:`` code as a commissioning job: the appliance's own uplink network."""
+
+    name = "wifi-uplink"
+
+    def __init__(self, ctrl: WpaCtrl) -> None:
+        self._uplink = WifiUplink(ctrl)
+
+    def accepts(self, payload: QrPayload) -> bool:
+        """``WIFI:`` codes."""
+        return payload.format == "wifi"
+
+    async def commission(
+        self, payload: QrPayload, progress: JoinProgress, *, within: float
+    ) -> None:
+        """Apply the network; connected means ``ACTIVATED``, otherwise it is rolled back.
+
+        Raises:
+            ApplyError: not connected in time (rolled back) or refused.
+        """
+        result = await self._uplink.apply(payload, within=within)
+        progress.activated(result)

@@ -69,6 +69,12 @@ class ZigbeeBackend:
         self._window = asyncio.Lock()
         self._permits: set[asyncio.Task[None]] = set()
 
+    async def close(self) -> None:
+        """Stop the radio."""
+        for permit in list(self._permits):
+            permit.cancel()
+        await self._app.shutdown()
+
     def accepts(self, payload: QrPayload) -> bool:
         """Zigbee install-code codes."""
         return payload.authentication_material_type == "ZIGBEE_QR_BAR_CODE"

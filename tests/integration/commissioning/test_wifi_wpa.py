@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from agent.cli import main
 from agent.commissioning.backend import Commissioner
 from agent.commissioning.errors import UnsupportedDeviceError
 from agent.commissioning.notify import RecordingNotifier
@@ -149,3 +153,36 @@ def test_uplink_refuses_enterprise(wpa: tuple[str, Path]) -> None:
             assert [n[1] for n in await list_networks(ctrl)] == ["existing"]
 
     asyncio.run(scenario())
+
+
+def test_scan_command_applies_an_uplink_and_rolls_back(
+    wpa: tuple[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ctrl_path, _ = wpa
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        "[commissioning]\n"
+        f'wifi_ctrl_socket = "{ctrl_path}"\n'
+        "join_timeout_seconds = 1\n"
+        f'database = "{tmp_path / "c.db"}"\n'
+    )
+    scans = "WIFI:S:uplink;T:WPA;P:correct-horse;;\nMT:U9VJ0OMV172PX813210\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(scans))
+    assert main(["--config", str(config), "scan", "--source", "stdin"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    answers = [line["Scan"] for line in lines if "Scan" in line]
+    assert [(a["accepted"], a["format"] or a["reason"]) for a in answers] == [
+        (True, "wifi"),
+        (False, "FORMAT_NOT_SUPPORTED"),
+    ]
+    changes = [line["ThingChanged"] for line in lines if "ThingChanged" in line]
+    assert [c["ProvisioningStatus"] for c in changes] == [
+        "UNASSOCIATED",
+        "PRE_ASSOCIATED",
+        "FAILED",
+    ]
+    assert changes[-1]["Reason"] == "UPLINK_NOT_CONNECTED"
+    assert "correct-horse" not in json.dumps(lines)
