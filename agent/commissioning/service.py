@@ -66,7 +66,9 @@ async def open_backends(section: CommissioningSection) -> AsyncIterator[list[Rad
             except RadioUnavailableError as exc:
                 _log.error("Wi-Fi commissioning is unavailable: %s", exc.message)
             else:
-                backends.append(WifiUplinkBackend(uplink_ctrl))
+                backends.append(
+                    WifiUplinkBackend(uplink_ctrl, connect_within=section.uplink_timeout_seconds)
+                )
                 if section.dpp_ssid:
                     secret = (
                         None

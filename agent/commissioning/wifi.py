@@ -249,8 +249,9 @@ class WifiUplinkBackend:
 
     name = "wifi-uplink"
 
-    def __init__(self, ctrl: WpaCtrl) -> None:
+    def __init__(self, ctrl: WpaCtrl, *, connect_within: float | None = None) -> None:
         self._uplink = WifiUplink(ctrl)
+        self._connect_within = connect_within
 
     def accepts(self, payload: QrPayload) -> bool:
         """``WIFI:`` codes."""
@@ -261,8 +262,11 @@ class WifiUplinkBackend:
     ) -> None:
         """Apply the network; connected means ``ACTIVATED``, otherwise it is rolled back.
 
+        The uplink's own deadline (``connect_within``), when set, replaces ``within``.
+
         Raises:
             ApplyError: not connected in time (rolled back) or refused.
         """
-        result = await self._uplink.apply(payload, within=within)
+        deadline = self._connect_within if self._connect_within is not None else within
+        result = await self._uplink.apply(payload, within=deadline)
         progress.activated(result)

@@ -166,7 +166,8 @@ def test_scan_command_applies_an_uplink_and_rolls_back(
     config.write_text(
         "[commissioning]\n"
         f'wifi_ctrl_socket = "{ctrl_path}"\n'
-        "join_timeout_seconds = 1\n"
+        "join_timeout_seconds = 30\n"
+        "uplink_timeout_seconds = 1\n"
         f'database = "{tmp_path / "c.db"}"\n'
     )
     scans = "WIFI:S:uplink;T:WPA;P:correct-horse;;\nMT:U9VJ0OMV172PX813210\n"
