@@ -70,7 +70,15 @@ class _ThingProgress:
 
     def discovered(self, detail: dict[str, Any]) -> None:
         if self.state == PRE_ASSOCIATED:
-            self.things.transition(self.thing_id, DISCOVERED)
+            if detail.get("lowSecurity"):
+                self.things.transition(
+                    self.thing_id,
+                    DISCOVERED,
+                    reason="LOW_SECURITY_INCLUSION",
+                    message="the device was included with less security than it requested",
+                )
+            else:
+                self.things.transition(self.thing_id, DISCOVERED)
             self.state = DISCOVERED
         self.details.append(detail)
 

@@ -251,6 +251,9 @@ class ManagedThings:
     ) -> ThingEvent:
         """Move a thing to ``status`` (``FAILED`` needs a reason); commit, then notify.
 
+        A reason given with another status (``LOW_SECURITY_INCLUSION``) is reported on the
+        event only.
+
         Raises:
             ResourceNotFoundError: no such thing.
             ConflictError: the lifecycle does not allow this move.

@@ -1,6 +1,8 @@
 // A real Z-Wave JS server (@zwave-js/server) driving the real zwave-js driver, whose serial
 // port is an in-memory mock answered by zwave-js's emulated controller. Loopback only, no
-// mDNS. Usage: node server.mjs <port> <cacheDir>; prints READY once clients may connect.
+// mDNS. Usage: node server.mjs <port> <cacheDir> [<nodeId>]; prints READY once clients may
+// connect. With a node id, the emulated controller has a device waiting to be included: the
+// next inclusion adds it (a plain node without S2, so the inclusion is a low-security one).
 import { MockController } from "@zwave-js/testing";
 import { ZwavejsServer } from "@zwave-js/server";
 import {
@@ -8,7 +10,7 @@ import {
   createDefaultMockControllerBehaviors,
 } from "zwave-js/Testing";
 
-const [port, cacheDir] = process.argv.slice(2);
+const [port, cacheDir, pendingNodeId] = process.argv.slice(2);
 const quiet = { error: console.error, warn() {}, info() {}, debug() {} };
 
 const { driver, continueStartup, mockPort, serial } = await createAndStartDriverWithMockPort({
@@ -23,6 +25,9 @@ const { driver, continueStartup, mockPort, serial } = await createAndStartDriver
 });
 const controller = await MockController.create({ mockPort, serial, homeId: 0x7e570001, ownNodeId: 1 });
 controller.defineBehavior(...createDefaultMockControllerBehaviors());
+if (pendingNodeId) {
+  controller.nodePendingInclusion = { id: Number(pendingNodeId), capabilities: {} };
+}
 
 let server;
 driver.once("driver ready", async () => {

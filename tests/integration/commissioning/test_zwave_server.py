@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -46,22 +47,21 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def zwave_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextlib.contextmanager
+def running_server(cache: Path, pending_node: int | None = None) -> Iterator[str]:
+    """Start tests/zwave-js/server.mjs on a free loopback port; yield its URL."""
     node = shutil.which("node")
     if node is None:
         _missing("node is not installed")
     if not (SERVER_DIR / "node_modules" / "@zwave-js" / "server").is_dir():
         _missing("the Z-Wave JS server's npm packages are not installed")
-    cache = tmp_path_factory.mktemp("zwave-cache")
     port = _free_port()
     log = cache / "server.log"
+    argv = [str(node), str(SERVER_DIR / "server.mjs"), str(port), str(cache)]
+    if pending_node is not None:
+        argv.append(str(pending_node))
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(node), str(SERVER_DIR / "server.mjs"), str(port), str(cache)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while b"READY" not in log.read_bytes():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -78,6 +78,12 @@ def zwave_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def zwave_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_server(tmp_path_factory.mktemp("zwave-cache")) as url:
+        yield url
 
 
 def test_provision_list_unprovision(zwave_server: str) -> None:
@@ -144,3 +150,26 @@ def test_unreachable_server_is_clear() -> None:
         assert info.value.reason == "ZWAVE_SERVER_UNAVAILABLE"
 
     asyncio.run(scenario())
+
+
+def test_s2_inclusion_adds_the_node_and_activates(tmp_path: Path) -> None:
+    """The emulated controller has a device waiting: the inclusion really adds node 5."""
+    things, thing_id = _thing(tmp_path, S2_ONLY)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with running_server(cache, pending_node=5) as url:
+
+        async def scenario() -> str:
+            async with ZWaveConnection(url) as connection:
+                commissioner = Commissioner(things, [connection.backend], join_timeout=30)
+                return await commissioner.commission(thing_id)
+
+        assert asyncio.run(scenario()) == "ACTIVATED"
+    recorder = things._notifier
+    assert isinstance(recorder, RecordingNotifier)
+    assert [e.status for e in recorder.things] == [
+        "UNASSOCIATED",
+        "PRE_ASSOCIATED",
+        "DISCOVERED",
+        "ACTIVATED",
+    ]
