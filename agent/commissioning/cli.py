@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import EXIT_OK, FieldProblem, ValidationError
+
+if TYPE_CHECKING:
+    from agent.commissioning.notify import CommissioningNotifier
+    from agent.commissioning.things import ManagedThings
+    from agent.store import Store
 
 
 def register(sub: Any) -> None:
@@ -72,7 +77,9 @@ def _qr_parse(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _things(args: argparse.Namespace, notifier: Any = None) -> Any:
+def _things(
+    args: argparse.Namespace, notifier: CommissioningNotifier | None = None
+) -> tuple[ManagedThings, Store]:
     from agent.commissioning.things import ManagedThings
     from agent.config import load_config
     from agent.fsutil import ensure_dir
