@@ -46,12 +46,13 @@ _PORT_MAX = 65535
 
 
 def _tags(body: str) -> dict[str, str]:
+    """``X:value;`` parameters as hostap reads them.
+
+    Empty ones (``;;``) are skipped, the first occurrence of a tag wins, and a last part
+    without its ``;`` is ignored.
+    """
     out: dict[str, str] = {}
-    for token in body.split(";"):
-        if token == "":
-            if out:
-                break  # ";;" ends the URI
-            continue
+    for token in body.split(";")[:-1]:
         if len(token) >= 2 and token[1] == ":":  # noqa: PLR2004 - one-letter tag and ':'
             out.setdefault(token[0], token[2:])
     return out
