@@ -150,7 +150,9 @@ def _network_commands(payload: QrPayload) -> list[tuple[str, str]]:
         raise UnsupportedDeviceError(
             "enterprise (EAP) uplinks are not supported", reason="UPLINK_NOT_SUPPORTED"
         )
-    if security == "NOPASS" or password is None:
+    if security == "OWE":
+        pairs += [("key_mgmt", "OWE"), ("ieee80211w", "2")]
+    elif security == "NOPASS" or password is None:
         pairs.append(("key_mgmt", "NONE"))
     elif security == "WEP":
         key = password if len(password) in {10, 26, 58} and _is_hex(password) else None

@@ -74,8 +74,6 @@ def parse_wifi(text: str) -> QrPayload:
     password = fields.get("P")
     if upper in _SECURED and password is None:
         raise qr_error("a secured network needs a password (P:)", "QR_FIELD_MISSING", "password")
-    if upper in _OPEN:
-        password = None
     out: dict[str, Any] = {
         "ssid": ssid,
         "password": password,
