@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -98,12 +98,10 @@ class Commissioner:
         backends: Sequence[RadioBackend],
         *,
         join_timeout: float,
-        clock: Callable[[], float] | None = None,
     ) -> None:
         self._things = things
         self._backends = tuple(backends)
         self._timeout = join_timeout
-        self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self._tasks: set[asyncio.Task[None]] = set()
 
     def backend_for(self, payload: QrPayload) -> RadioBackend:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent.commissioning.errors import QrFormatError
 from agent.commissioning.qr.base import QrPayload, qr_error
 
 PREFIX = "MT:"
@@ -80,7 +81,86 @@ def _decode_one(body: str) -> dict[str, Any]:
     if not 0 < passcode <= _PASSCODE_MAX or passcode in _INVALID_PASSCODES:
         raise qr_error("the Matter setup passcode is not allowed", path="passcode")
     fields["tlv"] = data[_FIXED_BYTES:].hex()
+    if len(data) > _FIXED_BYTES:
+        fields["optionalData"] = decode_optional_data(data[_FIXED_BYTES:])
     return fields
+
+
+_INT_SIZES = {0: 1, 1: 2, 2: 4, 3: 8}
+_TAG_SIZES = {0: 0, 1: 1, 2: 2, 3: 4, 4: 2, 5: 4, 6: 6, 7: 8}
+_END = 0x18
+_MAX_DEPTH = 8
+
+
+def _cut_short() -> QrFormatError:
+    return qr_error("the Matter optional data is cut short", path="optionalData")
+
+
+def _take(data: bytes, pos: int, size: int) -> bytes:
+    raw = data[pos : pos + size]
+    if len(raw) != size:
+        raise _cut_short()
+    return raw
+
+
+def _tlv_scalar(data: bytes, pos: int, kind: int) -> tuple[Any, int]:
+    if kind <= 0x07:  # noqa: PLR2004 - signed (0-3) and unsigned (4-7) integers
+        size = _INT_SIZES[kind & 3]
+        return int.from_bytes(_take(data, pos, size), "little", signed=kind < 4), pos + size  # noqa: PLR2004
+    if kind in {0x08, 0x09}:
+        return kind == 0x09, pos  # noqa: PLR2004 - false, true
+    if kind == 0x14:  # noqa: PLR2004 - null
+        return None, pos
+    if 0x0C <= kind <= 0x13:  # noqa: PLR2004 - UTF-8 (0x0C-0x0F) and byte strings
+        size = _INT_SIZES[kind & 3]
+        length = int.from_bytes(_take(data, pos, size), "little")
+        raw = _take(data, pos + size, length)
+        if kind > 0x0F:  # noqa: PLR2004
+            return raw.hex(), pos + size + length
+        try:
+            return raw.decode("utf-8"), pos + size + length
+        except UnicodeDecodeError:
+            raise qr_error(
+                "the Matter optional data has invalid text", path="optionalData"
+            ) from None
+    raise qr_error("the Matter optional data has an unsupported element", path="optionalData")
+
+
+def _tlv_element(data: bytes, pos: int, depth: int) -> tuple[int | None, Any, int]:
+    """One Matter TLV element at ``pos``: (tag or None, value, next position)."""
+    if depth > _MAX_DEPTH:
+        raise qr_error("the Matter optional data is nested too deeply", path="optionalData")
+    control = _take(data, pos, 1)[0]
+    tag_size, kind = _TAG_SIZES[control >> 5], control & 0x1F
+    tag = int.from_bytes(_take(data, pos + 1, tag_size), "little") if tag_size else None
+    pos += 1 + tag_size
+    if kind not in {0x15, 0x16, 0x17}:
+        value, pos = _tlv_scalar(data, pos, kind)
+        return tag, value, pos
+    items: list[tuple[int | None, Any]] = []
+    while _take(data, pos, 1)[0] != _END:
+        item_tag, item, pos = _tlv_element(data, pos, depth + 1)
+        items.append((item_tag, item))
+    if kind == 0x15:  # noqa: PLR2004 - structure
+        return tag, {str(t): v for t, v in items}, pos + 1
+    return tag, [v for _, v in items], pos + 1
+
+
+def decode_optional_data(data: bytes) -> dict[str, Any]:
+    """The optional TLV data after the header: an anonymous structure of context tags.
+
+    Tag 0 is the serial number (``serialNumber``); other tags keep their number (vendor
+    tags are 0x80-0xFF).
+
+    Raises:
+        QrFormatError: not one well-formed TLV structure.
+    """
+    _tag, value, end = _tlv_element(data, 0, 0)
+    if not isinstance(value, dict) or end != len(data):
+        raise qr_error("the Matter optional data is not one TLV structure", path="optionalData")
+    if "0" in value:
+        value["serialNumber"] = value.pop("0")
+    return value
 
 
 def parse_matter(text: str) -> QrPayload:

@@ -145,3 +145,29 @@ def test_building_block(vector: dict[str, Any]) -> None:
 def test_every_vector_is_used() -> None:
     assert len(WHOLE) + len(BLOCKS) == len(VECTORS)
     assert {v["format"] for v in VECTORS} == set(MATERIAL_TYPES)
+
+
+def _base38(data: bytes) -> str:
+    from agent.commissioning.qr.matter import ALPHABET
+
+    out = []
+    for i in range(0, len(data), 3):
+        chunk = data[i : i + 3]
+        value = int.from_bytes(chunk, "little")
+        for _ in range({3: 5, 2: 4, 1: 2}[len(chunk)]):
+            value, digit = divmod(value, 38)
+            out.append(ALPHABET[digit])
+    return "".join(out)
+
+
+def test_matter_optional_tlv() -> None:
+    header = base38_decode("M5L90MP500K64J00000"[:20])
+    # Anonymous structure: context tag 0 (serial number, UTF-8 "SN-1"), vendor tag 0x81 (uint8 7).
+    tlv = bytes([0x15, 0x2C, 0x00, 0x04]) + b"SN-1" + bytes([0x24, 0x81, 0x07, 0x18])
+    fields = parse("MT:" + _base38(header + tlv)).to_dict()
+    assert fields["vendorId"] == 12
+    assert fields["optionalData"] == {"serialNumber": "SN-1", "129": 7}
+    with pytest.raises(QrFormatError):
+        parse("MT:" + _base38(header + tlv[:-1]))  # not closed
+    with pytest.raises(QrFormatError):
+        parse("MT:" + _base38(header + bytes([0x15, 0x2C, 0x00, 0x09]) + b"x"))  # cut short
