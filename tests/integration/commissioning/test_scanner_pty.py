@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from agent.commissioning.notify import FanOutNotifier, JournalNotifier, Recordin
 from agent.commissioning.scanner import ScanHandler, SerialScanSource
 from agent.commissioning.things import ManagedThings
 from agent.store import Store
+from tests.helpers.env import need_binary
 
 ZIGBEE = "Z:0102030405060708$I:0102030405060708090A0B0C0D0E0F1090FD%G$M:S1-R%M:10F2"
 BAD_CRC = "000D6FFFFED4163B|52797BF4A5084DAA8E1712B61741CA024052"
@@ -26,11 +26,7 @@ ZWAVE = "90013278200351525354554142434445313233343521222324250010043530153702206
 
 @pytest.fixture
 def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    socat = shutil.which("socat")
-    if socat is None:
-        if os.environ.get("CI"):
-            pytest.fail("socat is required (apt-get install socat)")
-        pytest.skip("socat is not installed: run scripts/setup")
+    socat = need_binary("socat")
     scanner, host = tmp_path / "ttyScanner", tmp_path / "ttyHost"
     proc = subprocess.Popen(
         [

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ from agent.commissioning.wifi import DppBackend, DppNetwork, WifiUplink, list_ne
 from agent.commissioning.wpactrl import WpaCtrl
 from agent.errors import ApplyError
 from agent.store import Store
+from tests.helpers.env import need_binary, unavailable
 
 ENROLLEE = (
     "DPP:C:81/1;K:MDkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDIgADM2206avxHJaHXgLMkq/24e0rsrfMP9K1Tm8gx+ovP0I="
@@ -33,19 +32,9 @@ ENROLLEE = (
 )
 
 
-def _need(binary: str) -> str:
-    sbin = Path("/usr/sbin") / binary
-    path = shutil.which(binary) or (str(sbin) if sbin.exists() else None)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{binary} is required (apt-get install wpasupplicant)")
-        pytest.skip(f"{binary} is not installed: run scripts/setup")
-    return path
-
-
 @pytest.fixture
 def wpa(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    binary = _need("wpa_supplicant")
+    binary = need_binary("wpa_supplicant")
     ctrl_dir = tmp_path / "ctrl"
     conf = tmp_path / "wpa.conf"
     conf.write_text(
@@ -67,9 +56,7 @@ def wpa(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             proc.kill()
             proc.wait(5)
             err = errors.read_text(errors="replace")
-            if os.environ.get("CI"):
-                pytest.fail(f"wpa_supplicant did not start: {err}")
-            pytest.skip(f"wpa_supplicant cannot run here (root needed?): {err}")
+            unavailable(f"wpa_supplicant did not start: {err}", "run the tests as root")
         time.sleep(0.02)
     try:
         yield str(socket_path), log

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -21,6 +19,7 @@ from agent.commissioning.qr import parse
 from agent.commissioning.things import FAILED, ManagedThings
 from agent.commissioning.zwave import ZWaveConnection
 from agent.store import Store
+from tests.helpers.env import need_binary, unavailable
 
 SERVER_DIR = Path(__file__).resolve().parents[2] / "zwave-js"
 SMART_START = (
@@ -34,12 +33,6 @@ S2_ONLY = (
 pytestmark = pytest.mark.slow
 
 
-def _missing(what: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} (scripts/setup installs it)")
-    pytest.skip(f"{what}: run scripts/setup")
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -50,11 +43,9 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def running_server(cache: Path, pending_node: int | None = None) -> Iterator[str]:
     """Start tests/zwave-js/server.mjs on a free loopback port; yield its URL."""
-    node = shutil.which("node")
-    if node is None:
-        _missing("node is not installed")
+    node = need_binary("node")
     if not (SERVER_DIR / "node_modules" / "@zwave-js" / "server").is_dir():
-        _missing("the Z-Wave JS server's npm packages are not installed")
+        unavailable("the Z-Wave JS server's npm packages are missing", "scripts/setup runs npm ci")
     port = _free_port()
     log = cache / "server.log"
     argv = [str(node), str(SERVER_DIR / "server.mjs"), str(port), str(cache)]
