@@ -131,7 +131,7 @@ def damage(rng: random.Random, text: str) -> str:
     return text[:pos] + rng.choice("0123456789ABCDEF;:|$") + text[pos + 1 :]
 
 
-def corpus(count: int, seed: int = 7) -> list[str]:
+def corpus(count: int, seed: int = 7) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     keys = [
         base64.b64encode(
@@ -141,12 +141,19 @@ def corpus(count: int, seed: int = 7) -> list[str]:
         ).decode()
         for _ in range(16)
     ]
-    makers = [zwave, zigbee, wifi, lambda r: dpp(r, keys), matter]
+    makers = {
+        "zwave": zwave,
+        "zigbee": zigbee,
+        "wifi": wifi,
+        "dpp": lambda r: dpp(r, keys),
+        "matter": matter,
+    }
     weights = [30, 30, 20, 10, 10]
     out = []
     for _ in range(count):
-        code = rng.choices(makers, weights)[0](rng)
-        out.append(damage(rng, code) if rng.random() < 0.1 else code)
+        family = rng.choices(list(makers), weights)[0]
+        code = makers[family](rng)
+        out.append((family, damage(rng, code) if rng.random() < 0.1 else code))
     return out
 
 
@@ -222,12 +229,20 @@ def main() -> None:
     parser.add_argument("--scans", type=int, default=200)
     args = parser.parse_args()
     parse("Z:0102030405060708$I:0102030405060708090A0B0C0D0E0F1090FD")  # import zigpy first
-    codes = corpus(args.count)
+    mixed = corpus(args.count)
+    codes = [code for _, code in mixed]
     regex_s, parse_s, accepted = throughput(codes)
     print(f"corpus: {len(codes)} codes, {accepted} valid")
     print(f"bare regex match : {len(codes) / regex_s:12,.0f} codes/s")
     print(f"full parse       : {len(codes) / parse_s:12,.0f} codes/s")
     print(f"ratio parse/regex: {parse_s / regex_s:.1f}x slower (target: within 10x)")
+    for family in ("zwave", "zigbee", "wifi", "dpp", "matter"):
+        subset = [code for f, code in mixed if f == family]
+        f_regex, f_parse, _ = throughput(subset)
+        print(
+            f"  {family:7s} {len(subset):6d} codes: parse {len(subset) / f_parse:10,.0f}/s, "
+            f"regex {len(subset) / f_regex:12,.0f}/s, ratio {f_parse / f_regex:5.1f}x"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         samples = asyncio.run(latency(args.scans, Path(tmp)))
     samples.sort()
