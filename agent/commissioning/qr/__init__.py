@@ -63,6 +63,8 @@ def parse(text: str, *, repair_zigbee_crc: bool = False) -> QrPayload:
     stripped = text.strip()
     if not stripped:
         raise qr_error("the code is empty", "QR_UNKNOWN_FORMAT")
+    if stripped.startswith("90") and stripped.isascii() and stripped.isdigit():
+        return parse_zwave(stripped)
     prefixed = _PREFIXED.get(stripped[:3]) or _PREFIXED.get(stripped[:4])
     if prefixed is not None:
         return prefixed(stripped)

@@ -20,7 +20,6 @@ from agent.commissioning.qr.base import QrPayload, qr_error
 
 MIN_LENGTH = 52
 _DIGITS = re.compile(r"[0-9]+")
-_WHITESPACE = re.compile(r"\s+")
 _CANDIDATE_START = re.compile(r"90[0-9]{50}")
 _DSK = re.compile(r"[0-9]{5}(?:-[0-9]{5}){7}")
 DSK_PREFIX = "zws2dsk:"
@@ -49,7 +48,7 @@ def parse_zwave(text: str) -> QrPayload:
     Raises:
         QrFormatError: no valid code in ``text``; the reason is that of the whole string.
     """
-    compact = _WHITESPACE.sub("", text)
+    compact = "".join(text.split())
     try:
         return _parse_strict(compact)
     except QrFormatError as first:
