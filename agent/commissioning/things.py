@@ -214,8 +214,10 @@ class ManagedThings:
         return row  # type: ignore[no-any-return] # sqlite3.Row from the row factory
 
     def describe(self, thing_id: str, *, show_secrets: bool = False) -> dict[str, Any]:
-        """The thing with its request (material redacted unless asked) and status."""
-        return _describe(self._row(thing_id), show_secrets=show_secrets)
+        """The thing with its request and decoded code (secrets redacted unless asked)."""
+        out = _describe(self._row(thing_id), show_secrets=show_secrets)
+        out["Device"] = self.payload(thing_id).to_dict(show_secrets=show_secrets)
+        return out
 
     def payload(self, thing_id: str) -> QrPayload:
         """The parsed code of a thing (for its radio backend)."""

@@ -71,6 +71,8 @@ def test_create_answers_201_with_seed_shape(
     assert described["ProvisioningStatus"] == UNASSOCIATED
     assert described["AuthenticationMaterial"] == "<redacted>"
     assert described["Name"] == "Küche Licht 1"
+    assert described["Device"]["ieee"] == "01:02:03:04:05:06:07:08"
+    assert described["Device"]["linkKey"] == "<redacted>"
     assert things.describe(result.body["Id"], show_secrets=True)["AuthenticationMaterial"] == ZIGBEE
 
 
