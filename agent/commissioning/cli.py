@@ -77,18 +77,24 @@ def _qr_parse(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _open_store(args: argparse.Namespace) -> Store:
+    from agent.config import load_config
+    from agent.fsutil import ensure_dir
+    from agent.store import Store
+
+    path = args.database or load_config(args.config).commissioning.database
+    ensure_dir(path.parent)
+    return Store(path)
+
+
 def _things(
     args: argparse.Namespace, notifier: CommissioningNotifier | None = None
 ) -> tuple[ManagedThings, Store]:
     from agent.commissioning.things import ManagedThings
     from agent.config import load_config
-    from agent.fsutil import ensure_dir
-    from agent.store import Store
 
     config = load_config(args.config)
-    path = args.database or config.commissioning.database
-    ensure_dir(path.parent)
-    store = Store(path)
+    store = _open_store(args)
     return ManagedThings(
         store,
         region=config.registry.region,
@@ -173,12 +179,11 @@ def _scan(args: argparse.Namespace) -> int:
             reason="SCANNER_NOT_CONFIGURED",
             fields=[FieldProblem("commissioning.scanner", "empty")],
         )
-    things, store = _things(args, notifier=FanOutNotifier(JournalNotifier(), PrintNotifier()))
-    with store:
+    with _open_store(args) as store:
         asyncio.run(
             run_scanner(
                 config,
-                things,
+                store,
                 FanOutNotifier(JournalNotifier(), PrintNotifier()),
                 scan_source(spec, config.commissioning),
             )

@@ -13,6 +13,8 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from agent.status.led import LedPattern, StatusLed
+
 _log = logging.getLogger(__name__)
 
 
@@ -107,6 +109,28 @@ class PrintNotifier:
     def scan_answered(self, event: ScanEvent) -> None:
         """Print a scan answer."""
         print(json.dumps({"Scan": event.to_dict()}), flush=True)  # noqa: T201
+
+
+class LedNotifier:
+    """Shows each answer on the status LED.
+
+    A rejected scan or a failed thing blinks fast; an accepted scan blinks slowly while the
+    device is commissioned; an activated thing is steady on.
+    """
+
+    def __init__(self, led: StatusLed) -> None:
+        self._led = led
+
+    def thing_changed(self, event: ThingEvent) -> None:
+        """Success or failure of a thing."""
+        if event.status == "ACTIVATED":
+            self._led.show(LedPattern.SUCCESS)
+        elif event.status == "FAILED":
+            self._led.show(LedPattern.FAILURE)
+
+    def scan_answered(self, event: ScanEvent) -> None:
+        """Accepted (working) or rejected (failure)."""
+        self._led.show(LedPattern.WORKING if event.accepted else LedPattern.FAILURE)
 
 
 class RecordingNotifier:

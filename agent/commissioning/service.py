@@ -9,11 +9,14 @@ from pathlib import Path
 
 from agent.commissioning.backend import Commissioner, RadioBackend
 from agent.commissioning.errors import RadioUnavailableError
-from agent.commissioning.notify import CommissioningNotifier
+from agent.commissioning.notify import CommissioningNotifier, FanOutNotifier, LedNotifier
 from agent.commissioning.scanner import ScanHandler, ScanSource, SerialScanSource, StdinScanSource
 from agent.commissioning.things import ManagedThings
 from agent.config import AgentConfig, CommissioningSection
-from agent.errors import ConfigError, FieldProblem
+from agent.errors import AgentError, ConfigError, FieldProblem
+from agent.netconf.boards import LedSpec, load_board
+from agent.status.led import open_led
+from agent.store import Store
 
 _log = logging.getLogger(__name__)
 
@@ -91,13 +94,31 @@ def scan_source(spec: str, section: CommissioningSection) -> ScanSource:
 
 async def run_scanner(
     config: AgentConfig,
-    things: ManagedThings,
+    store: Store,
     notifier: CommissioningNotifier,
     source: ScanSource,
 ) -> None:
-    """Answer scans from ``source`` and commission with every configured backend."""
+    """Answer scans from ``source`` and commission with every configured backend.
+
+    Answers also go to the board's status LED (``network.board``'s ``led``), if it has one.
+    """
     section = config.commissioning
-    async with open_backends(section) as backends:
+    try:
+        board = load_board(config.network.board, config.network.boards_dir)
+    except AgentError as exc:
+        _log.warning("no status LED for scan answers: %s", exc.message)
+        spec = LedSpec()
+    else:
+        spec = board.profile.led
+    async with open_led(spec, config.status) as led, open_backends(section) as backends:
+        notifier = FanOutNotifier(notifier, LedNotifier(led))
+        things = ManagedThings(
+            store,
+            region=config.registry.region,
+            account=config.registry.account,
+            notifier=notifier,
+            repair_zigbee_crc=section.zigbee_crc == "repair",
+        )
         commissioner = Commissioner(things, backends, join_timeout=section.join_timeout_seconds)
         handler = ScanHandler(
             things,
