@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.registry.bulk_cli",
     "agent.registry.serve_cli",
     "agent.mqtt.cli",
+    "agent.commissioning.cli",
 )
 
 #: The status a shell reports for a command ended by SIGPIPE (128 + 13).

@@ -152,6 +152,42 @@ class RegistrySection:
 
 
 @dataclass(frozen=True, slots=True)
+class CommissioningSection:
+    """QR commissioning of Zigbee, Z-Wave and Wi-Fi devices (owned by agent.commissioning)."""
+
+    #: SQLite database of managed things (ARNs use ``registry.region``/``registry.account``).
+    database: Path = Path("/var/lib/edge-agent/commissioning.db")
+    #: ``strict`` refuses a Zigbee install code with a wrong CRC; ``repair`` replaces the CRC
+    #: (the parse result then says ``crcRepaired``).
+    zigbee_crc: Literal["strict", "repair"] = "strict"
+    #: How long a device has to join after its code is accepted.
+    join_timeout_seconds: float = field(default=300.0, metadata=_limits(1, 3600))
+    #: Zigbee radio library (``none``: no Zigbee backend) and its serial port.
+    zigbee_radio: Literal["none", "znp", "ezsp", "deconz"] = "none"
+    zigbee_device: str = "/dev/ttyACM0"
+    zigbee_baudrate: int = field(default=115200, metadata=_limits(9600, 1000000))
+    #: Install-code join window (zigpy ``permit_with_link_key``; 254 s at most).
+    zigbee_permit_seconds: int = field(default=60, metadata=_limits(1, 254))
+    zigbee_database: Path = Path("/var/lib/edge-agent/zigbee.db")
+    #: Z-Wave JS server websocket (``ws://127.0.0.1:3000``); empty: no Z-Wave backend.
+    zwave_server_url: str = ""
+    #: wpa_supplicant control socket of the Wi-Fi interface; empty: no Wi-Fi backend.
+    wifi_ctrl_socket: str = ""
+    #: Network handed to DPP enrollees: ``sta-dpp`` (connector) or ``sta-psk``/``sta-sae``.
+    dpp_conf: Literal["sta-dpp", "sta-psk", "sta-sae"] = "sta-dpp"
+    dpp_ssid: str = ""
+    #: File (0600) holding the passphrase for ``sta-psk``/``sta-sae``.
+    dpp_passphrase_file: Path = Path("/etc/edge-agent/dpp-passphrase")
+    #: How long an uplink network from a ``WIFI:`` code has to connect before rollback.
+    uplink_timeout_seconds: float = field(default=30.0, metadata=_limits(1, 600))
+    #: Scanner input: ``stdin``, a serial device path, or empty for none.
+    scanner: str = ""
+    scanner_baudrate: int = field(default=9600, metadata=_limits(1200, 1000000))
+    #: What ends one scan on a serial scanner.
+    scanner_terminator: Literal["cr", "lf", "crlf", "tab"] = "cr"
+
+
+@dataclass(frozen=True, slots=True)
 class ApiSection:
     """The local API (owned by :mod:`agent.api`)."""
 
@@ -233,6 +269,7 @@ class AgentConfig:
     network: NetworkSection = field(default_factory=NetworkSection)
     ntp: NtpSection = field(default_factory=NtpSection)
     registry: RegistrySection = field(default_factory=RegistrySection)
+    commissioning: CommissioningSection = field(default_factory=CommissioningSection)
     api: ApiSection = field(default_factory=ApiSection)
     usb: UsbSection = field(default_factory=UsbSection)
     status: StatusSection = field(default_factory=StatusSection)

@@ -1,0 +1,181 @@
+"""Zigbee install-code QR formats.
+
+There is no Zigbee Alliance QR standard; vendors print one of a few de-facto layouts, kept
+here as data (:data:`FORMATS`). Each gives the device's EUI-64 and either an install code
+(6, 8, 12 or 16 bytes plus a CRC-16/X-25, little-endian) or, in Bosch's link-key form, the
+link key itself. The link key of an install code is its AES-MMO hash, computed by zigpy's
+``convert_install_code``. The CRC is checked strictly; with ``repair_crc`` a wrong CRC is
+replaced (as zigbee-herdsman does) and the result says so (``crcRepaired``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from agent.commissioning.qr.base import QrPayload, qr_error
+
+_HEX = "[0-9A-Fa-f]"
+#: Install code lengths in bytes, CRC included.
+INSTALL_CODE_SIZES = (8, 10, 14, 18)
+_LINK_KEY_BYTES = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ZigbeeFormat:
+    """One vendor layout: a regex with the named groups ``ieee`` and ``code`` or ``key``."""
+
+    name: str
+    pattern: re.Pattern[str]
+    anchored: bool
+
+
+FORMATS: tuple[ZigbeeFormat, ...] = (
+    # Z:<eui64>$I:<code> with optional leading and trailing records (Ubisys, Inovelli, Somfy,
+    # Ledvance, Danfoss "G$M:…%Z:…").
+    ZigbeeFormat(
+        "zigbee-z",
+        re.compile(rf"(?:^|%)Z:(?P<ieee>{_HEX}{{16}})\$I:(?P<code>{_HEX}+)(?=$|[$%])"),
+        anchored=False,
+    ),
+    # eui|code, or |eui|code| (Müller-Licht, Schneider, Innr, frient).
+    ZigbeeFormat(
+        "zigbee-pipe",
+        re.compile(rf"(?P<bar>\|?)(?P<ieee>{_HEX}{{16}})\|(?P<code>{_HEX}+)(?P=bar)"),
+        anchored=True,
+    ),
+    # Aqara: G$M:…%Z$A:<eui64>$I:<code>, also without the leading record.
+    ZigbeeFormat(
+        "zigbee-aqara",
+        re.compile(rf"(?:^|%)Z\$A:(?P<ieee>{_HEX}{{16}})\$I:(?P<code>{_HEX}+)(?=$|[$%])"),
+        anchored=False,
+    ),
+    # Bosch: RB01SG<34 hex><eui64>DLK<install code (36 hex)> or <link key (32 hex)>.
+    ZigbeeFormat(
+        "zigbee-bosch",
+        re.compile(rf"RB01SG{_HEX}{{34}}(?P<ieee>{_HEX}{{16}})DLK(?P<code>{_HEX}{{36}})"),
+        anchored=True,
+    ),
+    ZigbeeFormat(
+        "zigbee-bosch-link-key",
+        re.compile(rf"RB01SG{_HEX}{{34}}(?P<ieee>{_HEX}{{16}})DLK(?P<key>{_HEX}{{32}})"),
+        anchored=True,
+    ),
+    # Philips Hue: HUE:Z:<code> M:<eui64> and further space-separated records.
+    ZigbeeFormat(
+        "zigbee-hue",
+        re.compile(rf"^HUE:Z:(?P<code>{_HEX}+) M:(?P<ieee>{_HEX}{{16}})(?=$| )"),
+        anchored=False,
+    ),
+)
+
+
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x8408 if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc16_x25(data: bytes) -> int:
+    """CRC-16/X-25 (reflected 0x1021, init and xorout 0xFFFF); ``123456789`` → 0x906E."""
+    crc = 0xFFFF
+    for byte in data:
+        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ byte) & 0xFF]
+    return crc ^ 0xFFFF
+
+
+def install_code_crc_valid(code: bytes) -> bool:
+    """Whether the last two bytes of ``code`` are the CRC of the rest (little-endian)."""
+    return crc16_x25(code[:-2]).to_bytes(2, "little") == code[-2:]
+
+
+def link_key(code: bytes) -> bytes:
+    """The link key of a whole install code (CRC included), by zigpy's AES-MMO hash.
+
+    Raises:
+        QrFormatError: wrong length or CRC (zigpy's message, which quotes the code, is
+            not passed on).
+    """
+    from zigpy.util import convert_install_code  # noqa: PLC0415 - zigpy takes ~1 s to import
+
+    try:
+        return bytes(convert_install_code(code))
+    except ValueError:
+        raise qr_error("the install code is not valid", path="installCode") from None
+
+
+def looks_like_zigbee(text: str) -> bool:
+    """Cheap test that ``text`` may be one of :data:`FORMATS`."""
+    return "Z:" in text or "Z$A:" in text or "|" in text or text.startswith(("RB01SG", "HUE:"))
+
+
+def ieee_colon(hex16: str) -> str:
+    """``0D6F…`` → ``00:0d:6f:…`` (display order, as printed)."""
+    low = hex16.lower()
+    return ":".join(low[i : i + 2] for i in range(0, 16, 2))
+
+
+def parse_zigbee(text: str, *, repair_crc: bool = False) -> QrPayload | None:
+    """Parse a Zigbee install-code QR; ``None`` when no Zigbee layout matches.
+
+    Raises:
+        QrFormatError: a layout matches but the code's length or CRC is wrong.
+    """
+    for fmt in FORMATS:
+        match = fmt.pattern.fullmatch(text) if fmt.anchored else fmt.pattern.search(text)
+        if match is None:
+            continue
+        groups = match.groupdict()
+        ieee = groups["ieee"]
+        if ieee.lower().endswith("16a720"):
+            # Atlantic heaters print their EUI-64 byte-reversed (zigpy's heuristic).
+            ieee = "".join(reversed([ieee[i : i + 2] for i in range(0, 16, 2)]))
+        fields: dict[str, Any] = {"ieee": ieee_colon(ieee)}
+        if groups.get("key") is not None:
+            fields["installCode"] = None
+            fields["linkKey"] = groups["key"].upper()
+            return _payload(fmt.name, fields, text)
+        fields.update(_install_code(groups["code"], repair_crc=repair_crc))
+        return _payload(fmt.name, fields, text)
+    return None
+
+
+def _install_code(hex_code: str, *, repair_crc: bool) -> dict[str, Any]:
+    if len(hex_code) % 2 or len(hex_code) // 2 not in INSTALL_CODE_SIZES:
+        raise qr_error(
+            "an install code is 6, 8, 12 or 16 bytes plus a 2-byte CRC", path="installCode"
+        )
+    code = bytes.fromhex(hex_code)
+    repaired = False
+    if not install_code_crc_valid(code):
+        if not repair_crc:
+            raise qr_error(
+                "the install code's CRC does not match", "QR_CHECKSUM_MISMATCH", "installCode"
+            )
+        code = code[:-2] + crc16_x25(code[:-2]).to_bytes(2, "little")
+        repaired = True
+    fields: dict[str, Any] = {
+        "installCode": code.hex().upper(),
+        "linkKey": link_key(code).hex().upper(),
+    }
+    if repaired:
+        fields["crcRepaired"] = True
+    return fields
+
+
+def _payload(fmt: str, fields: dict[str, Any], source: str) -> QrPayload:
+    return QrPayload(
+        authentication_material_type="ZIGBEE_QR_BAR_CODE",
+        format=fmt,
+        fields=fields,
+        secrets=frozenset({"installCode", "linkKey"}),
+        source=source,
+    )
