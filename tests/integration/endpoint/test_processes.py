@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.registry.ca import cert_to_pem
 from agent.registry.serve import plugin_path, write_broker_files
 from agent.registry.storage import SqliteRegistryStorage
 from tests.helpers.endpoint import (
@@ -143,7 +144,8 @@ def _operator_broker(tmp_path: Path, pki: EndpointPki) -> tuple[int, Path, subpr
         port=port,
         server_cert=pki.server_cert,
         server_key=pki.server_key,
-        claim_ca_pem=pki.ca_file.read_bytes(),
+        claim_ca_pem=cert_to_pem(pki.ca.claim_issuer.cert),
+        tls_ca_pem=cert_to_pem(pki.ca.claim_issuer.cert) + cert_to_pem(pki.ca.root_cert),
         plugin=plugin_path(),
     )
     broker = subprocess.Popen(["mosquitto", "-c", str(files.config)], stderr=subprocess.DEVNULL)
