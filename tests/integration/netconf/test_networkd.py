@@ -70,7 +70,7 @@ def test_networkd_configures_the_link_then_commit_persists(lab: Lab, networkd: P
     assert json.loads(result.stdout)["outcome"] == "committed"
 
     state = lab.inspect()
-    assert {"addr": "198.18.2.20", "netmask": "255.255.255.0"} in state["netifaces"]["eth1"]["inet"]
+    assert {"addr": "198.18.2.20", "netmask": "255.255.255.0"} in state["view"]["eth1"]["inet"]
     assert (DEFAULT_DST, 0, "198.18.2.1", 200, 4) in routes(state, "eth1")
     # the commit moved the file from the volatile trial directory to the persistent one
     persisted = lab.tmp / "etc-network" / "10-edge-agent-ethernet1.network"

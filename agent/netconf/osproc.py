@@ -1,0 +1,117 @@
+"""The operating-system edge of the trial logic: boot id, processes, signals, detached starts.
+
+Everything here reads ``/proc`` or talks to other processes; the rollback and DHCP logic
+call these functions and never touch ``/proc`` or :func:`os.kill` themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+@dataclass(frozen=True, slots=True)
+class Process:
+    """A running process as ``/proc`` shows it."""
+
+    pid: int
+    comm: str
+    argv: tuple[str, ...]
+
+
+def boot_id() -> str:
+    """This boot's id (a crashed trial from an earlier boot is always stale)."""
+    try:
+        return (PROC / "sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie counts as dead)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = (PROC / f"{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def _netns(pid: int | str) -> str:
+    try:
+        return str((PROC / f"{pid}/ns/net").readlink())
+    except OSError:
+        return ""
+
+
+def processes_in_my_netns() -> Iterator[Process]:
+    """Live processes that share this process's network namespace."""
+    mine = _netns("self")
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if _netns(pid) != mine or not alive(pid):
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+            raw = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        argv = tuple(a.decode(errors="replace") for a in raw.split(b"\0") if a)
+        yield Process(pid, comm, argv)
+
+
+def terminate(pid: int, timeout: float = 5.0) -> bool:
+    """Send SIGTERM and wait until ``pid`` is gone (SIGKILL after ``timeout``); True if gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+            return not alive(pid)
+        time.sleep(0.02)
+    return True
+
+
+def read_pid(path: Path) -> int | None:
+    """The pid in a pid file, or None when it is missing or not a number."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def spawn_detached(argv: Sequence[str]) -> None:
+    """Start a daemon in its own session, its output discarded; do not wait for it.
+
+    Raises:
+        OSError: The program cannot be started.
+    """
+    subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
