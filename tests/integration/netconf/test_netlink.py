@@ -47,12 +47,8 @@ def test_static_ip_on_both_ports(lab: Lab) -> None:
     assert "eth1: gateway 198.18.2.1 answers ICMP" in out["probe"]["checks"]
 
     state = lab.inspect()
-    assert state["view"]["eth0"]["inet"] == [
-        {"addr": "198.18.1.20", "netmask": "255.255.255.0"}
-    ]
-    assert state["view"]["eth1"]["inet"] == [
-        {"addr": "198.18.2.20", "netmask": "255.255.255.0"}
-    ]
+    assert state["view"]["eth0"]["inet"] == [{"addr": "198.18.1.20", "netmask": "255.255.255.0"}]
+    assert state["view"]["eth1"]["inet"] == [{"addr": "198.18.2.20", "netmask": "255.255.255.0"}]
     # only one default route wins: Ethernet0's (metric 100); Ethernet1's has metric 200
     assert state["default_gateway"][:2] == ["198.18.1.1", "eth0"]
     assert (DEFAULT_DST, 0, "198.18.1.1", 100, 4) in routes(state, "eth0")
@@ -199,9 +195,7 @@ def test_committed_plan_is_reapplied_at_start(lab: Lab) -> None:
     result = lab.agent("net", "recover", "--json")
     assert json.loads(result.stdout) == {"action": "reapplied", "backend": "netlink"}
     state = lab.inspect()
-    assert state["view"]["eth0"]["inet"] == [
-        {"addr": "198.18.1.60", "netmask": "255.255.255.0"}
-    ]
+    assert state["view"]["eth0"]["inet"] == [{"addr": "198.18.1.60", "netmask": "255.255.255.0"}]
     assert (DEFAULT_DST, 0, "198.18.1.1", 100, 4) in routes(state, "eth0")
 
 
@@ -239,9 +233,7 @@ def test_dhcp_hands_the_port_to_the_dhcp_client(lab: Lab) -> None:
     pid = int((lab.tmp / "run" / "dhcpcd" / "eth0-4.pid").read_text())
     assert pid in [int(p) for p in sh("ip", "netns", "pids", lab.ns).stdout.split()]
     # eth1 was not in the payload and is untouched
-    assert state["view"]["eth1"]["inet"] == [
-        {"addr": "198.18.2.10", "netmask": "255.255.255.0"}
-    ]
+    assert state["view"]["eth1"]["inet"] == [{"addr": "198.18.2.10", "netmask": "255.255.255.0"}]
 
 
 def test_dhcp_without_a_server_rolls_back(lab: Lab) -> None:
