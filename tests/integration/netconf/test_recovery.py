@@ -131,7 +131,7 @@ def test_revert_restores_complete_state_and_the_dhcp_client(lab: Lab) -> None:
     assert first is not None
     add_rich_state(lab)
     before = dumps(lab)
-    leased = [a for a in before["addr"] if a["ifname"] == "eth1"][0]["addr_info"][0]
+    leased = next(a for a in before["addr"] if a["ifname"] == "eth1")["addr_info"][0]
     assert leased["dynamic"] is True
     assert leased["valid_life_time"] == "finite"
     served = acks(lab, 1)
@@ -229,7 +229,8 @@ def test_two_dhcp_ports_get_their_own_metrics_and_paths(lab: Lab) -> None:
     assert {r.get("metric") for r in subnet} == {200}
     # the agent's own paths: pid files and sockets, leases, resolv.conf
     run = lab.tmp / "run" / "dhcpcd"
-    assert our_dhcpcd_pid(lab, "eth0") and our_dhcpcd_pid(lab, "eth1")
+    assert our_dhcpcd_pid(lab, "eth0")
+    assert our_dhcpcd_pid(lab, "eth1")
     assert {p.name for p in run.glob("*.pid")} == {"eth0-4.pid", "eth1-4.pid"}
     state = lab.tmp / "state" / "dhcpcd"
     wait_for(lambda: (state / "eth0.lease").exists() and (state / "eth1.lease").exists(), 10, "")
