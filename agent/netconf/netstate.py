@@ -255,6 +255,41 @@ def restore_port(route: Any, snap: Snapshot) -> list[str]:
     return failures
 
 
+def remove_trial_leftovers(route: Any, snap: Snapshot, trial: dict[str, Any]) -> list[str]:
+    """Remove a trial's address and default route from a link, unless the snapshot had them."""
+    failures: list[str] = []
+    info = live.link(route, snap["ifname"])
+    if info is None:
+        return failures
+    if trial.get("address"):
+        ip, _, prefix = str(trial["address"]).partition("/")
+        key = (4, ip, int(prefix))
+        before = {_addr_key(a) for a in snap["addresses"]}
+        now = {_addr_key(a) for a in read_addresses(route, info.index, 0)}
+        if key in now and key not in before:
+            try:
+                route.addr("del", index=info.index, address=ip, prefixlen=int(prefix))
+            except NetlinkError as exc:
+                failures.append(f"{snap['ifname']}: remove trial address {trial['address']}: {exc}")
+    if trial.get("gateway"):
+        for entry in read_routes(route, info.index):
+            if (entry["family"], entry["dst_len"], entry["gateway"], entry["priority"]) != (
+                4,
+                0,
+                trial["gateway"],
+                trial["metric"],
+            ) or any(_route_same(entry, w) for w in snap["routes"]):
+                continue
+            try:
+                route.route("del", **route_args(info.index, entry))
+            except NetlinkError as exc:
+                if exc.code != ESRCH:
+                    failures.append(
+                        f"{snap['ifname']}: remove trial {describe_route(entry)}: {exc}"
+                    )
+    return failures
+
+
 def _restore_addresses(route: Any, index: int, wanted: list[dict[str, Any]], attempt: Any) -> None:
     target = {_addr_key(a): a for a in wanted}
 

@@ -11,8 +11,9 @@ Revert restores both files exactly as they were and reloads. Whether networkd ma
 without the trial file is decided the way networkd decides it
 (:mod:`agent.netconf.networkd_match`: every ``.network`` file in ``/etc``, ``/run`` and the
 distribution directories, in networkd's order, by its ``[Match]`` section). A managed port is
-left to networkd; only a port that no file matches gets its live addresses and routes
-restored from the snapshot, since networkd leaves an unmanaged link as it is.
+left to networkd (only the trial's own address and default route are taken away if they are
+still there and were not there before); a port that no file matches gets its live addresses
+and routes restored from the snapshot, since networkd leaves an unmanaged link as it is.
 """
 
 from __future__ import annotations
@@ -98,7 +99,21 @@ class NetworkdBackend:
             owner = managing_file(facts, self.search_dirs, ignore=trial_names)
             managed[port.ifname] = None if owner is None else str(owner)
         unmanaged = [name for name, owner in managed.items() if owner is None]
-        return {"files": files, "ports": ports, "managed": managed, "unmanaged": unmanaged}
+        trial = {
+            p.ifname: {
+                "address": str(p.address) if p.address else None,
+                "gateway": str(p.gateway) if p.gateway else None,
+                "metric": p.metric,
+            }
+            for p in plan.ports
+        }
+        return {
+            "files": files,
+            "ports": ports,
+            "managed": managed,
+            "unmanaged": unmanaged,
+            "trial": trial,
+        }
 
     def apply(self, plan: NetworkPlan) -> None:
         """Write the trial files and reload networkd."""
@@ -131,10 +146,14 @@ class NetworkdBackend:
         except NetworkApplyError as exc:
             failures.append(exc.message)
         unmanaged = set(snapshot["unmanaged"])
+        trial = snapshot.get("trial", {})
         with live.ipr() as route:
             for port in snapshot["ports"]:
                 if port["ifname"] in unmanaged:
                     failures += netstate.restore_port(route, port)
+                elif port["ifname"] in trial and port["exists"]:
+                    # networkd owns the link again; only what the trial file added goes
+                    failures += netstate.remove_trial_leftovers(route, port, trial[port["ifname"]])
         return failures
 
     def reapply(self, plan: NetworkPlan) -> None:

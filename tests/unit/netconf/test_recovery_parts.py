@@ -218,3 +218,21 @@ def test_a_revert_that_raises_still_ends_the_trial(tmp_path: Path) -> None:
         assert netconf.marker() is None
         (last,) = netconf.history(1)
         assert last["failures"] == ["network (dry-run): netlink socket closed"]
+
+
+def test_networkd_snapshot_names_the_managing_file(tmp_path: Path) -> None:
+    from agent.netconf.networkd import NetworkdBackend
+    from agent.netconf.plan import PortPlan
+
+    etc, run, usr = _dirs(tmp_path)
+    backend = NetworkdBackend(
+        runtime_dir=run, persist_dir=etc, dist_dirs=[usr], reload_command=(), reconfigure_command=()
+    )
+    plan = NetworkPlan(ports=(PortPlan("Ethernet0", "lo", "dhcp"),))
+    snap = backend.snapshot(plan)
+    assert snap["unmanaged"] == ["lo"]
+    (usr / "80-loopback.network").write_text("[Match]\nName=lo\n[Network]\n")
+    (run / "09-edge-agent-trial-ethernet0.network").write_text("[Match]\nName=lo\n")
+    snap = backend.snapshot(plan)
+    assert snap["managed"] == {"lo": str(usr / "80-loopback.network")}
+    assert snap["unmanaged"] == []
