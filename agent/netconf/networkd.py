@@ -99,7 +99,7 @@ class NetworkdBackend:
             owner = managing_file(facts, self.search_dirs, ignore=trial_names)
             managed[port.ifname] = None if owner is None else str(owner)
         unmanaged = [name for name, owner in managed.items() if owner is None]
-        trial = {
+        trial_ports = {
             p.ifname: {
                 "address": str(p.address) if p.address else None,
                 "gateway": str(p.gateway) if p.gateway else None,
@@ -112,7 +112,7 @@ class NetworkdBackend:
             "ports": ports,
             "managed": managed,
             "unmanaged": unmanaged,
-            "trial": trial,
+            "trial": trial_ports,
         }
 
     def apply(self, plan: NetworkPlan) -> None:
