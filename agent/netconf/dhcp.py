@@ -170,17 +170,21 @@ def _rebuild(proc: osproc.Process, ifname: str) -> tuple[str, ...]:
     return ("dhcpcd", *(families if len(families) == 1 else []), ifname)
 
 
-def find_clients(ifname: str, ours: Dhcpcd) -> list[ClientRecord]:
-    """The DHCP clients serving ``ifname`` now: ours first, then any the system started."""
-    out: list[ClientRecord] = []
-    mine = ours.pid(ifname)
-    if mine is not None:
-        out.append(ClientRecord(ifname, mine, (), ours=True, metric=ours.metric(ifname)))
-    out.extend(
-        ClientRecord(ifname, proc.pid, _rebuild(proc, ifname), ours=False)
-        for proc in osproc.processes_in_my_netns()
-        if proc.pid != mine and _names_interface(proc, ifname)
-    )
+def find_clients(ifnames: Sequence[str], ours: Dhcpcd) -> dict[str, list[ClientRecord]]:
+    """The DHCP clients serving each interface now: ours first, then any the system started."""
+    out: dict[str, list[ClientRecord]] = {}
+    mine: dict[str, int | None] = {}
+    for ifname in ifnames:
+        mine[ifname] = pid = ours.pid(ifname)
+        out[ifname] = []
+        if pid is not None:
+            out[ifname].append(ClientRecord(ifname, pid, (), ours=True, metric=ours.metric(ifname)))
+    for proc in osproc.processes_in_my_netns(CLIENT_NAMES):
+        for ifname in ifnames:
+            if proc.pid != mine[ifname] and _names_interface(proc, ifname):
+                out[ifname].append(
+                    ClientRecord(ifname, proc.pid, _rebuild(proc, ifname), ours=False)
+                )
     return out
 
 

@@ -55,11 +55,12 @@ class NetlinkBackend:
     def changes(self, plan: NetworkPlan) -> list[Change]:
         """Addresses and routes to remove and add, clients to stop and start, files to write."""
         out: list[Change] = []
+        clients = dhcp.find_clients([p.ifname for p in plan.ports], self.dhcp)
         with live.ipr() as route:
             for port in plan.ports:
                 out.extend(
                     Change(port.ifname, "run", f"stop DHCP client (pid {c.pid})")
-                    for c in dhcp.find_clients(port.ifname, self.dhcp)
+                    for c in clients[port.ifname]
                 )
                 out.extend(_port_changes(route, port, self.dhcp))
         text = render_resolv_conf(plan)
@@ -70,8 +71,9 @@ class NetlinkBackend:
     def snapshot(self, plan: NetworkPlan) -> Snapshot:
         """Complete live state of the plan's interfaces, their DHCP clients, ``resolv.conf``."""
         with live.ipr() as route:
-            ports = [netstate.snapshot_port(route, p.ifname) for p in plan.ports]
-        clients = [c for p in plan.ports for c in dhcp.find_clients(p.ifname, self.dhcp)]
+            ports = netstate.snapshot_ports(route, [p.ifname for p in plan.ports])
+        found = dhcp.find_clients([p.ifname for p in plan.ports], self.dhcp)
+        clients = [c for p in plan.ports for c in found[p.ifname]]
         return {
             "ports": ports,
             "metrics": {p.ifname: p.metric for p in plan.ports},
@@ -84,14 +86,15 @@ class NetlinkBackend:
         with live.ipr() as route:
             for port in plan.ports:
                 live.require_link(route, port.ifname)
+            clients = dhcp.find_clients([p.ifname for p in plan.ports], self.dhcp)
             for port in plan.ports:
-                self._apply_port(route, port)
+                self._apply_port(route, port, clients[port.ifname])
         text = render_resolv_conf(plan)
         if text is not None:
             resolv.write(self.resolv_conf, plan, text)
 
-    def _apply_port(self, route: object, port: PortPlan) -> None:
-        for client in dhcp.find_clients(port.ifname, self.dhcp):
+    def _apply_port(self, route: object, port: PortPlan, clients: list[ClientRecord]) -> None:
+        for client in clients:
             dhcp.stop_client(client, self.dhcp)
         try:
             if port.mode == "static" and port.address is not None:
@@ -111,8 +114,9 @@ class NetlinkBackend:
         failures: list[str] = []
         recorded = [ClientRecord.from_json(c) for c in snapshot.get("dhcp_clients", [])]
         kept = {c.pid for c in recorded}
+        found = dhcp.find_clients([p["ifname"] for p in snapshot["ports"]], self.dhcp)
         for port in snapshot["ports"]:
-            for client in dhcp.find_clients(port["ifname"], self.dhcp):
+            for client in found[port["ifname"]]:
                 if client.pid not in kept:  # started by the trial
                     failures += _attempt(
                         f"stop the DHCP client on {client.ifname}",
@@ -140,11 +144,12 @@ class NetlinkBackend:
         with live.ipr() as route:
             for port in plan.ports:
                 live.require_link(route, port.ifname)
+            clients = dhcp.find_clients([p.ifname for p in plan.ports], self.dhcp)
             for port in plan.ports:
                 served = self.dhcp.pid(port.ifname) is not None
                 if port.mode == "dhcp" and served and self.dhcp.metric(port.ifname) == port.metric:
                     continue  # still served by our client (not a reboot)
-                self._apply_port(route, port)
+                self._apply_port(route, port, clients[port.ifname])
         text = render_resolv_conf(plan)
         if text is not None and read_optional(self.resolv_conf) != text:
             resolv.write(self.resolv_conf, plan, text)

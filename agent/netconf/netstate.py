@@ -70,40 +70,45 @@ def read_addresses(route: Any, index: int, now: float) -> list[dict[str, Any]]:
     return sorted(out, key=lambda a: (a["family"], a["address"], a["prefixlen"]))
 
 
-def read_routes(route: Any, index: int) -> list[dict[str, Any]]:
+def dump_routes(route: Any) -> list[Any]:
+    """Every IPv4 and IPv6 route message of the namespace (one dump per family)."""
+    return [m for family in FAMILIES.values() for m in route.route("dump", family=family)]
+
+
+def read_routes(route: Any, index: int, dump: list[Any] | None = None) -> list[dict[str, Any]]:
     """Every IPv4 and IPv6 route through the link in every table but ``local``, sorted."""
     out = []
-    for family in (socket.AF_INET, socket.AF_INET6):
-        for msg in route.route("dump", family=family):
-            if msg.get("RTA_OIF") != index:
-                continue
-            table = int(msg.get("RTA_TABLE") or msg["table"])
-            if table == LOCAL_TABLE:
-                continue
-            fam = _family(family)
-            out.append(
-                {
-                    "family": fam,
-                    "table": table,
-                    "dst": msg.get("RTA_DST"),
-                    "dst_len": int(msg["dst_len"]),
-                    "src": msg.get("RTA_SRC"),
-                    "src_len": int(msg["src_len"]),
-                    "tos": int(msg["tos"]),
-                    "gateway": msg.get("RTA_GATEWAY"),
-                    "priority": msg.get("RTA_PRIORITY"),
-                    "prefsrc": msg.get("RTA_PREFSRC"),
-                    "proto": int(msg["proto"]),
-                    "scope": int(msg["scope"]),
-                    "type": int(msg["type"]),
-                    "flags": int(msg["flags"]) & live.RTNH_F_ONLINK,
-                    "pref": msg.get("RTA_PREF"),
-                }
-            )
+    for msg in dump if dump is not None else dump_routes(route):
+        family = int(msg["family"])
+        if msg.get("RTA_OIF") != index:
+            continue
+        table = int(msg.get("RTA_TABLE") or msg["table"])
+        if table == LOCAL_TABLE:
+            continue
+        fam = _family(family)
+        out.append(
+            {
+                "family": fam,
+                "table": table,
+                "dst": msg.get("RTA_DST"),
+                "dst_len": int(msg["dst_len"]),
+                "src": msg.get("RTA_SRC"),
+                "src_len": int(msg["src_len"]),
+                "tos": int(msg["tos"]),
+                "gateway": msg.get("RTA_GATEWAY"),
+                "priority": msg.get("RTA_PRIORITY"),
+                "prefsrc": msg.get("RTA_PREFSRC"),
+                "proto": int(msg["proto"]),
+                "scope": int(msg["scope"]),
+                "type": int(msg["type"]),
+                "flags": int(msg["flags"]) & live.RTNH_F_ONLINK,
+                "pref": msg.get("RTA_PREF"),
+            }
+        )
     return sorted(out, key=lambda r: tuple(str(v) for v in _route_key(r)))
 
 
-def snapshot_port(route: Any, ifname: str) -> Snapshot:
+def snapshot_port(route: Any, ifname: str, dump: list[Any] | None = None) -> Snapshot:
     """Everything restorable about one interface (``exists`` False when it is absent)."""
     info = live.link(route, ifname)
     if info is None:
@@ -113,8 +118,14 @@ def snapshot_port(route: Any, ifname: str) -> Snapshot:
         "exists": True,
         "up": info.up,
         "addresses": read_addresses(route, info.index, time.time()),
-        "routes": read_routes(route, info.index),
+        "routes": read_routes(route, info.index, dump),
     }
+
+
+def snapshot_ports(route: Any, ifnames: list[str]) -> list[Snapshot]:
+    """:func:`snapshot_port` for several interfaces, from one route dump."""
+    dump = dump_routes(route)
+    return [snapshot_port(route, ifname, dump) for ifname in ifnames]
 
 
 def _addr_key(entry: dict[str, Any]) -> tuple[Any, ...]:

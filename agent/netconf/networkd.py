@@ -87,7 +87,7 @@ class NetworkdBackend:
         files: dict[str, str | None] = {}
         managed: dict[str, str | None] = {}
         with live.ipr() as route:
-            ports = [netstate.snapshot_port(route, p.ifname) for p in plan.ports]
+            ports = netstate.snapshot_ports(route, [p.ifname for p in plan.ports])
             links = {p.ifname: live.link(route, p.ifname) for p in plan.ports}
         trial_names = [trial_name(p.port) for p in plan.ports]
         for port in plan.ports:
