@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.netconf import dhcp, live, netstate, osproc, resolv
+from agent.netconf import dhcp, live, netstate, resolv
 from agent.netconf.base import Change, NetworkApplyError, Snapshot
 from agent.netconf.dhcp import ClientRecord, Dhcpcd
 from agent.netconf.files import read_optional
@@ -126,8 +126,11 @@ class NetlinkBackend:
             for port in snapshot["ports"]:
                 failures += netstate.restore_port(route, port)
         metrics = snapshot.get("metrics", {})
+        # still running means: the same pid still serves the same port (after a reboot the
+        # recorded pid may belong to anything)
+        running = dhcp.find_clients(sorted({c.ifname for c in recorded}), self.dhcp)
         for client in recorded:
-            if osproc.alive(client.pid):
+            if any(c.pid == client.pid for c in running[client.ifname]):
                 continue
             failures += _attempt(
                 f"restart the DHCP client on {client.ifname}",
