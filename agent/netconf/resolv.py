@@ -61,7 +61,9 @@ def snapshot(path: Path) -> Snapshot:
         kind, target = "missing", None
     record = None
     if manager(path) == "resolvconf":
-        record = _read(Path(RESOLVCONF_DIRS[0]) / "interface" / RECORD)
+        # Debian's resolvconf keeps records in interface/, openresolv in interfaces/
+        for sub in ("interface", "interfaces"):
+            record = record or _read(Path(RESOLVCONF_DIRS[0]) / sub / RECORD)
     return {
         "path": str(path),
         "kind": kind,
