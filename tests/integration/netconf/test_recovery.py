@@ -319,3 +319,44 @@ def test_symlinked_resolv_conf_stays_a_link(lab: Lab) -> None:
     assert link.is_symlink()
     assert link.readlink() == real
     assert real.read_text() == committed
+
+
+def test_recover_puts_back_ipv6_and_policy_routes_lost_during_the_trial(lab: Lab) -> None:
+    add_rich_state(lab)
+    before = dumps(lab)
+    proc = lab.start(
+        lab.agent_argv("net", "apply", str(lab.payload_file(DEAD_GATEWAYS)), "--probe-timeout",
+                       "120"),
+        "apply",
+    )  # fmt: skip
+    wait_for(lab.marker_row, 30, "the durable trial marker")
+    wait_for(
+        lambda: "198.18.2.30" in sh("ip", "-n", lab.ns, "addr", "show", "eth1").stdout,
+        30,
+        "the trial address",
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    # meanwhile something else took IPv6 addresses and routes and table 100 away, and added
+    # its own
+    for args in (
+        ("-6", "addr", "del", "2001:db8:1::10/64", "dev", "eth0"),
+        ("-6", "addr", "del", "2001:db8:1::11/64", "dev", "eth0"),
+        ("route", "flush", "table", "100"),
+        ("-6", "route", "flush", "table", "100"),
+        ("-6", "addr", "add", "2001:db8:7::1/64", "dev", "eth1", "nodad"),
+        ("route", "add", "198.18.99.0/24", "dev", "eth1", "table", "200"),
+    ):
+        sh("ip", "-n", lab.ns, *args)
+    assert dumps(lab) != before
+    result = lab.agent("net", "recover", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = json.loads(result.stdout)
+    assert out["action"] == "reverted"
+    assert out["failures"] == []
+    after = dumps(lab)
+    assert after == before
+    eth0 = next(a for a in after["addr"] if a["ifname"] == "eth0")["addr_info"]
+    finite = next(a for a in eth0 if a["local"] == "2001:db8:1::11")
+    assert finite["valid_life_time"] == "finite"  # restored with what was left, not forever
+    assert finite.get("nodad") is True
