@@ -18,7 +18,9 @@ list of failures.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -120,7 +122,7 @@ class NetlinkBackend:
                 if client.pid not in kept:  # started by the trial
                     failures += _attempt(
                         f"stop the DHCP client on {client.ifname}",
-                        lambda c=client: dhcp.stop_client(c, self.dhcp),
+                        functools.partial(dhcp.stop_client, client, self.dhcp),
                     )
         with live.ipr() as route:
             for port in snapshot["ports"]:
@@ -134,7 +136,9 @@ class NetlinkBackend:
                 continue
             failures += _attempt(
                 f"restart the DHCP client on {client.ifname}",
-                lambda c=client: dhcp.restart_client(c, self.dhcp, metrics.get(c.ifname, 0)),
+                functools.partial(
+                    dhcp.restart_client, client, self.dhcp, metrics.get(client.ifname, 0)
+                ),
             )
         if snapshot.get("resolv_conf") is not None:
             failures += resolv.restore(
@@ -158,9 +162,9 @@ class NetlinkBackend:
             resolv.write(self.resolv_conf, plan, text)
 
 
-def _attempt(what: str, call: object) -> list[str]:
+def _attempt(what: str, call: Callable[[], None]) -> list[str]:
     try:
-        call()  # type: ignore[operator]
+        call()
     except (NetworkApplyError, OSError) as exc:
         return [f"{what}: {exc}"]
     return []
