@@ -3,7 +3,8 @@
 Each responsibility registers its own subcommands (``register(subparsers)`` in its ``cli``
 module), so this module only wires them together and maps errors to exit codes:
 0 success, 1 input rejected (the error JSON on stdout), 2 usage or configuration error,
-3 runtime failure.
+3 runtime failure. A reader that closes the pipe early (``| head``) ends the command quietly
+with the shell's SIGPIPE status, 141.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,11 +23,15 @@ from agent.errors import EXIT_RUNTIME, AgentError, InternalError
 #: Modules with a ``register(subparsers)`` function, in help order.
 COMMAND_MODULES: tuple[str, ...] = (
     "agent.demo",
+    "agent.daemon",
     "agent.archive.cli",
     "agent.netconf.cli",
     "agent.registry.cli",
     "agent.registry.bulk_cli",
 )
+
+#: The status a shell reports for a command ended by SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE = 141
 
 _log = logging.getLogger(__name__)
 
@@ -56,6 +62,24 @@ def print_json(data: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
+    try:
+        try:
+            code = _run(argv)
+        finally:
+            # inside the guard, also after argparse's SystemExit (--help): a closed pipe
+            # shows up here at the latest
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (``| head``). Point stdout at /dev/null so the interpreter's
+        # final flush stays quiet too, and end like a command killed by SIGPIPE.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -65,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args.handler(args)
+    except BrokenPipeError:
+        raise
     except AgentError as exc:
         print_json(exc.to_dict())
         print(f"edge-agent: {exc.message}", file=sys.stderr)

@@ -72,11 +72,11 @@ class NetworkSection:
     """How Ethernet0/Ethernet1 are applied (owned by :mod:`agent.netconf`)."""
 
     backend: Literal["networkd", "netlink", "dry-run"] = "networkd"
-    #: Board profile name (``hw/boards/<name>.toml``).
+    #: Board profile name (``agent/boards/<name>.toml``, shipped in the package).
     board: str = "generic"
     #: How long a trial configuration has to prove itself before it is rolled back.
     probe_timeout_seconds: float = field(default=60.0, metadata=_limits(1, 3600))
-    #: Extra directory searched for board profiles before the bundled ``hw/boards``.
+    #: Extra directory searched for board profiles before the bundled ``agent/boards``.
     boards_dir: Path = Path("/etc/edge-agent/boards")
     #: ``host:port`` the probe must reach over TCP (the MQTT endpoint); empty: not checked.
     probe_endpoint: str = ""
@@ -152,6 +152,20 @@ class RegistrySection:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiSection:
+    """The local API (owned by :mod:`agent.api`)."""
+
+    #: Its Unix socket; unset: ``<agent.runtime_dir>/api.sock``.
+    socket: Path | None = None
+    #: Group that owns the 0660 socket (its members may use the API); empty: root's group.
+    group: str = ""
+
+    def socket_path(self, agent: AgentSection) -> Path:
+        """The socket, resolved against the runtime directory."""
+        return self.socket if self.socket is not None else agent.runtime_dir / "api.sock"
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     """The whole configuration file."""
 
@@ -160,6 +174,7 @@ class AgentConfig:
     network: NetworkSection = field(default_factory=NetworkSection)
     ntp: NtpSection = field(default_factory=NtpSection)
     registry: RegistrySection = field(default_factory=RegistrySection)
+    api: ApiSection = field(default_factory=ApiSection)
 
 
 T = TypeVar("T")

@@ -9,7 +9,9 @@ rather than silently used.
 from __future__ import annotations
 
 import contextlib
+import random
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Self
@@ -35,17 +37,42 @@ class Store:
         self.path = path
         if not path.exists():
             path.touch(mode=0o600)  # SQLite gives its -wal and -shm files the same mode
+        # Switching a new database to WAL needs a lock that SQLite does not wait for (no busy
+        # handler), so several processes opening a new database at once retry here, within
+        # the same budget as every other lock wait.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._db = self._open(timeout)
+            except sqlite3.DatabaseError as exc:
+                if not _is_busy(exc):
+                    raise CorruptStateError(
+                        f"the state database {path} cannot be opened: {exc}"
+                    ) from exc
+                if time.monotonic() >= deadline:
+                    raise StateError(
+                        f"the state database {path} stayed locked for {timeout:g} s: {exc}",
+                        reason="STATE_BUSY",
+                    ) from exc
+                time.sleep(random.uniform(0.005, 0.05))  # noqa: S311 - jitter, not a secret
+            else:
+                return
+
+    def _open(self, timeout: float) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+        )
         try:
-            self._db = sqlite3.connect(
-                path, timeout=timeout, isolation_level=None, check_same_thread=False
-            )
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute(_META)
-        except sqlite3.DatabaseError as exc:
-            raise CorruptStateError(f"the state database {path} cannot be opened: {exc}") from exc
+            db.row_factory = sqlite3.Row
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute(_META)
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def __enter__(self) -> Self:
         return self
@@ -68,7 +95,9 @@ class Store:
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            raise StateError(f"the state database {self.path} is busy: {exc}") from exc
+            raise StateError(
+                f"the state database {self.path} is busy: {exc}", reason="STATE_BUSY"
+            ) from exc
         try:
             yield self._db
         except BaseException:
@@ -110,6 +139,12 @@ class Store:
                     (component, len(migrations)),
                 )
             return len(migrations)
+
+
+def _is_busy(exc: sqlite3.DatabaseError) -> bool:
+    """True for "database is locked/busy": another connection holds a lock, nothing is damaged."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
 def _split_sql(script: str) -> list[str]:

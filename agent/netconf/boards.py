@@ -1,7 +1,8 @@
 """Board profiles: which kernel interface is Ethernet0 and Ethernet1 on this appliance.
 
-A profile is a TOML file ``hw/boards/<name>.toml`` (see ``hw/boards/README.md``). Each port
-names its interface in exactly one way: ``name`` (``eth0``), ``mac``
+A profile is a TOML file ``<name>.toml``; the bundled ones are package data in
+``agent/boards/`` (see ``hw/boards/README.md``). Each port names its interface in exactly
+one way: ``name`` (``eth0``), ``mac``
 (``00:11:22:33:44:55``) or ``path`` (the device's sysfs path, a glob allowed, e.g.
 ``/sys/devices/platform/soc/*.ethernet``). Unknown keys are rejected with their key paths.
 """
@@ -19,7 +20,7 @@ from agent.config import from_mapping
 from agent.errors import ConfigError, FieldProblem
 
 #: Where the profiles shipped with the source tree live.
-BUNDLED_BOARDS_DIR = Path(__file__).resolve().parents[2] / "hw" / "boards"
+BUNDLED_BOARDS_DIR = Path(__file__).resolve().parents[1] / "boards"
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _BOARD_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")

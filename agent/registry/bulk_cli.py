@@ -65,6 +65,11 @@ def _templates(config: AgentConfig, store: Store) -> TemplateStore:
     )
 
 
+def bulk_reports_dir(config: AgentConfig) -> Path:
+    """Where task reports go: ``bulk-reports/`` beside the registry database."""
+    return config.registry.database.parent / "bulk-reports"
+
+
 def _bulk(config: AgentConfig, store: Store) -> BulkTasks:
     from agent.registry.bulk import BulkTasks
     from agent.registry.wiring import bulk_registrar_factory
@@ -76,7 +81,8 @@ def _bulk(config: AgentConfig, store: Store) -> BulkTasks:
     return BulkTasks(
         store,
         bulk_root=config.registry.bulk_root,
-        reports_dir=config.agent.state_dir / "bulk",
+        # registry output stays beside the registry's own files, whatever [agent] says
+        reports_dir=bulk_reports_dir(config),
         registrar_factory=registrar,
         # RegisterThing checks everything before its first write: a refused line wrote nothing
         line_savepoints=False,

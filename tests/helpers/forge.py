@@ -42,7 +42,15 @@ from agent.registry.ca import (
     key_to_pem,
 )
 
-NOW = dt.datetime(2026, 11, 23, 12, 0, 0, tzinfo=dt.UTC)
+#: The reference time of every forged archive: the session's start, in whole minutes, so
+#: forged certificates are valid around the clock the code under test reads (and stay so
+#: when the suite runs with the clock moved ahead).
+NOW = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    """``2026-11-23T12:00:00Z``: how the CLI and the manifest write a time."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def make_ca(directory: Path, name: str = "test provisioning CA") -> CertificateAuthority:
@@ -105,7 +113,7 @@ class Forge:
             "arn": "arn:aws:panorama:us-east-1:123456789012:device/"
             "device-abcdefghijklmnopqrstuvwxyz",
             "iotThingName": self.name,
-            "createdAt": "2026-11-23T12:00:00Z",
+            "createdAt": rfc3339(NOW),
             "iotEndpoint": "localhost:8883",
             "provisioningTemplate": "edge-agent-fleet",
             "files": {n: hashlib.sha256(files[n]).hexdigest() for n in HASHED_NAMES},

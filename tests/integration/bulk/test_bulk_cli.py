@@ -237,3 +237,35 @@ def test_cancel_detached_and_running(env: Env) -> None:
     assert env.json("bulk", "list", "--status", "Cancelled")["taskIds"] == [running, task_id]
     failed = env.run("bulk", "cancel", "0" * 32, check=False)
     assert json.loads(failed.stdout)["error"]["code"] == "ResourceNotFoundException"
+
+
+def test_registry_only_config_writes_beside_the_registry(env: Env) -> None:
+    # A registry host configures only [registry]: nothing may land in the agent's state dir.
+    agent_state = env.root / "agent-state"
+    agent_state.mkdir()
+    registry_dir = env.root / "registry"
+    registry_dir.mkdir()
+    env.config.write_text(
+        f"""
+[registry]
+database = "{registry_dir / "registry.db"}"
+ca_dir = "{env.root / "ca"}"
+bulk_root = "{env.bulk_root}"
+region = "eu-west-1"
+account = "111122223333"
+""",
+        encoding="utf-8",
+    )
+    body = env.root / "t.json"
+    body.write_text(json.dumps(THING_ONLY), encoding="utf-8")
+    write_devices(env, 5)
+    os.environ["STATE_DIRECTORY"] = str(agent_state)  # where [agent] state_dir would default
+    try:
+        task = json.loads(env.run(*START, "--template-body", str(body)).stdout)["taskId"]
+    finally:
+        os.environ.pop("STATE_DIRECTORY", None)
+    assert list(agent_state.iterdir()) == []
+    reports = registry_dir / "bulk-reports" / task
+    assert reports.is_dir()
+    lines = env.run("bulk", "reports", task, "--type", "RESULTS").stdout.splitlines()
+    assert len(lines) == 5

@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.env import need_binary, need_root
+
 HERE = Path(__file__).parent
 INSPECT = HERE / "nsinspect.py"
 REPO = HERE.parents[2]
@@ -194,8 +196,8 @@ def _teardown(lab: Lab) -> None:
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
     """A fresh appliance namespace with eth0/eth1, a gateway peer and a previous config."""
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root (CI runs as root)")
+    need_root("network namespaces need root")
+    need_binary("ip")
     token = secrets.token_hex(3)
     lab = Lab(
         ns=f"ea-dev-{token}", peer=f"ea-gw-{token}", tmp=tmp_path, config=tmp_path / "agent.toml"

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.env import need_binary
 from tests.integration.netconf.conftest import DEFAULT_DST, Lab, sh, wait_for
 
 pytestmark = pytest.mark.netns
@@ -200,6 +201,8 @@ def test_committed_plan_is_reapplied_at_start(lab: Lab) -> None:
 
 
 def test_dhcp_hands_the_port_to_the_dhcp_client(lab: Lab) -> None:
+    for binary in ("dnsmasq", "dhcpcd", "unshare"):
+        need_binary(binary)
     leases = lab.tmp / "dnsmasq.leases"
     dnsmasq = lab.start(
         lab.in_peer(
@@ -237,6 +240,7 @@ def test_dhcp_hands_the_port_to_the_dhcp_client(lab: Lab) -> None:
 
 
 def test_dhcp_without_a_server_rolls_back(lab: Lab) -> None:
+    need_binary("dhcpcd")
     before = lab.inspect()
     payload = {"Ethernet0": {"ConnectionType": "DHCP"}}
     result = lab.agent("net", "apply", str(lab.payload_file(payload)), "--probe-timeout", "2")

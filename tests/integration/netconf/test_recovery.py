@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.env import need_binary
 from tests.integration.netconf.conftest import Lab, sh, wait_for
 from tests.integration.netconf.test_netlink import static
 
@@ -55,6 +56,8 @@ def dumps(lab: Lab) -> dict[str, Any]:
 
 def start_dnsmasq(lab: Lab, port: int) -> Path:
     """A DHCP server on gw<port> (198.18.<port+1>.100-150, router .1, DNS .53)."""
+    for binary in ("dnsmasq", "dhcpcd", "unshare"):  # the server, and the agent's client
+        need_binary(binary)
     net = f"198.18.{port + 1}"
     leases = lab.tmp / f"dnsmasq{port}.leases"
     name = f"dnsmasq{port}"
@@ -243,6 +246,7 @@ def test_two_dhcp_ports_get_their_own_metrics_and_paths(lab: Lab) -> None:
 
 
 def test_a_system_dhcp_client_is_started_again_after_a_static_trial(lab: Lab) -> None:
+    need_binary("dhclient")
     start_dnsmasq(lab, 1)
     sh("ip", "-n", lab.ns, "addr", "flush", "dev", "eth1")
     sys_dir = lab.tmp / "system-dhclient"

@@ -19,7 +19,7 @@ from agent.archive.network import parse_network_payload
 from agent.archive.verify import Policy, check_window, verify_archive
 from agent.errors import AgentError, ArchiveReusedError, CertificateError
 from agent.registry.ca import CertificateAuthority, init_ca
-from tests.helpers.forge import NOW, Forge
+from tests.helpers.forge import NOW, Forge, rfc3339
 from tests.unit.archive.conftest import snapshot
 
 NETWORK = {
@@ -46,8 +46,8 @@ def test_valid_archive_for_each_key_type(
     summary = verified.summary()
     assert summary["deviceName"] == "dev-1"
     assert summary["timeCheck"] == "passed"
-    assert summary["notBefore"] == "2026-11-23T12:00:00Z"
-    assert summary["notAfter"] == "2026-11-23T12:05:00Z"
+    assert summary["notBefore"] == rfc3339(NOW)
+    assert summary["notAfter"] == rfc3339(NOW + dt.timedelta(minutes=5))
     cert = x509.load_pem_x509_certificate(verified.contents.entries["certificate.pem"])
     assert (
         summary["certificateFingerprint"]

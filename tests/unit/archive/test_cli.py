@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import stat
@@ -14,9 +15,11 @@ from typing import Any
 import pytest
 
 from agent.cli import main
+from tests.helpers.forge import NOW as FORGE_NOW
+from tests.helpers.forge import rfc3339
 from tests.unit.archive.conftest import snapshot
 
-NOW = "2026-11-23T12:00:30Z"
+NOW = rfc3339(FORGE_NOW + dt.timedelta(seconds=30))
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
@@ -45,7 +48,7 @@ def make(capsys: pytest.CaptureFixture[str], ca: Path, out: Path, *extra: str) -
         "--out",
         str(out),
         "--not-before",
-        "2026-11-23T12:00:00Z",
+        rfc3339(FORGE_NOW),
         *extra,
     )
     assert code == 0, body
@@ -164,7 +167,7 @@ def test_expired_archive_exit_1_with_error_json(
         "--trust",
         str(factory / "ca.pem"),
         "--now",
-        "2026-11-23T13:00:00Z",
+        rfc3339(FORGE_NOW + dt.timedelta(hours=1)),
     )
     assert code == 1
     assert body["error"]["code"] == "ValidationException"

@@ -1,0 +1,180 @@
+"""``edge-agent run``: the appliance's service, one asyncio event loop.
+
+The service starts its parts (the local API today), tells systemd ``READY=1`` once they are
+up, and then only reacts: to signals, to requests, to events. Nothing polls; the one timer is
+the watchdog's, armed only when systemd asks for it (``WATCHDOG_USEC``), and it is fed from the
+event loop itself, so a blocked loop lets the watchdog fire.
+
+Signals: ``SIGTERM``/``SIGINT`` stop cleanly (``STOPPING=1``, parts stopped in reverse order);
+``SIGHUP`` reloads the configuration file: a file that no longer parses is refused, logged and
+reported in ``GET /status``, and the running configuration stays.
+
+``edge-agent status`` reads ``GET /status`` from the socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import http.client
+import json
+import logging
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+import agent
+from agent.api import LocalApi, json_response
+from agent.config import AgentConfig, load_config
+from agent.errors import EXIT_OK, ConfigError, StateError
+from agent.sdnotify import Notifier
+
+_log = logging.getLogger(__name__)
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Daemon:
+    """The running service."""
+
+    def __init__(
+        self, config: AgentConfig, *, config_path: Path | None, notifier: Notifier | None = None
+    ) -> None:
+        self.config = config
+        self._config_path = config_path
+        self._notifier = notifier or Notifier()
+        self._stop = asyncio.Event()
+        self._started_at = _utc_now()
+        self._started_monotonic = time.monotonic()
+        self._reloaded_at: str | None = None
+        self._reload_error: dict[str, Any] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.api = LocalApi(config.api.socket_path(config.agent), group=config.api.group)
+        self.api.add_routes([web.get("/status", self._get_status)])
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /status`` answers."""
+        body: dict[str, Any] = {
+            "agentVersion": agent.__version__,
+            "state": "RUNNING" if not self._stop.is_set() else "STOPPING",
+            "startedAt": self._started_at,
+            "uptimeSeconds": round(time.monotonic() - self._started_monotonic, 3),
+            "configFile": str(self._config_path) if self._config_path else None,
+            "configReloadedAt": self._reloaded_at,
+        }
+        if self._reload_error is not None:
+            body["configReloadError"] = self._reload_error
+        return body
+
+    async def _get_status(self, _request: web.Request) -> web.Response:
+        return json_response(self.status())
+
+    def stop(self) -> None:
+        """Ask the service to stop (signal handlers call this)."""
+        self._stop.set()
+
+    def reload(self) -> None:
+        """Re-read the configuration file; keep the running one if it does not parse."""
+        self._notifier.notify(RELOADING="1", STATUS="reloading the configuration")
+        try:
+            new = load_config(self._config_path)
+        except ConfigError as exc:
+            _log.error("configuration reload refused, keeping the running one: %s", exc.message)
+            self._reload_error = exc.to_dict()["error"]
+        else:
+            if new.api != self.config.api or new.agent != self.config.agent:
+                _log.warning("reload: [agent] and [api] changes take effect at the next start")
+            self.config = new
+            self._reload_error = None
+            self._reloaded_at = _utc_now()
+            _log.info("configuration reloaded from %s", self._config_path)
+        self._notifier.ready("running")
+
+    def _feed_watchdog(self, interval: float) -> None:
+        self._notifier.watchdog()
+        loop = asyncio.get_running_loop()
+        self._watchdog = loop.call_later(interval, self._feed_watchdog, interval)
+
+    async def run(self) -> int:
+        """Run until stopped; return the exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await self.api.start()
+            if self._notifier.watchdog_seconds:
+                self._feed_watchdog(self._notifier.watchdog_seconds / 2)
+            self._notifier.ready("running")
+            _log.info("edge-agent %s running", agent.__version__)
+            await self._stop.wait()
+            self._notifier.stopping()
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            await self.api.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            self._notifier.close()
+        return EXIT_OK
+
+
+def register(sub: Any) -> None:
+    """Add ``run`` and ``status``."""
+    run = sub.add_parser("run", help="run the agent as the appliance's service")
+    run.set_defaults(handler=_run)
+    status = sub.add_parser("status", help="the running agent's status (local API)")
+    status.add_argument("--json", action="store_true", help="JSON output (the default)")
+    status.set_defaults(handler=_status)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    logging.getLogger().setLevel(config.agent.log_level.upper())
+    return asyncio.run(Daemon(config, config_path=args.config).run())
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(str(self._path))
+
+
+def api_request(path: Path, method: str, target: str, timeout: float = 10.0) -> tuple[int, Any]:
+    """One request to the local API; returns the status and the JSON body."""
+    connection = _UnixConnection(path, timeout)
+    try:
+        connection.request(method, target)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    except OSError as exc:
+        raise StateError(
+            f"the agent is not answering on {path}: {exc.strerror or exc}",
+            reason="AGENT_NOT_RUNNING",
+        ) from exc
+    finally:
+        connection.close()
+
+
+def _status(args: argparse.Namespace) -> int:
+    from agent.cli import print_json  # noqa: PLC0415 - the CLI's printer, imported when used
+    from agent.errors import error_from_dict  # noqa: PLC0415
+
+    config = load_config(args.config)
+    code, body = api_request(config.api.socket_path(config.agent), "GET", "/status")
+    if code != 200:  # noqa: PLR2004
+        raise error_from_dict(body)
+    print_json(body)
+    return EXIT_OK
