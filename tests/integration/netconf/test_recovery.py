@@ -237,8 +237,13 @@ def test_two_dhcp_ports_get_their_own_metrics_and_paths(lab: Lab) -> None:
     assert {p.name for p in run.glob("*.pid")} == {"eth0-4.pid", "eth1-4.pid"}
     state = lab.tmp / "state" / "dhcpcd"
     wait_for(lambda: (state / "eth0.lease").exists() and (state / "eth1.lease").exists(), 10, "")
-    resolv = (lab.tmp / "resolv.conf").read_text()
-    assert "nameserver 198.18.1.53" in resolv or "nameserver 198.18.2.53" in resolv
+    # both clients write through the same hook state: the servers of both leases
+    resolv = wait_for(
+        lambda: (t := (lab.tmp / "resolv.conf").read_text()) and "198.18.2.53" in t and t,
+        10,
+        "both ports' DNS servers",
+    )
+    assert "nameserver 198.18.1.53" in resolv
     assert not Path("/run/dhcpcd/eth0-4.pid").exists()
     assert not Path("/var/lib/dhcpcd/eth0.lease").exists()
     for leases in (leases0, leases1):
