@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.netconf.cli",
     "agent.registry.cli",
     "agent.registry.bulk_cli",
+    "agent.registry.serve_cli",
 )
 
 #: The status a shell reports for a command ended by SIGPIPE (128 + 13).

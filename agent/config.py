@@ -149,6 +149,14 @@ class RegistrySection:
     #: Local root of bulk registration input: ``inputFileBucket`` is a directory of it and
     #: ``inputFileKey`` a path inside that; nothing outside the root is ever read.
     bulk_root: Path = Path("/var/lib/edge-agent/bulk-input")
+    #: Fleet provisioning: successful RegisterThing calls one claim certificate may make
+    #: (1 for per-device archive claims; 0 for shared fleet claims, without limit).
+    claim_registrations: int = field(default=1, metadata=_limits(0, 1_000_000))
+    #: Fleet provisioning: ``claim`` requires a CSR's common name to be the claim
+    #: certificate's; ``any`` accepts any name allowed by ``common_name_pattern``.
+    csr_subject: Literal["claim", "any"] = "claim"
+    #: Fleet provisioning: the largest request payload the endpoint answers (bytes).
+    max_request_bytes: int = field(default=65536, metadata=_limits(4096, 131072))
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +174,40 @@ class ApiSection:
 
 
 @dataclass(frozen=True, slots=True)
+class UsbSection:
+    """How provisioning sticks are found and read (owned by :mod:`agent.usb`)."""
+
+    #: ``udev`` (falls back to ``kernel`` without udevd), ``kernel`` or ``directory``.
+    source: Literal["udev", "kernel", "directory"] = "udev"
+    #: directory source: each ``*.img`` FAT image appearing here is a stick.
+    directory: Path = Path("/run/edge-agent/sticks")
+    #: Lowest negotiated USB speed in Mb/s; unset: the board profile's (5000, USB 3.0).
+    min_speed_mbps: int | None = field(default=None, metadata=_limits(1, 1_000_000))
+    #: A stick must stay this long before it is taken (plug bounces, udev change events).
+    debounce_seconds: float = field(default=0.5, metadata=_limits(0, 10))
+    #: Largest archive copied off a stick.
+    max_archive_bytes: int = field(default=1024 * 1024, metadata=_limits(1024))
+    #: Write ``edge-agent/result.json`` and ``provisioning.log`` back to the stick.
+    write_back: bool = True
+    #: Every mtools command must finish within this time.
+    mtools_timeout_seconds: float = field(default=10.0, metadata=_limits(0.1, 300))
+    #: Largest directory listing mtools may print.
+    mtools_max_listing_bytes: int = field(default=256 * 1024, metadata=_limits(4096))
+    #: Where mdir, mcopy and mmd are.
+    mtools_dir: Path = Path("/usr/bin")
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSection:
+    """How the outcome is shown on the LED (owned by :mod:`agent.status`)."""
+
+    #: The Linux LED class directory (``<root>/<name>/trigger`` and ``brightness``).
+    led_class_root: Path = Path("/sys/class/leds")
+    #: After a success or failure is shown, the LED gets its previous state back.
+    restore_after_seconds: float = field(default=600.0, metadata=_limits(0, 86400))
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     """The whole configuration file."""
 
@@ -175,6 +217,8 @@ class AgentConfig:
     ntp: NtpSection = field(default_factory=NtpSection)
     registry: RegistrySection = field(default_factory=RegistrySection)
     api: ApiSection = field(default_factory=ApiSection)
+    usb: UsbSection = field(default_factory=UsbSection)
+    status: StatusSection = field(default_factory=StatusSection)
 
 
 T = TypeVar("T")

@@ -14,6 +14,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -81,10 +82,12 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - a linear script of 
     show = _Steps()
     print(f"edge-agent demo: everything happens under {work}")
 
-    show.step("Factory: create the provisioning CA (root + archive signer)")
+    show.step("Factory: create the PKI (offline root, signer, claim and device issuers)")
     ca = init_ca(work / "factory-ca", name="edge-agent demo CA")
-    show.say(f"root:   {ca.root_cert.subject.rfc4514_string()}")
+    show.say(f"root:   {ca.root_cert.subject.rfc4514_string()} (key goes offline)")
     show.say(f"signer: {ca.signer_cert.subject.rfc4514_string()} (codeSigning)")
+    show.say(f"claim issuer:  {ca.claim_issuer.cert.subject.rfc4514_string()} (factory)")
+    show.say(f"device issuer: {ca.device_issuer.cert.subject.rfc4514_string()} (registry)")
 
     show.step("Factory: ProvisionDevice -> certificates-omni_<name>.zip on the stick")
     request = DeviceRequest(
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - a linear script of 
         networking=parse_network_payload(DEMO_NETWORK),
         tags={"site": "demo"},
     )
-    built = build_archive(ca, request)
+    built = build_archive(ca.factory(), request)
     archive = write_archive(built, work / "stick")
     response = built.response()
     show.say(f"wrote {archive} ({len(built.data)} bytes)")
@@ -139,9 +142,15 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - a linear script of 
         run_demo_step(verified.manifest.networking_configuration, work / "root", show.say)
 
     show.step("Registry (self-hosted): sign a device CSR and RegisterThing from a template")
+    from agent.fsutil import ensure_dir
+    from agent.registry.ca import REGISTRY_FILES
     from agent.registry.demo import run_demo_step as registry_step
 
-    registry_step(work / "factory-ca", work / "registry", show.say)
+    registry_ca = ensure_dir(work / "registry-ca")
+    for name in REGISTRY_FILES:  # the registry host gets the device issuer, never the root key
+        shutil.copy2(work / "factory-ca" / name, registry_ca / name)
+    show.say(f"registry host holds only: {', '.join(REGISTRY_FILES)}")
+    registry_step(registry_ca, work / "registry", show.say)
 
     show.step("Appliance: refusals a technician may meet")
     _refusal(

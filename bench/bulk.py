@@ -127,7 +127,7 @@ def child_machinery(work: Path, template: dict[str, Any]) -> float:
 
 def child_bulk(work: Path, template: dict[str, Any]) -> float:
     from agent.registry.bulk import BulkTasks  # noqa: PLC0415 - child only
-    from agent.registry.ca import init_ca, load_ca  # noqa: PLC0415
+    from agent.registry.ca import init_ca, load_device_issuer  # noqa: PLC0415
     from agent.registry.register import Registry  # noqa: PLC0415
     from agent.registry.storage import SqliteRegistryStorage  # noqa: PLC0415
     from agent.registry.wiring import registrar_factory  # noqa: PLC0415
@@ -137,7 +137,10 @@ def child_bulk(work: Path, template: dict[str, Any]) -> float:
         init_ca(work / "ca")
     store = Store(work / "bulk.db")
     registry = Registry(
-        SqliteRegistryStorage(store), load_ca(work / "ca"), region="eu-west-1", account="1"
+        SqliteRegistryStorage(store),
+        load_device_issuer(work / "ca"),
+        region="eu-west-1",
+        account="1",
     )
     tasks = BulkTasks(
         store,
@@ -150,14 +153,14 @@ def child_bulk(work: Path, template: dict[str, Any]) -> float:
 
 
 def child_registry(work: Path, template: dict[str, Any]) -> float:
-    from agent.registry.ca import load_ca  # noqa: PLC0415 - child only
+    from agent.registry.ca import load_device_issuer  # noqa: PLC0415 - child only
     from agent.registry.register import Registry  # noqa: PLC0415
     from agent.registry.storage import SqliteRegistryStorage  # noqa: PLC0415
     from agent.registry.template import parse_template  # noqa: PLC0415
     from agent.store import Store  # noqa: PLC0415
 
     storage = SqliteRegistryStorage(Store(work / "registry.db"))
-    registry = Registry(storage, load_ca(work / "ca"), region="eu-west-1", account="1")
+    registry = Registry(storage, load_device_issuer(work / "ca"), region="eu-west-1", account="1")
     parsed = parse_template(json.dumps(template))
     started = time.perf_counter()
     with (work / "root" / "factory" / "devices.jsonl").open("rb") as source:

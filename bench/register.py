@@ -136,8 +136,8 @@ def main() -> None:
         root = Path(tmp)
         ca = init_ca(root / "ca")
         base = baseline(root / "baseline.db", data)
-        reg = registry_run(root / "registry.db", data, template, ca)
-        again = registry_run(root / "registry.db", data, template, ca)
+        reg = registry_run(root / "registry.db", data, template, ca.registry())
+        again = registry_run(root / "registry.db", data, template, ca.registry())
 
         csr_count = max(count // 50, 200)
         csr_template = json.loads(json.dumps(TEMPLATE))

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import EXIT_OK, ValidationError
+from agent.errors import EXIT_OK, FieldProblem, ValidationError
 
 if TYPE_CHECKING:
     from agent.archive.clock import Clock
@@ -31,18 +31,41 @@ def register(sub: Any) -> None:
     ca = sub.add_parser("ca", help="provisioning certificate authority")
     ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="COMMAND")
     init = ca_sub.add_parser(
-        "init", help="create a provisioning root CA and an archive-signing certificate"
+        "init",
+        help="create the offline root, the archive signer, the claim and device issuers",
     )
-    init.add_argument("--out", type=Path, required=True, help="directory to create the CA in")
+    init.add_argument(
+        "--out", type=Path, required=True, help="private directory to create the PKI in"
+    )
     init.add_argument("--name", default="edge-agent provisioning CA", help="CA common name")
     init.set_defaults(handler=_ca_init)
+    code = ca_sub.add_parser(
+        "registration-code", help="the code a CA's verification certificate must carry"
+    )
+    code.add_argument("--ca-dir", type=Path, help="registry CA directory (registry.ca_dir)")
+    code.set_defaults(handler=_ca_registration_code)
+    reg = ca_sub.add_parser(
+        "register", help="accept a further CA for CertificatePem (RegisterCACertificate)"
+    )
+    reg.add_argument("--ca-dir", type=Path, help="registry CA directory (registry.ca_dir)")
+    reg.add_argument("--ca-certificate", type=Path, required=True, help="the CA's PEM")
+    reg.add_argument(
+        "--verification-certificate",
+        type=Path,
+        required=True,
+        help="PEM signed by the CA's key with the registration code as CN",
+    )
+    reg.add_argument("--inactive", action="store_true", help="register as INACTIVE")
+    reg.set_defaults(handler=_ca_register)
 
     archive = sub.add_parser("archive", help="provisioning archives: make, validate, install")
     a_sub = archive.add_subparsers(dest="archive_command", required=True, metavar="COMMAND")
 
     make = a_sub.add_parser("make", help="issue a claim certificate and write a signed archive")
     make.add_argument("--name", required=True, help="device name (the seed's Name)")
-    make.add_argument("--ca", type=Path, required=True, help="CA directory from 'ca init'")
+    make.add_argument(
+        "--ca", type=Path, required=True, help="factory keys from 'ca init' (no root key needed)"
+    )
     make.add_argument("--out", type=Path, required=True, help="directory to write the zip to")
     make.add_argument("--networking", type=Path, help="JSON file: the NetworkingConfiguration")
     make.add_argument("--endpoint", default="localhost:8883", help="MQTT endpoint HOST:PORT")
@@ -90,17 +113,71 @@ def _emit(data: object, compact: bool) -> None:
 
 
 def _ca_init(args: argparse.Namespace) -> int:
-    from agent.registry.ca import init_ca
+    from agent.registry.ca import (
+        CLAIM_ISSUER_CERT,
+        DEVICE_ISSUER_CERT,
+        FACTORY_FILES,
+        REGISTRY_FILES,
+        ROOT_CERT,
+        ROOT_KEY,
+        SIGNER_CERT,
+        init_ca,
+    )
 
     ca = init_ca(args.out, name=args.name)
     _emit(
         {
-            "caCertificate": str(args.out / "ca.pem"),
-            "signerCertificate": str(args.out / "signer.pem"),
+            "caCertificate": str(args.out / ROOT_CERT),
+            "signerCertificate": str(args.out / SIGNER_CERT),
+            "claimIssuerCertificate": str(args.out / CLAIM_ISSUER_CERT),
+            "deviceIssuerCertificate": str(args.out / DEVICE_ISSUER_CERT),
             "subject": ca.root_cert.subject.rfc4514_string(),
+            "offlineKey": str(args.out / ROOT_KEY),
+            "factoryFiles": list(FACTORY_FILES),
+            "registryFiles": list(REGISTRY_FILES),
         },
         compact=False,
     )
+    return EXIT_OK
+
+
+def _registry_ca_dir(args: argparse.Namespace) -> Path:
+    if args.ca_dir is not None:
+        return Path(args.ca_dir)
+    return _config(args).registry.ca_dir
+
+
+def _ca_registration_code(args: argparse.Namespace) -> int:
+    from agent.registry.cacerts import registration_code
+
+    _emit({"registrationCode": registration_code(_registry_ca_dir(args))}, compact=False)
+    return EXIT_OK
+
+
+def _read_text(path: Path, field: str) -> str:
+    try:
+        return path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValidationError(
+            f"cannot read {path} as text",
+            reason="CERTIFICATE_UNREADABLE",
+            fields=[FieldProblem(field, "unreadable")],
+        ) from exc
+
+
+def _ca_register(args: argparse.Namespace) -> int:
+    from agent.registry.cacerts import register_ca_certificate
+
+    config = _config(args).registry
+    registered = register_ca_certificate(
+        _registry_ca_dir(args),
+        _read_text(args.ca_certificate, "caCertificate"),
+        _read_text(args.verification_certificate, "verificationCertificate"),
+        region=config.region,
+        account=config.account,
+        set_as_active=not args.inactive,
+    )
+    _emit(registered.to_json(), compact=False)
     return EXIT_OK
 
 
@@ -141,7 +218,7 @@ def _config(args: argparse.Namespace) -> AgentConfig:
 
 def _make(args: argparse.Namespace) -> int:
     from agent.archive.make import DeviceRequest, build_archive, write_archive
-    from agent.registry.ca import load_ca
+    from agent.registry.ca import load_factory_keys
 
     config = _config(args)
     request = DeviceRequest(
@@ -155,9 +232,9 @@ def _make(args: argparse.Namespace) -> int:
         lifetime=dt.timedelta(seconds=args.lifetime),
         not_before=args.not_before,
     )
-    ca = load_ca(args.ca)
+    keys = load_factory_keys(args.ca)
     built = build_archive(
-        ca, request, region=config.registry.region, account=config.registry.account
+        keys, request, region=config.registry.region, account=config.registry.account
     )
     write_archive(built, args.out)
     _emit(built.response(), compact=True)

@@ -6,7 +6,8 @@ Layout under the state directory (every directory 0700, keys 0600)::
     credentials/
         current -> sets/<id>      the credential set in force (a symlink, swapped atomically)
         previous -> sets/<id>     the set it replaced, kept for rollback
-        sets/<id>/certificate.pem  private.key  root-ca.pem  manifest.json
+        sets/<id>/certificate.pem  private.key  root-ca.pem
+                  manifest.json  manifest.sig  signer.pem   (exactly as signed, re-checkable)
 
 A new set is written completely (each file fsynced, the directory fsynced and renamed into
 place) before ``current`` is swapped, and the swap happens inside the ledger transaction:
@@ -28,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from agent.archive.clock import Clock
-from agent.archive.manifest import CERTIFICATE, PRIVATE_KEY, ROOT_CA
+from agent.archive.manifest import (
+    CERTIFICATE,
+    MANIFEST,
+    PRIVATE_KEY,
+    ROOT_CA,
+    SIGNATURE,
+    SIGNER,
+)
 from agent.archive.verify import Policy, VerifiedArchive, verify_archive
 from agent.errors import ArchiveReusedError, StateError
 from agent.fsutil import PRIVATE_FILE, PUBLIC_FILE, ensure_dir, fsync_dir, write_synced
@@ -152,7 +160,9 @@ def install_archive(
                     dt.datetime.now(dt.UTC).isoformat(),
                 ),
             )
-            if previous is not None and previous.parent == sets:
+            # ``previous`` is resolved: compare it with the resolved sets directory (the
+            # state directory itself may be a symlink, as with systemd DynamicUser=).
+            if previous is not None and previous.parent == sets.resolve():
                 _swap_link(credentials, "previous", f"sets/{previous.name}")
             _swap_link(credentials, "current", f"sets/{set_name}")
             fsync_dir(credentials)
@@ -198,7 +208,10 @@ def _stage(verified: VerifiedArchive, sets: Path, step: Callable[[str], None]) -
             (CERTIFICATE, entries[CERTIFICATE], PUBLIC_FILE),
             (PRIVATE_KEY, entries[PRIVATE_KEY], PRIVATE_FILE),
             (ROOT_CA, entries[ROOT_CA], PUBLIC_FILE),
-            ("manifest.json", verified.manifest.encode(), PUBLIC_FILE),
+            # The exact signed bytes, the signature and the signer: re-checkable later.
+            (MANIFEST, entries[MANIFEST], PUBLIC_FILE),
+            (SIGNATURE, entries[SIGNATURE], PUBLIC_FILE),
+            (SIGNER, entries[SIGNER], PUBLIC_FILE),
         ):
             write_synced(staging / name, data, mode)
             step(f"wrote {name}")

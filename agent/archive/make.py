@@ -6,21 +6,24 @@ import base64
 import datetime as dt
 import hashlib
 import io
-import re
 import secrets
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from agent.archive.manifest import (
     CERTIFICATE,
+    COMMON_NAME_MAX,
     ENDPOINT_RE,
     HASHED_NAMES,
     MANIFEST,
+    MAX_PARAMETERS,
     NAME_RE,
     PRIVATE_KEY,
     ROOT_CA,
@@ -28,22 +31,31 @@ from agent.archive.manifest import (
     SIGNER,
     TEMPLATE_NAME_RE,
     Manifest,
+    device_name_uri,
 )
 from agent.archive.network import NetworkPayload
 from agent.errors import FieldProblem, ValidationError
 from agent.fsutil import atomic_write
 from agent.registry.ca import (
-    CertificateAuthority,
+    FactoryKeys,
     KeyType,
     PrivateKey,
+    PublicKey,
     cert_to_pem,
     generate_key,
     key_to_pem,
 )
+from agent.seedpattern import is_unicode_text, seed_pattern
 
 MAX_LIFETIME = dt.timedelta(minutes=5)
-_TAG_KEY_RE = re.compile(r"^.+$")
-_ANY_RE = re.compile(r"^.*$")
+_TAG_KEY_RE = seed_pattern(r"^.+$")
+_ANY_RE = seed_pattern(r"^.*$")
+#: ``certificates-omni_`` + Name + ``.zip`` must fit one file name (255 bytes).
+ARCHIVE_NAME_OVERHEAD = len("certificates-omni_.zip")
+FILE_NAME_MAX = 255
+PARAMETER_KEY_MAX = 2048
+PARAMETER_VALUE_MAX = 4096
+PORT_MAX = 65535
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,28 +73,81 @@ class DeviceRequest:
     not_before: dt.datetime | None = None
 
 
-def validate_request(request: DeviceRequest) -> None:  # noqa: C901 - one check per field
+def _unicode_problems(request: DeviceRequest) -> list[FieldProblem]:
+    fields: list[tuple[str, str]] = [
+        ("Name", request.name),
+        ("Description", request.description or ""),
+        ("iotEndpoint", request.endpoint),
+        ("provisioningTemplate", request.template),
+    ]
+    fields += [(f"Tags.{k}", k + v) for k, v in (request.tags or {}).items()]
+    fields += [
+        (f"templateParameters.{k}", k + v) for k, v in (request.template_parameters or {}).items()
+    ]
+    return [
+        FieldProblem(path.encode("utf-8", "replace").decode(), "must be valid Unicode text")
+        for path, value in fields
+        if not is_unicode_text(value)
+    ]
+
+
+def _parameter_problems(parameters: dict[str, str] | None) -> list[FieldProblem]:
+    params = parameters or {}
+    out = []
+    if len(params) > MAX_PARAMETERS:
+        out.append(FieldProblem("templateParameters", f"at most {MAX_PARAMETERS} entries allowed"))
+    for key, value in params.items():
+        if not 1 <= len(key) <= PARAMETER_KEY_MAX or len(value) > PARAMETER_VALUE_MAX:
+            out.append(
+                FieldProblem(
+                    f"templateParameters.{key[:64]}",
+                    f"keys are 1 to {PARAMETER_KEY_MAX} characters, values at most "
+                    f"{PARAMETER_VALUE_MAX}",
+                )
+            )
+    return out
+
+
+def validate_request(request: DeviceRequest) -> None:  # noqa: C901, PLR0912 - one check per field
     """Check a request exactly as the seed says; report every problem at once."""
-    out: list[FieldProblem] = []
+    unicode = _unicode_problems(request)
+    if unicode:
+        raise ValidationError(
+            f"the device request is invalid: {unicode[0].path}: {unicode[0].message}",
+            reason="FIELD_VALIDATION_FAILED",
+            fields=unicode,
+        )
+    out: list[FieldProblem] = _parameter_problems(request.template_parameters)
     if not 1 <= len(request.name) <= 255:  # noqa: PLR2004 - the seed's limit
         out.append(FieldProblem("Name", "length must be 1 to 255"))
-    elif not NAME_RE.match(request.name):
+    elif not NAME_RE.fullmatch(request.name):
         out.append(FieldProblem("Name", r"must match ^[a-zA-Z0-9\-\_]+$"))
+    elif len(request.name) + ARCHIVE_NAME_OVERHEAD > FILE_NAME_MAX:
+        raise ValidationError(
+            f"the Name is {len(request.name)} characters long: the archive's file name "
+            f"certificates-omni_<Name>.zip would exceed the {FILE_NAME_MAX}-byte file-name limit "
+            f"(at most {FILE_NAME_MAX - ARCHIVE_NAME_OVERHEAD} characters fit)",
+            reason="ARCHIVE_FILE_NAME_TOO_LONG",
+            fields=[FieldProblem("Name", "too long for the archive's file name")],
+        )
     if request.description is not None and (
-        len(request.description) > 255 or not _ANY_RE.match(request.description)  # noqa: PLR2004
+        len(request.description) > 255 or not _ANY_RE.fullmatch(request.description)  # noqa: PLR2004
     ):
         out.append(FieldProblem("Description", "must be one line of at most 255 characters"))
     tags = request.tags or {}
     if len(tags) > 50:  # noqa: PLR2004 - the seed's limit
         out.append(FieldProblem("Tags", "at most 50 tags allowed"))
     for key, value in tags.items():
-        if not 1 <= len(key) <= 128 or not _TAG_KEY_RE.match(key):  # noqa: PLR2004
+        if not 1 <= len(key) <= 128 or not _TAG_KEY_RE.fullmatch(key):  # noqa: PLR2004
             out.append(FieldProblem(f"Tags.{key}", "key must be 1 to 128 characters, one line"))
-        if len(value) > 256 or not _ANY_RE.match(value):  # noqa: PLR2004
+        if len(value) > 256 or not _ANY_RE.fullmatch(value):  # noqa: PLR2004
             out.append(FieldProblem(f"Tags.{key}", "value must be one line, at most 256"))
-    if not ENDPOINT_RE.match(request.endpoint) or int(request.endpoint.rsplit(":", 1)[1]) > 65535:  # noqa: PLR2004
+    if (
+        not ENDPOINT_RE.fullmatch(request.endpoint)
+        or int(request.endpoint.rsplit(":", 1)[1]) > PORT_MAX
+    ):
         out.append(FieldProblem("iotEndpoint", "must be HOST:PORT"))
-    if not 1 <= len(request.template) <= 36 or not TEMPLATE_NAME_RE.match(request.template):  # noqa: PLR2004
+    if not 1 <= len(request.template) <= 36 or not TEMPLATE_NAME_RE.fullmatch(request.template):  # noqa: PLR2004
         out.append(FieldProblem("provisioningTemplate", "must be 1 to 36 of [0-9A-Za-z_-]"))
     if not dt.timedelta(seconds=1) <= request.lifetime <= MAX_LIFETIME:
         out.append(FieldProblem("lifetime", "must be 1 to 300 seconds"))
@@ -142,8 +207,29 @@ class BuiltArchive:
         }
 
 
+def issue_claim_certificate(
+    keys: FactoryKeys,
+    name: str,
+    public_key: PublicKey,
+    not_before: dt.datetime,
+    lifetime: dt.timedelta,
+    *,
+    eku: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH,
+) -> x509.Certificate:
+    """A claim certificate for device ``name`` from the claim issuer (see :func:`build_archive`)."""
+    fits = len(name) <= COMMON_NAME_MAX
+    return keys.claim_issuer.issue(
+        common_name=name if fits else None,
+        public_key=public_key,
+        not_before=not_before,
+        lifetime=lifetime,
+        eku=eku,
+        uris=(device_name_uri(name),),
+    )
+
+
 def build_archive(
-    ca: CertificateAuthority,
+    keys: FactoryKeys,
     request: DeviceRequest,
     *,
     region: str = "us-east-1",
@@ -151,21 +237,24 @@ def build_archive(
     claim_key_type: KeyType = "ec-p256",
     claim_key: PrivateKey | None = None,
 ) -> BuiltArchive:
-    """Issue a claim certificate and pack a signed v1 archive (in memory)."""
+    """Issue a claim certificate and pack a signed v1 archive (in memory).
+
+    The claim certificate comes from the claim issuer and binds the device name in its
+    subjectAltName (:func:`agent.archive.manifest.device_name_uri`); its CN is the name when
+    the name fits in a CN (64 characters). ``certificate.pem`` holds the certificate and the
+    claim issuer's, so the appliance can build the chain to its root.
+    """
     validate_request(request)
     not_before = request.not_before or dt.datetime.now(dt.UTC).replace(microsecond=0)
     key = claim_key or generate_key(claim_key_type)
-    certificate = ca.issue(
-        common_name=request.name,
-        public_key=key.public_key(),
-        not_before=not_before,
-        lifetime=request.lifetime,
+    certificate = issue_claim_certificate(
+        keys, request.name, key.public_key(), not_before, request.lifetime
     )
     files = {
-        SIGNER: cert_to_pem(ca.signer_cert),
-        CERTIFICATE: cert_to_pem(certificate),
+        SIGNER: cert_to_pem(keys.signer_cert),
+        CERTIFICATE: cert_to_pem(certificate) + cert_to_pem(keys.claim_issuer.cert),
         PRIVATE_KEY: key_to_pem(key),
-        ROOT_CA: cert_to_pem(ca.root_cert),
+        ROOT_CA: cert_to_pem(keys.root_cert),
     }
     device_id = _device_id()
     manifest = Manifest(
@@ -189,7 +278,7 @@ def build_archive(
     data = zip_entries(
         [
             (MANIFEST, manifest_bytes),
-            (SIGNATURE, sign_manifest(ca.signer_key, manifest_bytes)),
+            (SIGNATURE, sign_manifest(keys.signer_key, manifest_bytes)),
             *((name, files[name]) for name in HASHED_NAMES),
         ]
     )

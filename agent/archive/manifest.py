@@ -11,6 +11,7 @@ from agent.archive.network import NetworkPayload, parse_network_payload
 from agent.config import parse_rfc3339
 from agent.errors import FieldProblem, ManifestError, ValidationError
 from agent.jsonutil import loads_strict
+from agent.seedpattern import seed_pattern
 
 FORMAT_VERSION = 1
 
@@ -25,18 +26,29 @@ ENTRY_NAMES = (MANIFEST, SIGNATURE, SIGNER, CERTIFICATE, PRIVATE_KEY, ROOT_CA)
 #: The entries whose SHA-256 the manifest lists (all but itself and its signature).
 HASHED_NAMES = (SIGNER, CERTIFICATE, PRIVATE_KEY, ROOT_CA)
 
-NAME_RE = re.compile(r"^[a-zA-Z0-9\-\_]+$")
-TEMPLATE_NAME_RE = re.compile(r"^[0-9A-Za-z_-]+$")
-SHA256_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
-ENDPOINT_RE = re.compile(
+NAME_RE = seed_pattern(r"^[a-zA-Z0-9\-\_]+$")
+TEMPLATE_NAME_RE = seed_pattern(r"^[0-9A-Za-z_-]+$")
+SHA256_HEX_RE = seed_pattern(r"^[0-9a-f]{64}$")
+ENDPOINT_RE = seed_pattern(
     r"^(?=.{1,253}:)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
     r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*:([1-9]\d{0,4})$"
 )
 MAX_NAME = 255
+#: A claim certificate binds its device name as this URI + Name in its subjectAltName (a
+#: Name holds up to 255 characters, a common name only 64: the CN is set only when it fits).
+DEVICE_NAME_URI_PREFIX = "urn:edge-agent:device:"
+COMMON_NAME_MAX = 64
+
+
+def device_name_uri(name: str) -> str:
+    """The subjectAltName URI that binds a claim certificate to device ``name``."""
+    return DEVICE_NAME_URI_PREFIX + name
+
+
 MAX_TEMPLATE_NAME = 36
 MAX_TAGS = 50
 MAX_PARAMETERS = 100
-ARCHIVE_NAME_RE = re.compile(r"^certificates-omni_(?P<name>[a-zA-Z0-9\-\_]{1,255})\.zip$")
+ARCHIVE_NAME_RE = seed_pattern(r"^certificates-omni_(?P<name>[a-zA-Z0-9\-\_]{1,255})\.zip$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +126,7 @@ def _text(
         return ""
     if not min_len <= len(value) <= max_len:
         out.append(FieldProblem(key, f"length must be {min_len} to {max_len}"))
-    elif pattern is not None and not pattern.match(value):
+    elif pattern is not None and not pattern.fullmatch(value):
         out.append(FieldProblem(key, f"does not match {pattern.pattern}"))
     return value
 
@@ -184,7 +196,7 @@ def parse_manifest(data: bytes) -> Manifest:  # noqa: C901, PLR0912, PLR0915 - o
         if sorted(files) != sorted(HASHED_NAMES):
             out.append(FieldProblem("files", f"must list exactly {', '.join(HASHED_NAMES)}"))
         for name, digest in files.items():
-            if not isinstance(digest, str) or not SHA256_HEX_RE.match(digest):
+            if not isinstance(digest, str) or not SHA256_HEX_RE.fullmatch(digest):
                 out.append(FieldProblem(f"files.{name}", "must be a lower-case hex SHA-256"))
             else:
                 hashes[name] = digest

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from agent.errors import FieldProblem, ValidationError
+from agent.seedpattern import is_unicode_text, seed_pattern
 
 _OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-_PORT = r"(6553[0-5]|655[0-2]\d|65[0-4]\d{2}|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3}|0)"
-IPV4_WITH_PORT = re.compile(rf"^({_OCTET}\.){{3}}{_OCTET}(:{_PORT})?$")
-FQDN_LOWER = re.compile(r"^([a-z0-9]+(-[a-z0-9]+)*\.)+[a-z]{2,}$")
-NON_EMPTY = re.compile(r"^.+$")
+_PORT = r"(6553[0-5]|655[0-2]\d|65[0-4]\d{2}|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})"
+IPV4_WITH_PORT = seed_pattern(rf"^({_OCTET}\.){{3}}{_OCTET}(:{_PORT})?$")
+FQDN_LOWER = seed_pattern(r"^([a-z0-9]+(-[a-z0-9]+)*\.)+[a-z]{2,}$")
+NON_EMPTY = seed_pattern(r"^.+$")
 MAX_NTP_SERVERS = 5
 MAX_STRING = 255
 
@@ -131,7 +132,10 @@ def _string(
     if not 1 <= len(value) <= MAX_STRING:
         out.append(FieldProblem(path, f"length must be 1 to {MAX_STRING}"))
         return None
-    if not pattern.match(value):
+    if not is_unicode_text(value):
+        out.append(FieldProblem(path, "must be valid Unicode text"))
+        return None
+    if not pattern.fullmatch(value):
         out.append(FieldProblem(path, f"does not match {pattern.pattern}"))
         return None
     return value
@@ -217,7 +221,7 @@ def _ntp(data: Any, path: str, out: list[FieldProblem]) -> NtpPayload | None:
             out.append(FieldProblem(item_path, "must be a string"))
         elif not 1 <= len(item) <= MAX_STRING:
             out.append(FieldProblem(item_path, f"length must be 1 to {MAX_STRING}"))
-        elif not (FQDN_LOWER.match(item) or IPV4_WITH_PORT.match(item)):
+        elif not (FQDN_LOWER.fullmatch(item) or IPV4_WITH_PORT.fullmatch(item)):
             out.append(
                 FieldProblem(
                     item_path,

@@ -43,7 +43,7 @@ class ArchiveContents:
 
 def device_name_from_filename(path: Path) -> str:
     """The ``<device-name>`` of ``certificates-omni_<device-name>.zip``."""
-    match = ARCHIVE_NAME_RE.match(path.name)
+    match = ARCHIVE_NAME_RE.fullmatch(path.name)
     if not match:
         raise ArchiveError(
             f"the file name {path.name!r} is not certificates-omni_<device-name>.zip "

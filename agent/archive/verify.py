@@ -30,12 +30,13 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.archive.clock import Clock
 from agent.archive.manifest import (
     CERTIFICATE,
+    COMMON_NAME_MAX,
+    DEVICE_NAME_URI_PREFIX,
     HASHED_NAMES,
     MANIFEST,
     PRIVATE_KEY,
@@ -43,9 +44,11 @@ from agent.archive.manifest import (
     SIGNATURE,
     SIGNER,
     Manifest,
+    device_name_uri,
     parse_manifest,
 )
 from agent.archive.reader import ArchiveContents, Limits, read_archive
+from agent.chains import ChainError, verify_chain
 from agent.errors import (
     ArchiveError,
     CertificateError,
@@ -163,12 +166,7 @@ def verify_contents(contents: ArchiveContents, policy: Policy, clock: Clock) -> 
         )
     cert_chain = _load_certificates(entries[CERTIFICATE], CERTIFICATE, "CERTIFICATE_INVALID")
     certificate = cert_chain[0]
-    common_names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if [a.value for a in common_names] != [manifest.device_name]:
-        raise CertificateError(
-            f"the claim certificate is not issued to device {manifest.device_name!r}",
-            reason="DEVICE_NAME_MISMATCH",
-        )
+    check_device_binding(certificate, manifest.device_name)
     time_check, at = _check_window(certificate, policy, clock)
     intermediates = [*signer_chain[1:], *cert_chain[1:]]
     _verify_chain(
@@ -198,6 +196,32 @@ def verify_contents(contents: ArchiveContents, policy: Policy, clock: Clock) -> 
         fingerprint=certificate.fingerprint(hashes.SHA256()).hex(),
         time_check=time_check,
     )
+
+
+def verify_signed_manifest(
+    manifest: bytes, signature: bytes, signer_pem: bytes, policy: Policy, at: dt.datetime
+) -> Manifest:
+    """Re-check an installed set's ``manifest.json`` against its ``manifest.sig``.
+
+    The signature must verify with ``signer.pem``, whose chain must reach the trust anchor
+    for ``codeSigning`` at time ``at``.
+
+    Raises:
+        SignatureError: ``SIGNER_INVALID``, ``SIGNATURE_INVALID`` or ``SIGNER_UNTRUSTED``.
+        ManifestError: the manifest no longer parses.
+    """
+    chain = _load_certificates(signer_pem, SIGNER, "SIGNER_INVALID")
+    _verify_signature(chain[0], manifest, signature)
+    _verify_chain(
+        chain[0],
+        chain[1:],
+        policy,
+        at,
+        ExtendedKeyUsageOID.CODE_SIGNING,
+        reason="SIGNER_UNTRUSTED",
+        what="the archive signer",
+    )
+    return parse_manifest(manifest)
 
 
 def _load_certificates(data: bytes, name: str, reason: str) -> list[x509.Certificate]:
@@ -285,18 +309,31 @@ def check_window(certificate: x509.Certificate, now: dt.datetime, skew: dt.timed
         )
 
 
-def _eku_policy(usage: x509.ObjectIdentifier) -> verification.ExtensionPolicy:
-    def check(
-        _policy: verification.Policy,
-        _cert: x509.Certificate,
-        eku: x509.ExtendedKeyUsage | None,
-    ) -> None:
-        if eku is None or usage not in eku:
-            raise ValueError(f"extended key usage {usage.dotted_string} required")
+def check_device_binding(certificate: x509.Certificate, device_name: str) -> None:
+    """Raise unless the claim certificate is bound to ``device_name``.
 
-    return verification.ExtensionPolicy.permit_all().require_present(
-        x509.ExtendedKeyUsage, verification.Criticality.AGNOSTIC, check
-    )
+    The binding is the subjectAltName URI ``urn:edge-agent:device:<Name>`` (exactly one such
+    URI); the subject CN, when present, must be the name too, and is present whenever the
+    name fits in a CN (64 characters).
+    """
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = [
+            u
+            for u in san.get_values_for_type(x509.UniformResourceIdentifier)
+            if u.startswith(DEVICE_NAME_URI_PREFIX)
+        ]
+    except x509.ExtensionNotFound:
+        uris = []
+    common_names = [
+        a.value for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    ]
+    expected_cns = [device_name] if len(device_name) <= COMMON_NAME_MAX else []
+    if uris != [device_name_uri(device_name)] or common_names != expected_cns:
+        raise CertificateError(
+            f"the claim certificate is not issued to device {device_name[:64]!r}",
+            reason="DEVICE_NAME_MISMATCH",
+        )
 
 
 def _verify_chain(
@@ -309,20 +346,9 @@ def _verify_chain(
     reason: str,
     what: str,
 ) -> None:
-    verifier = (
-        verification.PolicyBuilder()
-        .store(verification.Store(list(policy.trust_anchors)))
-        .time(at)
-        .max_chain_depth(4)
-        .extension_policies(
-            ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
-            ee_policy=_eku_policy(usage),
-        )
-        .build_client_verifier()
-    )
     try:
-        verifier.verify(leaf, intermediates)
-    except (verification.VerificationError, ValueError, UnsupportedAlgorithm) as exc:
+        verify_chain(leaf, intermediates, policy.trust_anchors, at=at, usage=usage)
+    except ChainError as exc:
         raise SignatureError(
             f"{what} does not chain to the provisioning trust anchor ({exc})", reason=reason
         ) from None

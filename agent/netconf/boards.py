@@ -24,6 +24,8 @@ BUNDLED_BOARDS_DIR = Path(__file__).resolve().parents[1] / "boards"
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _BOARD_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+#: A Linux LED class name (``/sys/class/leds/<name>``): one path component.
+LED_NAME = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}$")
 
 
 class BoardProfileError(ConfigError):
@@ -133,6 +135,12 @@ def load_board(board: str = "generic", boards_dir: Path | None = None) -> Board:
     for port, spec in (("Ethernet0", profile.Ethernet0), ("Ethernet1", profile.Ethernet1)):
         if spec is not None:
             _check_spec(port, spec, problems)
+    if profile.led.name and (
+        not LED_NAME.match(profile.led.name) or profile.led.name in {".", ".."}
+    ):
+        problems.append(FieldProblem("led.name", "not an LED class name (letters, digits, _.:+-)"))
+    if profile.usb.port_path and not profile.usb.port_path.startswith("/sys/"):
+        problems.append(FieldProblem("usb.port_path", "must be a sysfs path under /sys/"))
     if problems:
         raise BoardProfileError(
             f"board profile {path} has {len(problems)} problem(s): "

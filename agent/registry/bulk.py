@@ -25,13 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import logging
 import os
-import re
 import sqlite3
-import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -50,13 +47,23 @@ from agent.errors import (
 )
 from agent.fsutil import ensure_dir, fsync_dir
 from agent.registry import fieldcheck as fc
+from agent.registry.bulkfs import (
+    BulkInputError,
+    ReportFile,
+    file_identity,
+    input_path,
+    open_input,
+    runner_lock,
+    touch_synced,
+)
+from agent.seedpattern import seed_pattern
 from agent.store import Store
 
 _log = logging.getLogger(__name__)
 
 COMPONENT = "bulk"
-BUCKET_RE = re.compile(r"[a-zA-Z0-9._-]+")
-KEY_RE = re.compile(r"[a-zA-Z0-9!_.*'()-\/]+")
+BUCKET_RE = seed_pattern(r"[a-zA-Z0-9._-]+")
+KEY_RE = seed_pattern(r"[a-zA-Z0-9!_.*'()-\/]+")
 MAX_TEMPLATE_BODY = 10240
 MAX_MESSAGE = 2048
 DEFAULT_MAX_LINE_BYTES = 1024 * 1024
@@ -125,12 +132,6 @@ _MIGRATIONS = [
     );
     """,
 ]
-
-
-class BulkInputError(InvalidRequestError):
-    """The input file cannot be used (outside the root, missing, not a regular file)."""
-
-    default_reason = "INPUT_FILE_INVALID"
 
 
 class TaskBusyError(ConflictError):
@@ -203,94 +204,6 @@ def parse_start_request(request: Any) -> StartRequest:
 # --- the input file ---------------------------------------------------------------------------
 
 
-def _escape(message: str, field: str) -> BulkInputError:
-    return BulkInputError(
-        message, reason="INPUT_PATH_ESCAPES_ROOT", fields=[FieldProblem(field, message)]
-    )
-
-
-def input_path(root: Path, bucket: str, key: str) -> Path:
-    """The local path that ``bucket``/``key`` name under ``root`` (lexical checks only).
-
-    Raises:
-        BulkInputError: the bucket or key is absolute, has empty, ``.`` or ``..`` parts.
-    """
-    if bucket in {".", ".."} or "/" in bucket:
-        raise _escape("inputFileBucket must name one directory of the bulk root", "inputFileBucket")
-    if key.startswith("/"):
-        raise _escape("inputFileKey must be relative to its bucket", "inputFileKey")
-    parts = key.split("/")
-    if any(part in {"", ".", ".."} for part in parts):
-        raise _escape("inputFileKey must not have empty, '.' or '..' path segments", "inputFileKey")
-    return root.joinpath(bucket, *parts)
-
-
-def open_input(root: Path, bucket: str, key: str) -> tuple[int, os.stat_result]:
-    """Open the input file read-only, proving it lies inside ``root``.
-
-    The path is checked lexically, then opened (the last component without following a
-    symbolic link), and the opened file's real path is read back from ``/proc/self/fd`` and
-    must be under the real ``root``: a symbolic link anywhere on the way that leads out of
-    the root is refused, even if it is swapped in between check and open.
-
-    Returns:
-        The open file descriptor and its ``fstat``.
-
-    Raises:
-        BulkInputError: outside the root, missing, unreadable or not a regular file.
-    """
-    path = input_path(root, bucket, key)
-    try:
-        real_root = root.resolve(strict=True)
-    except OSError as exc:
-        raise BulkInputError(
-            f"the bulk input root {root} does not exist", reason="INPUT_ROOT_MISSING"
-        ) from exc
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError as exc:
-        raise BulkInputError(
-            f"there is no input file {key!r} in bucket {bucket!r}",
-            reason="INPUT_FILE_NOT_FOUND",
-            fields=[FieldProblem("inputFileKey", "no such file")],
-        ) from exc
-    except OSError as exc:
-        reason = "INPUT_PATH_ESCAPES_ROOT" if exc.errno == 40 else "INPUT_FILE_UNREADABLE"  # noqa: PLR2004 - ELOOP
-        raise BulkInputError(
-            f"the input file {key!r} in bucket {bucket!r} cannot be opened: {exc.strerror}",
-            reason=reason,
-            fields=[FieldProblem("inputFileKey", exc.strerror or "cannot be opened")],
-        ) from exc
-    try:
-        info = _check_opened(fd, real_root, bucket, key)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, info
-
-
-def _check_opened(fd: int, real_root: Path, bucket: str, key: str) -> os.stat_result:
-    real = Path(f"/proc/self/fd/{fd}").readlink()
-    if not real.is_relative_to(real_root) or real == real_root:
-        raise _escape(
-            f"the input file {key!r} in bucket {bucket!r} leads outside the bulk root",
-            "inputFileKey",
-        )
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        raise BulkInputError(
-            f"the input file {key!r} in bucket {bucket!r} is not a regular file",
-            reason="INPUT_FILE_NOT_REGULAR",
-            fields=[FieldProblem("inputFileKey", "not a regular file")],
-        )
-    os.set_blocking(fd, True)
-    return info
-
-
-def _identity(info: os.stat_result) -> str:
-    return f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}"
-
-
 # --- lines ---------------------------------------------------------------------------------
 
 
@@ -338,41 +251,6 @@ def error_line(line_number: int, error: AgentError) -> bytes:
 
 
 # --- the task store ----------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Report:
-    """One report file, appended in batches and cut back to its committed size on resume."""
-
-    path: Path
-    handle: IO[bytes]
-    size: int
-
-    @classmethod
-    def open(cls, path: Path, committed: int) -> _Report:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        handle = os.fdopen(fd, "r+b", buffering=1 << 16)
-        if os.fstat(fd).st_size < committed:
-            handle.close()
-            raise StateError(
-                f"the report {path} is shorter than its committed size; it was changed "
-                "outside the agent",
-                reason="REPORT_DAMAGED",
-            )
-        handle.truncate(committed)
-        handle.seek(committed)
-        return cls(path, handle, committed)
-
-    def append(self, data: bytes) -> None:
-        self.handle.write(data)
-        self.size += len(data)
-
-    def sync(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-
-    def close(self) -> None:
-        self.handle.close()
 
 
 class BulkTasks:
@@ -530,7 +408,7 @@ class BulkTasks:
                     req.role_arn,
                     req.template_body,
                     str(input_path(self._root, req.input_file_bucket, req.input_file_key)),
-                    _identity(info),
+                    file_identity(info),
                     info.st_size,
                     now,
                     now,
@@ -573,11 +451,7 @@ class BulkTasks:
                         (utc_now(), task_id),
                     )
             else:
-                flag = self._cancel_flag(task_id)
-                fd = os.open(flag, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                os.fsync(fd)
-                os.close(fd)
-                fsync_dir(flag.parent)
+                touch_synced(self._cancel_flag(task_id))
         return self.describe(task_id)
 
     def _cancel_flag(self, task_id: str) -> Path:
@@ -590,17 +464,8 @@ class BulkTasks:
     @contextlib.contextmanager
     def _lock(self, task_id: str, *, wait: bool) -> Iterator[bool]:
         """Hold the task's runner lock; yields False when another process holds it."""
-        task_dir = ensure_dir(self._reports / task_id)
-        fd = os.open(task_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)
+        with runner_lock(ensure_dir(self._reports / task_id) / "lock", wait=wait) as held:
+            yield held
 
     # --- run -----------------------------------------------------------------------------
 
@@ -645,7 +510,7 @@ class BulkTasks:
             self._finish(task_id, "Failed", f"the input file cannot be read: {exc.message}")
             return
         with os.fdopen(fd, "rb", buffering=1 << 20) as source:
-            if _identity(info) != row["input_identity"]:
+            if file_identity(info) != row["input_identity"]:
                 self._finish(task_id, "Failed", "the input file changed since the task started")
                 return
             try:
@@ -653,9 +518,9 @@ class BulkTasks:
             except AgentError as exc:
                 self._finish(task_id, "Failed", f"the template cannot be used: {exc.message}")
                 return
-            results = _Report.open(self.report_path(task_id, "RESULTS"), row["results_size"])
+            results = ReportFile.open(self.report_path(task_id, "RESULTS"), row["results_size"])
             try:
-                errors = _Report.open(self.report_path(task_id, "ERRORS"), row["errors_size"])
+                errors = ReportFile.open(self.report_path(task_id, "ERRORS"), row["errors_size"])
                 try:
                     source.seek(int(row["input_offset"]))
                     runner = _Runner(
@@ -724,8 +589,8 @@ class _Runner:
         *,
         source: IO[bytes],
         registrar: Registrar,
-        results: _Report,
-        errors: _Report,
+        results: ReportFile,
+        errors: ReportFile,
     ) -> None:
         self.tasks = tasks
         self.task_id: str = row["task_id"]
@@ -894,7 +759,7 @@ def _describe(row: sqlite3.Row) -> dict[str, Any]:
     }
 
 
-_TASK_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,40}")
+_TASK_ID_RE = seed_pattern(r"[A-Za-z0-9_-]{1,40}")
 
 
 def _check_task_id(task_id: str) -> None:

@@ -32,6 +32,12 @@ def register(sub: Any) -> None:
         metavar="TARGET",
         help="pre-provisioning hook: an absolute path to an executable or an https:// URL",
     )
+    reg.add_argument(
+        "--certificate-id",
+        default=None,
+        metavar="ID",
+        help="a registered certificate the request is made with (its pseudo-parameters)",
+    )
     reg.add_argument("--database", type=Path, default=None, help="override registry.database")
     reg.add_argument("--ca-dir", type=Path, default=None, help="override registry.ca_dir")
     reg.set_defaults(handler=_register_thing)
@@ -118,7 +124,9 @@ def _register_thing(args: argparse.Namespace) -> int:
         hook = None
         if args.hook:
             hook = PreProvisioningHook(args.hook, timeout=section.hook_timeout_seconds)
-        result = registry.register_thing(body, parameters, hook=hook)
+        result = registry.register_thing(
+            body, parameters, hook=hook, certificate_id=args.certificate_id
+        )
     finally:
         registry.storage.close()
     print_json(result.to_dict())

@@ -18,7 +18,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from agent.fsutil import PUBLIC_FILE, atomic_write, ensure_dir
-from agent.registry.ca import generate_key, init_ca, key_to_pem, load_ca, signature_hash
+from agent.registry.ca import (
+    DEVICE_ISSUER_CERT,
+    generate_key,
+    init_ca,
+    key_to_pem,
+    load_device_issuer,
+    signature_hash,
+)
 from agent.registry.register import Registry
 from agent.registry.storage import SqliteRegistryStorage
 
@@ -66,10 +73,12 @@ def run_demo_step(ca_dir: Path, work_dir: Path, echo: Callable[[str], None]) -> 
         echo: prints one line.
     """
     ensure_dir(work_dir)
-    if not (ca_dir / "ca.pem").exists():
-        echo(f"registry: creating a provisioning CA in {ca_dir}")
+    if not (ca_dir / DEVICE_ISSUER_CERT).exists():
+        echo(f"registry: creating a provisioning PKI in {ca_dir}")
         init_ca(ca_dir)
-    ca = load_ca(ca_dir)
+    # The registry holds only the device issuer's key and public certificates.
+    ca = load_device_issuer(ca_dir)
+    echo(f"registry: device issuer {ca.issuer.cert.subject.rfc4514_string()}")
     serial = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
     thing_name = f"edge-{serial}"
 
@@ -99,7 +108,8 @@ def run_demo_step(ca_dir: Path, work_dir: Path, echo: Callable[[str], None]) -> 
         echo("registry: evaluating the fleet-provisioning template (RegisterThing)")
         result = registry.register_thing(
             EXAMPLE_TEMPLATE,
-            {"SerialNumber": serial, "AWS::IoT::Certificate::Id": certificate_id},
+            {"SerialNumber": serial},
+            certificate_id=certificate_id,
         )
     atomic_write(work_dir / "device.pem", issued.certificate_pem.encode("ascii"), PUBLIC_FILE)
     for logical_id, arn in result.resource_arns.items():

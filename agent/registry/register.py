@@ -33,7 +33,13 @@ from cryptography import x509
 
 from agent.config import RegistrySection
 from agent.errors import AgentError, ConfigError, FieldProblem
-from agent.registry.ca import CertificateAuthority, load_ca
+from agent.registry.ca import (
+    DEVICE_ISSUER_CERT,
+    ROOT_CERT,
+    ROOT_KEY,
+    DeviceIssuer,
+    load_device_issuer,
+)
 from agent.registry.errors import (
     ConflictingResourceUpdateError,
     ParameterError,
@@ -131,6 +137,16 @@ def check_parameters(parameters: Mapping[str, Any] | None) -> dict[str, str]:
             "parameters must be a map of strings to strings",
             fields=[FieldProblem("parameters", "must be an object")],
         )
+    forged = [k for k in parameters if isinstance(k, str) and k.startswith(CERTIFICATE_PREFIX)]
+    if forged:
+        raise ParameterError(
+            f"parameters may not set {forged[0][:64]!r}: certificate pseudo-parameters come "
+            "only from the certificate",
+            reason="CERTIFICATE_PARAMETER_NOT_ALLOWED",
+            fields=[
+                FieldProblem(f"parameters.{k[:64]}", "set by the certificate only") for k in forged
+            ],
+        )
     problems: list[FieldProblem] = []
     for key, value in parameters.items():
         if not isinstance(key, str) or len(key) > PARAMETER_KEY_MAX:
@@ -165,7 +181,7 @@ class Registry:
     def __init__(
         self,
         storage: RegistryStorage,
-        ca: CertificateAuthority | None,
+        ca: DeviceIssuer | None,
         *,
         region: str,
         account: str,
@@ -185,13 +201,19 @@ class Registry:
     def from_config(
         cls, section: RegistrySection, *, storage: RegistryStorage | None = None
     ) -> Registry:
-        """A registry from the ``[registry]`` section (CA from ``ca_dir`` when present).
+        """A registry from the ``[registry]`` section (device issuer from ``ca_dir``).
+
+        ``ca_dir`` is loaded with :func:`~agent.registry.ca.load_device_issuer` when it holds
+        any PKI file; a directory holding only the offline root key is refused.
 
         Args:
             section: the configuration.
             storage: the storage to use (default: SQLite at ``section.database``).
         """
-        ca = load_ca(section.ca_dir) if (section.ca_dir / "ca.pem").exists() else None
+        has_pki = any(
+            (section.ca_dir / f).exists() for f in (ROOT_CERT, ROOT_KEY, DEVICE_ISSUER_CERT)
+        )
+        ca = load_device_issuer(section.ca_dir) if has_pki else None
         if storage is None:
             storage = SqliteRegistryStorage.open(section.database)
         return cls(
@@ -272,6 +294,7 @@ class Registry:
         template_arn: str = "",
         client_id: str = "",
         claim_certificate_id: str = "",
+        certificate_id: str | None = None,
         now: dt.datetime | None = None,
     ) -> RegisterThingResult:
         """Run RegisterThing: :meth:`prepare` then :meth:`commit`.
@@ -287,6 +310,7 @@ class Registry:
             template_arn: the template's ARN, sent to the hook and recorded.
             client_id: the MQTT client id, sent to the hook.
             claim_certificate_id: the claim certificate's id, sent to the hook.
+            certificate_id: see :meth:`prepare`.
             now: the registration time (default: the current time).
 
         Returns:
@@ -311,6 +335,7 @@ class Registry:
             template_arn=template_arn,
             client_id=client_id,
             claim_certificate_id=claim_certificate_id,
+            certificate_id=certificate_id,
         )
         return self.commit(prepared, transaction=transaction, now=now)
 
@@ -325,6 +350,7 @@ class Registry:
         template_arn: str = "",
         client_id: str = "",
         claim_certificate_id: str = "",
+        certificate_id: str | None = None,
     ) -> PreparedRegistration:
         """Everything of a registration that needs no write lock.
 
@@ -342,6 +368,9 @@ class Registry:
             template_arn: the template's ARN, sent to the hook and recorded.
             client_id: the MQTT client id, sent to the hook.
             claim_certificate_id: the claim certificate's id, sent to the hook.
+            certificate_id: the id of a registered certificate the request is made with
+                (fleet provisioning: the certificate behind the ownership token); its
+                pseudo-parameters, ``AWS::IoT::Certificate::Id`` included, come from it.
 
         Raises:
             AgentError: as :meth:`register_thing`, except the errors found against the
@@ -352,7 +381,10 @@ class Registry:
         )
         caller_params = check_parameters(parameters)
         params = tpl.resolve_parameters(caller_params)
-        issued = self._resolve_certificate(tpl, params, reader or self.storage)
+        source = reader or self.storage
+        given = self._given_certificate(certificate_id, source)
+        issued = self._resolve_certificate(tpl, params, source, given)
+        self._check_certificate_fields(tpl, issued)
         if issued is not None:
             params = {**params, **issued.parameters}
         if hook is not None:
@@ -446,59 +478,86 @@ class Registry:
             )
         return self._signer
 
-    def _resolve_certificate(
-        self, tpl: Template, params: dict[str, str], reader: RegistryReader
+    def _given_certificate(
+        self, certificate_id: str | None, reader: RegistryReader
     ) -> IssuedCertificate | None:
-        spec = tpl.evaluate_certificate(params)
-        if spec is None:
+        if certificate_id is None:
             return None
+        record = reader.get_certificate(certificate_id)
+        if record is None:
+            raise ResourceRegistrationFailureError(
+                f"no certificate with id {certificate_id[:64]} is registered",
+                reason="CERTIFICATE_NOT_FOUND",
+                fields=[FieldProblem("certificateId", "no such certificate")],
+            )
+        return describe_certificate(
+            x509.load_pem_x509_certificate(record.certificate_pem.encode("ascii"))
+        )
+
+    def _resolve_certificate(
+        self,
+        tpl: Template,
+        params: dict[str, str],
+        reader: RegistryReader,
+        given: IssuedCertificate | None,
+    ) -> IssuedCertificate | None:
+        env = {**params, **given.parameters} if given else params
+        spec = tpl.evaluate_certificate(env)
+        if spec is None:
+            return given
         path = f"Resources.{spec.logical_id}.Properties.{spec.method}"
         if spec.method == "CertificateSigningRequest":
-            issued = self._signer_or_fail().sign(spec.value, path=path)
-        elif spec.method == "CertificatePem":
+            return self._signer_or_fail().sign(spec.value, path=path)
+        if spec.method == "CertificatePem":
             signer = self._signer_or_fail()
+            ca_cert = None
             if spec.ca_certificate_pem is not None:
-                self._check_ca_pem(signer, spec.ca_certificate_pem, spec.logical_id)
-            issued = signer.verify_issued(spec.value, path=path)
-        else:
-            record = reader.get_certificate(spec.value)
-            if record is None:
-                raise ResourceRegistrationFailureError(
-                    f"no certificate with id {spec.value} is registered",
-                    reason="CERTIFICATE_NOT_FOUND",
-                    fields=[FieldProblem(path, "no such certificate")],
-                )
-            issued = describe_certificate(
-                x509.load_pem_x509_certificate(record.certificate_pem.encode("ascii"))
+                ca_cert = self._check_ca_pem(signer, spec.ca_certificate_pem, spec.logical_id)
+            return signer.verify_issued(spec.value, path=path, ca_certificate=ca_cert)
+        if given is not None and given.certificate_id == spec.value:
+            return given
+        record = reader.get_certificate(spec.value)
+        if record is None:
+            raise ResourceRegistrationFailureError(
+                f"no certificate with id {spec.value} is registered",
+                reason="CERTIFICATE_NOT_FOUND",
+                fields=[FieldProblem(path, "no such certificate")],
             )
-        missing = [f for f in tpl.certificate_fields if f not in issued.parameters]
+        return describe_certificate(
+            x509.load_pem_x509_certificate(record.certificate_pem.encode("ascii"))
+        )
+
+    @staticmethod
+    def _check_certificate_fields(tpl: Template, issued: IssuedCertificate | None) -> None:
+        facts = issued.parameters if issued else {}
+        missing = [f for f in tpl.certificate_fields if f not in facts]
         if missing:
             raise ResourceRegistrationFailureError(
                 "the certificate's subject lacks "
                 + ", ".join(m.removeprefix(CERTIFICATE_PREFIX) for m in missing)
-                + ", which the template declares",
+                + ", which the template uses",
                 reason="CERTIFICATE_FIELD_MISSING",
                 fields=[FieldProblem(f"Parameters.{m}", "not in the certificate") for m in missing],
             )
-        return issued
 
     @staticmethod
-    def _check_ca_pem(signer: CsrSigner, ca_pem: str, logical_id: str) -> None:
+    def _check_ca_pem(signer: CsrSigner, ca_pem: str, logical_id: str) -> x509.Certificate:
         try:
             given = x509.load_pem_x509_certificate(ca_pem.encode("utf-8"))
         except ValueError:
             given = None
-        if given != signer.ca.root_cert:
+        if given is None or given not in signer.keys.accepted_cas:
             raise ResourceRegistrationFailureError(
-                "CACertificatePem is not the registry's CA certificate",
+                "CACertificatePem is not a CA certificate registered with the registry",
                 reason="CA_CERTIFICATE_NOT_REGISTERED",
                 fields=[
                     FieldProblem(
                         f"Resources.{logical_id}.Properties.CACertificatePem",
-                        "not the registry's CA certificate",
+                        "not a registered CA certificate",
                     )
                 ],
             )
+        return given
 
     def _ask_hook(
         self,
@@ -539,9 +598,14 @@ class Registry:
                 f"the pre-provisioning hook denied provisioning: {decision.detail}",
                 reason=decision.reason,
             )
-        # The certificate's own facts cannot be overridden.
+        # The certificate's own facts cannot be overridden or supplied by the hook.
         facts = issued.parameters if issued else {}
-        return {**params, **decision.parameter_overrides, **facts}
+        overrides = {
+            k: v
+            for k, v in decision.parameter_overrides.items()
+            if not k.startswith(CERTIFICATE_PREFIX)
+        }
+        return {**params, **overrides, **facts}
 
     def _apply(
         self,

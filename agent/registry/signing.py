@@ -1,4 +1,4 @@
-"""CSR signing with the provisioning CA, and certificate facts for templates.
+"""CSR signing with the device issuer, and certificate facts for templates.
 
 A CSR is accepted only when its self-signature verifies, its key type and size are allowed
 (:class:`CsrPolicy`, from the ``[registry]`` config section) and its subject follows the
@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
+from agent.chains import CLIENT_AUTH, ChainError, verify_chain
 from agent.config import RegistrySection
 from agent.errors import ConfigError, FieldProblem
-from agent.registry.ca import CertificateAuthority, cert_to_pem
+from agent.registry.ca import DeviceIssuer, cert_to_pem
 from agent.registry.errors import CsrError, ResourceRegistrationFailureError
 from agent.registry.template import CERTIFICATE_PREFIX
 
@@ -207,10 +208,10 @@ def load_csr(
 
 
 class CsrSigner:
-    """Signs accepted CSRs with the CA's root key."""
+    """Signs accepted CSRs with the device issuer's key (never the root's)."""
 
-    def __init__(self, ca: CertificateAuthority, policy: CsrPolicy | None = None) -> None:
-        self.ca = ca
+    def __init__(self, keys: DeviceIssuer, policy: CsrPolicy | None = None) -> None:
+        self.keys = keys
         self.policy = policy or CsrPolicy()
 
     def sign(
@@ -242,7 +243,7 @@ class CsrSigner:
             for a in csr.subject
             if a.oid != NameOID.COMMON_NAME
         )
-        cert = self.ca.issue(
+        cert = self.keys.issuer.issue(
             common_name=str(common_name),
             public_key=key,
             not_before=issued_at - dt.timedelta(minutes=5),
@@ -251,26 +252,86 @@ class CsrSigner:
         )
         return describe_certificate(cert)
 
-    def verify_issued(self, certificate_pem: str, *, path: str) -> IssuedCertificate:
-        """Accept a device certificate in PEM only if this CA issued it.
+    def verify_issued(
+        self,
+        certificate_pem: str,
+        *,
+        path: str,
+        now: dt.datetime | None = None,
+        ca_certificate: x509.Certificate | None = None,
+    ) -> IssuedCertificate:
+        """Accept a device certificate in PEM only if an accepted CA issued it for clientAuth.
+
+        The certificate must be inside its validity window at ``now``, carry the
+        ``clientAuth`` extended key usage, not be a CA, and chain to ``ca_certificate``
+        (when given) or to one of :attr:`DeviceIssuer.accepted_cas`: the device issuer and
+        the CA certificates registered with ``edge-agent ca register``. The archive signer
+        (``codeSigning``) and every CA certificate are refused.
 
         Raises:
-            ResourceRegistrationFailureError: not a certificate, or not issued by this CA.
+            ResourceRegistrationFailureError: ``CERTIFICATE_INVALID``, ``CERTIFICATE_EXPIRED``,
+                ``CERTIFICATE_NOT_YET_VALID``, ``CERTIFICATE_PURPOSE_INVALID`` or
+                ``CERTIFICATE_NOT_TRUSTED``.
         """
         try:
             cert = x509.load_pem_x509_certificate(certificate_pem.encode("utf-8"))
         except ValueError:
-            raise ResourceRegistrationFailureError(
+            raise _pem_problem(
+                path,
                 "the certificate is not a PEM X.509 certificate",
-                reason="CERTIFICATE_INVALID",
-                fields=[FieldProblem(path, "not a PEM certificate")],
+                "CERTIFICATE_INVALID",
+                "not a PEM certificate",
             ) from None
+        at = now or dt.datetime.now(dt.UTC)
+        if at < cert.not_valid_before_utc:
+            raise _pem_problem(
+                path,
+                "the certificate is not valid yet",
+                "CERTIFICATE_NOT_YET_VALID",
+                "not valid yet",
+            )
+        if at > cert.not_valid_after_utc:
+            raise _pem_problem(
+                path, "the certificate has expired", "CERTIFICATE_EXPIRED", "expired"
+            )
+        if not _is_client_leaf(cert):
+            raise _pem_problem(
+                path,
+                "the certificate is not a device certificate: it must carry the clientAuth "
+                "extended key usage and not be a CA",
+                "CERTIFICATE_PURPOSE_INVALID",
+                "not a clientAuth end-entity certificate",
+            )
+        anchors = (ca_certificate,) if ca_certificate is not None else self.keys.accepted_cas
         try:
-            cert.verify_directly_issued_by(self.ca.root_cert)
-        except (ValueError, TypeError, InvalidSignature):
-            raise ResourceRegistrationFailureError(
-                "the certificate was not issued by the registry's CA",
-                reason="CERTIFICATE_NOT_TRUSTED",
-                fields=[FieldProblem(path, "not issued by the registry's CA")],
+            verify_chain(cert, [], anchors, at=at, usage=CLIENT_AUTH)
+        except ChainError:
+            raise _pem_problem(
+                path,
+                "the certificate was not issued by a CA the registry accepts",
+                "CERTIFICATE_NOT_TRUSTED",
+                "not issued by an accepted CA",
             ) from None
         return describe_certificate(cert)
+
+
+def _is_client_leaf(cert: x509.Certificate) -> bool:
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if constraints.ca:
+            return False
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return CLIENT_AUTH in eku
+
+
+def _pem_problem(
+    path: str, message: str, reason: str, short: str
+) -> ResourceRegistrationFailureError:
+    return ResourceRegistrationFailureError(
+        message, reason=reason, fields=[FieldProblem(path, short)]
+    )

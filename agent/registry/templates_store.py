@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import re
 import sqlite3
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -35,12 +34,13 @@ from agent.errors import (
     ResourceNotFoundError,
 )
 from agent.registry import fieldcheck as fc
+from agent.seedpattern import seed_pattern
 from agent.store import Store
 
 COMPONENT = "templates"
 
-TEMPLATE_NAME_RE = re.compile(r"^[0-9A-Za-z_-]+$")
-PAYLOAD_VERSION_RE = re.compile(r"^[0-9-]+$")
+TEMPLATE_NAME_RE = seed_pattern(r"^[0-9A-Za-z_-]+$")
+PAYLOAD_VERSION_RE = seed_pattern(r"^[0-9-]+$")
 TEMPLATE_TYPES = ("FLEET_PROVISIONING", "JITP")
 MAX_TEMPLATE_BODY = 10240
 MAX_DESCRIPTION = 500
@@ -103,8 +103,8 @@ def utc_now() -> str:
 
 
 def default_body_validator() -> BodyValidator:
-    """The template engine's check (:func:`agent.registry.wiring.validate_template_body`)."""
-    from agent.registry.wiring import validate_template_body  # noqa: PLC0415 - heavy import
+    """The template engine's check with the type rules (:func:`validate_template_body`)."""
+    from agent.registry.template.types import validate_template_body  # noqa: PLC0415 - heavy
 
     return validate_template_body
 

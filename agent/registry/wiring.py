@@ -1,8 +1,8 @@
 """How the template store and bulk registration plug into the registry.
 
-* :func:`template_body_validator`: a template body is valid when the template engine
-  (:func:`agent.registry.template.parse_template`) accepts it; a ``JITP`` template that
-  declares a certificate must name it by ``CertificateId``. Problems keep the engine's JSON
+* :func:`template_body_validator`: the template store's body check,
+  :func:`agent.registry.template.validate_template_body` (the engine accepts the body and
+  it suits its type, one rule set for create and update). Problems keep the engine's JSON
   paths, prefixed with ``templateBody.``.
 * :func:`bulk_registrar_factory`: each bulk line is prepared by the registry outside any
   transaction (CSR signing, evaluation) and committed inside the bulk task's open
@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig
-from agent.errors import FieldProblem
 from agent.registry.bulk import Registrar, RegistrarFactory
-from agent.registry.errors import TemplateError
 from agent.registry.register import PreparedRegistration, Registry
 from agent.registry.storage import SqliteRegistryStorage, SqliteRegistryTransaction
-from agent.registry.template import Template, parse_template
+from agent.registry.template import Template, parse_template, validate_template_body
 from agent.registry.templates_store import BodyValidator
 from agent.store import Store
 
@@ -30,41 +28,6 @@ from agent.store import Store
 def registry_db_path(config: AgentConfig) -> Path:
     """The database shared by the registry, the template store and bulk tasks."""
     return config.registry.database
-
-
-def _prefixed(exc: TemplateError) -> TemplateError:
-    fields = [
-        f
-        if f.path == "templateBody" or f.path.startswith("templateBody.")
-        else FieldProblem(f"templateBody.{f.path}", f.message)
-        for f in exc.fields
-    ]
-    return TemplateError(exc.message, reason=exc.reason, fields=fields)
-
-
-def validate_template_body(body: str, template_type: str) -> None:
-    """Check a template body for a template type.
-
-    Raises:
-        TemplateError: the engine refuses the body, or a JITP template's certificate is not
-            named by ``CertificateId`` (``InvalidRequestException``, field paths under
-            ``templateBody.``).
-    """
-    try:
-        template = parse_template(body)
-    except TemplateError as exc:
-        raise _prefixed(exc) from None
-    method = template.certificate_method
-    if template_type == "JITP" and method not in {None, "CertificateId"}:
-        logical = next(
-            name for name, kind in template.resource_types.items() if kind.endswith("Certificate")
-        )
-        path = f"templateBody.Resources.{logical}.Properties.{method}"
-        raise TemplateError(
-            "a JITP template must name its certificate with CertificateId",
-            reason="TEMPLATE_INVALID",
-            fields=[FieldProblem(path, "JITP templates use CertificateId")],
-        )
 
 
 def template_body_validator(config: AgentConfig) -> BodyValidator:

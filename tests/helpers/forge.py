@@ -22,7 +22,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from agent.archive.make import sign_manifest, zip_entries
+from agent.archive.make import issue_claim_certificate, sign_manifest, zip_entries
 from agent.archive.manifest import (
     CERTIFICATE,
     HASHED_NAMES,
@@ -31,6 +31,7 @@ from agent.archive.manifest import (
     ROOT_CA,
     SIGNATURE,
     SIGNER,
+    device_name_uri,
 )
 from agent.registry.ca import (
     CertificateAuthority,
@@ -67,7 +68,10 @@ class Forge:
     not_before: dt.datetime = NOW
     lifetime: dt.timedelta = dt.timedelta(minutes=5)
     claim_key_type: KeyType = "ec-p256"
+    #: The claim certificate's CN ("" for none) and device-name URI ("" for none); None
+    #: for both means "as archive make does it".
     cn: str | None = None
+    uri: str | None = None
     eku: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH
     networking: dict[str, Any] | None = None
     manifest_edits: dict[str, Any] = field(default_factory=dict)
@@ -90,18 +94,31 @@ class Forge:
     def parts(self) -> list[tuple[str, bytes]]:
         """All six entries, in order, after every edit."""
         key = self.claim_key or generate_key(self.claim_key_type)
-        cert = self.ca.issue(
-            common_name=self.cn if self.cn is not None else self.name,
-            public_key=key.public_key(),
-            not_before=self.not_before,
-            lifetime=self.lifetime,
-            eku=self.eku,
-        )
+        if self.cn is None and self.uri is None:
+            cert = issue_claim_certificate(
+                self.ca.factory(),
+                self.name,
+                key.public_key(),
+                self.not_before,
+                self.lifetime,
+                eku=self.eku,
+            )
+        else:
+            cert = self.ca.claim_issuer.issue(
+                common_name=self.cn or None,
+                public_key=key.public_key(),
+                not_before=self.not_before,
+                lifetime=self.lifetime,
+                eku=self.eku,
+                uris=(self.uri if self.uri is not None else device_name_uri(self.name),)
+                if self.uri != ""
+                else (),
+            )
         files = {
             SIGNER: self.signer_pem
             if self.signer_pem is not None
             else cert_to_pem(self.ca.signer_cert),
-            CERTIFICATE: cert_to_pem(cert),
+            CERTIFICATE: cert_to_pem(cert) + cert_to_pem(self.ca.claim_issuer.cert),
             PRIVATE_KEY: key_to_pem(key),
             ROOT_CA: cert_to_pem(self.ca.root_cert),
         }

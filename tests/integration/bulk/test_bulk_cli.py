@@ -28,9 +28,40 @@ def write_devices(env: Env, count: int, name: str = "devices.jsonl") -> None:
             out.write(json.dumps({"SerialNumber": f"{n:06d}"}) + "\n")
 
 
+#: A fleet-provisioning template: its certificate comes from the request, by id.
+FLEET = {
+    **TEMPLATE,
+    "Parameters": {k: v for k, v in TEMPLATE["Parameters"].items() if k != "CSR"},
+    "Resources": {
+        **TEMPLATE["Resources"],
+        "certificate": {
+            "Type": "AWS::IoT::Certificate",
+            "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}},
+        },
+    },
+}
+
+
 def test_template_commands(env: Env) -> None:
+    csr_body = env.root / "csr.json"
+    csr_body.write_text(json.dumps(TEMPLATE), encoding="utf-8")
+    refused_type = env.run(
+        "template",
+        "create",
+        "--name",
+        "edge-fleet",
+        "--body",
+        str(csr_body),
+        "--role-arn",
+        ROLE,
+        check=False,
+    )
+    assert refused_type.returncode == 1
+    assert json.loads(refused_type.stdout)["error"]["fields"][0]["path"] == (
+        "templateBody.Resources.certificate.Properties.CertificateSigningRequest"
+    )
     body = env.root / "t.json"
-    body.write_text(json.dumps(TEMPLATE), encoding="utf-8")
+    body.write_text(json.dumps(FLEET), encoding="utf-8")
     created = env.json(
         "template",
         "create",

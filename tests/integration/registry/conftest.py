@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -43,7 +44,7 @@ def storage(tmp_path: Path) -> Iterator[SqliteRegistryStorage]:
 
 @pytest.fixture
 def registry(storage: SqliteRegistryStorage, ca_dir: CaDir) -> Registry:
-    return Registry(storage, ca_dir.ca, region="eu-west-1", account="111122223333")
+    return Registry(storage, ca_dir.ca.registry(), region="eu-west-1", account="111122223333")
 
 
 @dataclass
@@ -61,18 +62,39 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.requests.append(json.loads(self.rfile.read(length)))
         if self.path == "/slow":
             self.server.release.wait(30)
+        if self.path == "/drip":
+            self._drip()
+            return
+        if self.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", "http://127.0.0.1:9/allow")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         status, body = {
             "/allow": (200, b'{"allowProvisioning": true, "parameterOverrides": {"Site": "web"}}'),
             "/deny": (200, b'{"allowProvisioning": false}'),
             "/garbage": (200, b"<html>oops</html>"),
             "/error": (500, b'{"allowProvisioning": true}'),
             "/slow": (200, b'{"allowProvisioning": true}'),
+            "/duplicate": (200, b'{"allowProvisioning": false, "allowProvisioning": true}'),
         }.get(self.path, (404, b"{}"))
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _drip(self) -> None:
+        """Answer one byte at a time, each well inside any socket timeout."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            while not self.server.release.wait(0.1):
+                self.wfile.write(b" ")
+                self.wfile.flush()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
         del format, args

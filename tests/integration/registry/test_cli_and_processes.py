@@ -235,3 +235,47 @@ def test_processes_share_one_registry(tmp_path: Path) -> None:
         shared = storage.get_thing("shared-thing")
         assert shared is not None
         assert shared.version == 1  # identical re-registrations change nothing
+
+
+def test_a_forged_certificate_country_is_refused_by_the_cli(config: Path, tmp_path: Path) -> None:
+    template = tmp_path / "template.json"
+    template.write_text(
+        json.dumps(
+            {
+                "Parameters": {"CSR": {"Type": "String"}},
+                "Resources": {
+                    "thing": {
+                        "Type": "AWS::IoT::Thing",
+                        "Properties": {
+                            "ThingName": "forged-1",
+                            "AttributePayload": {
+                                "country": {"Ref": "AWS::IoT::Certificate::Country"}
+                            },
+                        },
+                    },
+                    "certificate": {
+                        "Type": "AWS::IoT::Certificate",
+                        "Properties": {"CertificateSigningRequest": {"Ref": "CSR"}},
+                    },
+                },
+            }
+        )
+    )
+    csr = make_csr("forged-1", extra=())
+    forged = json.dumps({"CSR": csr, "AWS::IoT::Certificate::Country": "XX"})
+    code, out = run_cli(
+        config, "register-thing", "--template-body", str(template), "--parameters", forged
+    )
+    assert code == 1
+    assert out["error"]["reason"] == "CERTIFICATE_PARAMETER_NOT_ALLOWED"
+    code, out = run_cli(
+        config,
+        "register-thing",
+        "--template-body",
+        str(template),
+        "--parameters",
+        json.dumps({"CSR": csr}),
+    )
+    assert code == 1
+    assert out["error"]["reason"] == "CERTIFICATE_FIELD_MISSING"
+    assert out["error"]["code"] == "ResourceRegistrationFailureException"

@@ -202,7 +202,7 @@ def test_the_registry_caps_the_hook_budget(
     storage: SqliteRegistryStorage, ca_dir: CaDir, tmp_path: Path
 ) -> None:
     registry = Registry(
-        storage, ca_dir.ca, region="eu-west-1", account="111122223333", hook_timeout=0.3
+        storage, ca_dir.ca.registry(), region="eu-west-1", account="111122223333", hook_timeout=0.3
     )
     hook = write_hook(tmp_path, "slow", "time.sleep(60)")
     error = denied(registry, PreProvisioningHook(str(hook), timeout=5.0))
@@ -240,7 +240,13 @@ def test_https_allow_with_overrides(
 
 @pytest.mark.parametrize(
     ("path", "reason"),
-    [("/deny", "HOOK_DENIED"), ("/garbage", "HOOK_BAD_RESPONSE"), ("/error", "HOOK_FAILED")],
+    [
+        ("/deny", "HOOK_DENIED"),
+        ("/garbage", "HOOK_BAD_RESPONSE"),
+        ("/error", "HOOK_FAILED"),
+        ("/duplicate", "HOOK_BAD_RESPONSE"),
+        ("/redirect", "HOOK_FAILED"),
+    ],
 )
 def test_https_denials(registry: Registry, hook_server: HookServer, path: str, reason: str) -> None:
     hook = PreProvisioningHook(f"{hook_server.url}{path}", ca_file=hook_server.ca_file)
@@ -337,3 +343,60 @@ def test_timeout_with_an_escaped_descendant_holding_the_pipes(
         if pid_file.exists():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid_file.read_text()), 9)
+
+
+def test_https_redirect_is_not_followed(registry: Registry, hook_server: HookServer) -> None:
+    hook = PreProvisioningHook(f"{hook_server.url}/redirect", ca_file=hook_server.ca_file)
+    error = denied(registry, hook)
+    assert "redirect" in error.message
+    assert len(hook_server.requests) == 1  # nothing was sent to the redirect's target
+
+
+def test_https_deadline_holds_against_a_trickling_answer(
+    registry: Registry, hook_server: HookServer
+) -> None:
+    # Every byte arrives well inside a per-read timeout; only a whole-call deadline stops it.
+    hook = PreProvisioningHook(f"{hook_server.url}/drip", timeout=0.6, ca_file=hook_server.ca_file)
+    started = time.monotonic()
+    assert denied(registry, hook).reason == "HOOK_TIMEOUT"
+    assert time.monotonic() - started < 3.0
+
+
+def test_the_hook_gets_a_minimal_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REGISTRY_DATABASE_PASSWORD", "not-for-hooks")
+    hook = write_hook(
+        tmp_path,
+        "env",
+        "print(json.dumps({'allowProvisioning': True, 'parameterOverrides': "
+        "{'Site': ','.join(sorted(os.environ)) + '|' + os.getcwd()}}))",
+    )
+    decision = call_hook(
+        PreProvisioningHook(str(hook)),
+        HookRequest(certificate_id="a" * 64, certificate_pem="", template_arn="", parameters={}),
+    )
+    seen, cwd = decision.parameter_overrides["Site"].split("|")
+    assert set(seen.split(",")) <= {"PATH", "LANG", "LC_CTYPE"}
+    assert "REGISTRY_DATABASE_PASSWORD" not in seen
+    assert cwd == "/"
+
+
+def test_an_endless_answer_is_cut_at_the_cap(registry: Registry, tmp_path: Path) -> None:
+    hook = write_hook(tmp_path, "endless", "while True:\n    sys.stdout.write('x' * 65536)")
+    started = time.monotonic()
+    error = denied(registry, PreProvisioningHook(str(hook), timeout=5.0))
+    assert error.reason == "HOOK_BAD_RESPONSE"
+    assert "too long" in error.message
+    assert time.monotonic() - started < 4.0  # refused at the cap, not at the deadline
+
+
+def test_a_duplicate_allow_key_denies(registry: Registry, tmp_path: Path) -> None:
+    hook = write_hook(
+        tmp_path,
+        "dup",
+        'print(\'{"allowProvisioning": false, "allowProvisioning": true}\')',
+    )
+    error = denied(registry, PreProvisioningHook(str(hook)))
+    assert error.reason == "HOOK_BAD_RESPONSE"
+    assert "duplicate key" in error.message

@@ -193,7 +193,7 @@ def test_make_writes_the_seed_response(ca: CertificateAuthority, tmp_path: Path)
         not_before=NOW,
         lifetime=dt.timedelta(seconds=120),
     )
-    built = build_archive(ca, request, region="eu-west-3", account="111122223333")
+    built = build_archive(ca.factory(), request, region="eu-west-3", account="111122223333")
     path = write_archive(built, tmp_path / "out")
     assert path.name == "certificates-omni_edge-7.zip"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

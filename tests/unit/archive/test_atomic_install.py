@@ -43,6 +43,8 @@ BEFORE_SWITCH = [
     "wrote private.key",
     "wrote root-ca.pem",
     "wrote manifest.json",
+    "wrote manifest.sig",
+    "wrote signer.pem",
     "staged",
 ]
 
@@ -53,7 +55,7 @@ def _usable(directory: Path, ca: CertificateAuthority) -> str:
     key = load_claim_key((directory / "private.key").read_bytes())
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     assert key.public_key().public_bytes(*spki) == cert.public_key().public_bytes(*spki)
-    assert cert.issuer == ca.root_cert.subject
+    assert cert.issuer == ca.claim_issuer.cert.subject
     assert (directory / "root-ca.pem").read_bytes() == cert_to_pem(ca.root_cert)
     return str(cert.subject.rfc4514_string())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import zipfile
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -20,7 +22,13 @@ from agent.archive.manifest import ENTRY_NAMES
 from agent.archive.reader import Limits
 from agent.archive.verify import Policy
 from agent.errors import AgentError
-from agent.registry.ca import CertificateAuthority, cert_to_pem, generate_key, key_to_pem
+from agent.registry.ca import (
+    CertificateAuthority,
+    Issuer,
+    cert_to_pem,
+    generate_key,
+    key_to_pem,
+)
 from tests.helpers.forge import NOW, Forge, info, patch_flags, raw_zip, rewrite
 from tests.unit.archive.conftest import snapshot
 
@@ -95,13 +103,43 @@ def _corrupt_entry(ctx: Ctx) -> Path:
 def _claim_signed_manifest(ctx: Ctx) -> Path:
     """The claim certificate (clientAuth, not codeSigning) used as the archive signer."""
     key = generate_key()
-    cert = ctx.forge.ca.issue(
+    cert = ctx.forge.ca.claim_issuer.issue(
         common_name="dev-1",
         public_key=key.public_key(),
         not_before=NOW,
         lifetime=dt.timedelta(minutes=5),
     )
     return ctx.forge.but(signer_pem=cert_to_pem(cert), signer_key=key).write(ctx.dir)
+
+
+def _restricted_intermediate(ctx: Ctx, usage: x509.ObjectIdentifier) -> Issuer:
+    """An intermediate under the real root whose extendedKeyUsage allows only ``usage``."""
+    key = generate_key()
+    cert = ctx.forge.ca.root.issue_ca(common_name="restricted", key=key, now=NOW, eku=usage)
+    return Issuer(cert, key)
+
+
+def _signer_under_client_auth_intermediate(ctx: Ctx) -> Path:
+    """A codeSigning signer issued by an intermediate restricted to clientAuth."""
+    inter = _restricted_intermediate(ctx, ExtendedKeyUsageOID.CLIENT_AUTH)
+    key = generate_key()
+    signer = inter.issue(
+        common_name="signer",
+        public_key=key.public_key(),
+        not_before=NOW - dt.timedelta(days=1),
+        lifetime=dt.timedelta(days=30),
+        eku=ExtendedKeyUsageOID.CODE_SIGNING,
+    )
+    return ctx.forge.but(
+        signer_pem=cert_to_pem(signer) + cert_to_pem(inter.cert), signer_key=key
+    ).write(ctx.dir)
+
+
+def _claim_under_code_signing_intermediate(ctx: Ctx) -> Path:
+    """A clientAuth claim certificate issued by an intermediate restricted to codeSigning."""
+    inter = _restricted_intermediate(ctx, ExtendedKeyUsageOID.CODE_SIGNING)
+    ca = dataclasses.replace(ctx.forge.ca, claim_issuer=inter)
+    return ctx.forge.but(ca=ca).write(ctx.dir)
 
 
 def _foreign_signer(ctx: Ctx) -> Path:
@@ -113,7 +151,7 @@ def _foreign_signer(ctx: Ctx) -> Path:
 
 def _rsa_signer(ctx: Ctx) -> Path:
     key = generate_key("rsa-2048")
-    cert = ctx.forge.ca.issue(
+    cert = ctx.forge.ca.claim_issuer.issue(
         common_name="rsa signer",
         public_key=key.public_key(),
         not_before=NOW,
@@ -421,6 +459,31 @@ CASES: list[Case] = [
         "certificate-server-auth-only",
         "CERTIFICATE_UNTRUSTED",
         lambda c: c.forge.but(eku=ExtendedKeyUsageOID.SERVER_AUTH).write(c.dir),
+    ),
+    Case(
+        "signer-under-client-auth-intermediate",
+        "SIGNER_UNTRUSTED",
+        _signer_under_client_auth_intermediate,
+    ),
+    Case(
+        "claim-under-code-signing-intermediate",
+        "CERTIFICATE_UNTRUSTED",
+        _claim_under_code_signing_intermediate,
+    ),
+    Case(
+        "claim-without-name-uri",
+        "DEVICE_NAME_MISMATCH",
+        lambda c: c.forge.but(cn="dev-1", uri="").write(c.dir),
+    ),
+    Case(
+        "claim-uri-for-other-device",
+        "DEVICE_NAME_MISMATCH",
+        lambda c: c.forge.but(cn="dev-1", uri="urn:edge-agent:device:dev-2").write(c.dir),
+    ),
+    Case(
+        "claim-short-name-without-cn",
+        "DEVICE_NAME_MISMATCH",
+        lambda c: c.forge.but(cn="").write(c.dir),
     ),
     # --- private key -------------------------------------------------------------------
     Case(

@@ -13,13 +13,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from agent.cli import main
-from tests.helpers.forge import NOW as FORGE_NOW
-from tests.helpers.forge import rfc3339
 from tests.unit.archive.conftest import snapshot
 
-NOW = rfc3339(FORGE_NOW + dt.timedelta(seconds=30))
+
+def _rfc3339(value: dt.datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+class _Times:
+    """RFC 3339 times around the clock of the running test (``ca init`` uses that clock)."""
+
+    start = now = later = ""
+
+
+T = _Times()
+
+
+@pytest.fixture(autouse=True)
+def _times_now() -> None:
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    T.start = _rfc3339(start)
+    T.now = _rfc3339(start + dt.timedelta(seconds=30))
+    T.later = _rfc3339(start + dt.timedelta(hours=1))
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
@@ -48,7 +66,7 @@ def make(capsys: pytest.CaptureFixture[str], ca: Path, out: Path, *extra: str) -
         "--out",
         str(out),
         "--not-before",
-        rfc3339(FORGE_NOW),
+        T.start,
         *extra,
     )
     assert code == 0, body
@@ -94,7 +112,7 @@ def test_make_validate_install(
 
     trust = str(factory / "ca.pem")
     code, summary = run(
-        capsys, "archive", "validate", str(archive), "--trust", trust, "--now", NOW, "--json"
+        capsys, "archive", "validate", str(archive), "--trust", trust, "--now", T.now, "--json"
     )
     assert code == 0
     assert summary["timeCheck"] == "passed"
@@ -113,7 +131,7 @@ def test_make_validate_install(
         "--state-dir",
         str(state),
         "--now",
-        NOW,
+        T.now,
     )
     assert code == 0
     assert result["status"] == "INSTALLED"
@@ -129,7 +147,7 @@ def test_make_validate_install(
         "--state-dir",
         str(state),
         "--now",
-        NOW,
+        T.now,
     )
     assert code == 1
     assert error["error"]["code"] == "ConflictException"
@@ -149,7 +167,7 @@ def test_validate_writes_nothing(
         "--trust",
         str(factory / "ca.pem"),
         "--now",
-        NOW,
+        T.now,
     )
     assert code == 0
     assert snapshot(tmp_path) == before
@@ -167,7 +185,7 @@ def test_expired_archive_exit_1_with_error_json(
         "--trust",
         str(factory / "ca.pem"),
         "--now",
-        rfc3339(FORGE_NOW + dt.timedelta(hours=1)),
+        T.later,
     )
     assert code == 1
     assert body["error"]["code"] == "ValidationException"
@@ -257,7 +275,7 @@ def test_python_dash_m_agent(factory: Path, tmp_path: Path) -> None:
             "--trust",
             str(factory / "ca.pem"),
             "--now",
-            NOW,
+            T.now,
         ],
         capture_output=True,
         text=True,
@@ -267,3 +285,111 @@ def test_python_dash_m_agent(factory: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert json.loads(result.stdout)["error"]["reason"] == "FILE_NAME_INVALID"
+
+
+def test_ca_init_refuses_a_world_writable_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    code, body = run(capsys, "ca", "init", "--out", str(shared))
+    assert code == 2
+    assert body["error"]["reason"] == "DIRECTORY_NOT_PRIVATE"
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert list(shared.iterdir()) == []
+
+
+def test_ca_init_lists_which_host_keeps_which_file(
+    factory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, body = run(capsys, "ca", "init", "--out", str(tmp_path / "second"))
+    assert code == 0
+    assert body["offlineKey"].endswith("ca.key")
+    assert "ca.key" not in body["factoryFiles"]
+    assert "ca.key" not in body["registryFiles"]
+    assert "signer.key" not in body["registryFiles"]
+    assert "device-issuer.key" in body["registryFiles"]
+    assert "claim-issuer.key" in body["factoryFiles"]
+
+
+def test_archive_make_needs_only_the_factory_files(
+    factory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.registry.ca import FACTORY_FILES
+
+    only = tmp_path / "factory-only"
+    only.mkdir(mode=0o700)
+    for name in FACTORY_FILES:
+        (only / name).write_bytes((factory / name).read_bytes())
+    make(capsys, only, tmp_path / "out")
+    archive = tmp_path / "out" / "certificates-omni_dev-1.zip"
+    code, summary = run(
+        capsys,
+        "archive",
+        "validate",
+        str(archive),
+        "--trust",
+        str(factory / "ca.pem"),
+        "--now",
+        T.now,
+        "--json",
+    )
+    assert code == 0, summary
+
+
+def test_ca_register_through_the_cli(
+    factory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from agent.registry.ca import init_ca, signature_hash
+
+    code, body = run(capsys, "ca", "registration-code", "--ca-dir", str(factory))
+    assert code == 0
+    registration = body["registrationCode"]
+    own = init_ca(tmp_path / "own-ca")
+    start = dt.datetime.now(dt.UTC)
+    proof = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, registration)]))
+        .issuer_name(own.device_issuer.cert.subject)
+        .public_key(own.signer_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start - dt.timedelta(minutes=1))
+        .not_valid_after(start + dt.timedelta(hours=1))
+        .sign(own.device_issuer.key, signature_hash(own.device_issuer.key))
+    )
+    proof_path = tmp_path / "proof.pem"
+    proof_path.write_bytes(proof.public_bytes(serialization.Encoding.PEM))
+    argv = (
+        "ca",
+        "register",
+        "--ca-dir",
+        str(factory),
+        "--ca-certificate",
+        str(tmp_path / "own-ca" / "device-issuer.pem"),
+        "--verification-certificate",
+        str(proof_path),
+    )
+    code, body = run(capsys, *argv)
+    assert code == 0, body
+    assert body["status"] == "ACTIVE"
+    assert len(body["certificateId"]) == 64
+    code, body = run(capsys, *argv)
+    assert code == 1
+    assert body["error"]["code"] == "ResourceAlreadyExistsException"
+    code, body = run(
+        capsys,
+        "ca",
+        "register",
+        "--ca-dir",
+        str(factory),
+        "--ca-certificate",
+        str(tmp_path / "missing.pem"),
+        "--verification-certificate",
+        str(proof_path),
+    )
+    assert code == 1
+    assert body["error"]["reason"] == "CERTIFICATE_UNREADABLE"

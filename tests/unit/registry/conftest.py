@@ -39,4 +39,4 @@ def storage(db_path: Path) -> Iterator[SqliteRegistryStorage]:
 
 @pytest.fixture
 def registry(storage: SqliteRegistryStorage, ca: CertificateAuthority) -> Registry:
-    return Registry(storage, ca, region=REGION, account=ACCOUNT)
+    return Registry(storage, ca.registry(), region=REGION, account=ACCOUNT)

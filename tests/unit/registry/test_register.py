@@ -100,19 +100,20 @@ def test_csr_template_registers_thing_certificate_and_policy(
     assert certificate.status == "ACTIVE"
     assert storage.thing_principals("bulb-1") == (cert_id,)
     assert storage.certificate_policies(cert_id) == (policy_name,)
-    CsrSigner(ca).verify_issued(body["certificatePem"], path="x")
+    CsrSigner(ca.registry()).verify_issued(body["certificatePem"], path="x")
 
 
 def test_reference_example_with_certificate_id(
     registry: Registry, storage: SqliteRegistryStorage, ca: CertificateAuthority
 ) -> None:
-    issued = CsrSigner(ca).sign(make_csr("edge-123"))
+    issued = CsrSigner(ca.registry()).sign(make_csr("edge-123"))
     cert_id = registry.register_certificate(issued.certificate_pem)
     assert cert_id == issued.certificate_id
     registry.create_policy("EdgeAppliancePolicy", {"Version": "2012-10-17", "Statement": []})
     result = registry.register_thing(
         json.dumps(example_template()),
-        {"SerialNumber": "123", "AWS::IoT::Certificate::Id": cert_id},
+        {"SerialNumber": "123"},
+        certificate_id=cert_id,
     )
     # A template naming an existing policy returns only the certificate and thing ARNs.
     assert result.to_dict() == {
@@ -178,9 +179,11 @@ def test_declared_certificate_fields_must_be_in_the_certificate(
             },
         },
     }
-    cert_id = registry.register_certificate(CsrSigner(ca).sign(make_csr("jitp-1")).certificate_pem)
+    cert_id = registry.register_certificate(
+        CsrSigner(ca.registry()).sign(make_csr("jitp-1")).certificate_pem
+    )
     with pytest.raises(ResourceRegistrationFailureError) as caught:
-        registry.register_thing(template, {"AWS::IoT::Certificate::Id": cert_id})
+        registry.register_thing(template, certificate_id=cert_id)
     assert caught.value.reason == "CERTIFICATE_FIELD_MISSING"
     assert caught.value.fields[0].path == "Parameters.AWS::IoT::Certificate::Organization"
     assert storage.count_things() == 0
@@ -189,7 +192,7 @@ def test_declared_certificate_fields_must_be_in_the_certificate(
 def test_certificate_pem_from_the_ca_is_registered(
     registry: Registry, storage: SqliteRegistryStorage, ca: CertificateAuthority
 ) -> None:
-    pem = CsrSigner(ca).sign(make_csr("pem-1")).certificate_pem
+    pem = CsrSigner(ca.registry()).sign(make_csr("pem-1")).certificate_pem
     template = {
         "Parameters": {"Pem": {"Type": "String"}},
         "Resources": {
@@ -210,7 +213,7 @@ def test_certificate_pem_from_the_ca_is_registered(
 def test_certificate_pem_from_another_ca_is_refused(
     registry: Registry, storage: SqliteRegistryStorage, other_ca: CertificateAuthority
 ) -> None:
-    pem = CsrSigner(other_ca).sign(make_csr("pem-2")).certificate_pem
+    pem = CsrSigner(other_ca.registry()).sign(make_csr("pem-2")).certificate_pem
     template = {
         "Resources": {
             "cert": {"Type": "AWS::IoT::Certificate", "Properties": {"CertificatePem": pem}}
@@ -229,22 +232,20 @@ def test_certificate_pem_from_another_ca_is_refused(
 
 def test_unknown_certificate_id(registry: Registry, storage: SqliteRegistryStorage) -> None:
     with pytest.raises(ResourceRegistrationFailureError) as caught:
-        registry.register_thing(
-            example_template(), {"SerialNumber": "1", "AWS::IoT::Certificate::Id": "c" * 64}
-        )
+        registry.register_thing(example_template(), {"SerialNumber": "1"}, certificate_id="c" * 64)
     assert caught.value.reason == "CERTIFICATE_NOT_FOUND"
-    assert caught.value.fields[0].path == "Resources.certificate.Properties.CertificateId"
+    assert caught.value.fields[0].path == "certificateId"
     assert storage.count_things() == 0
 
 
 def test_unknown_policy_name_rolls_back_the_thing(
     registry: Registry, storage: SqliteRegistryStorage, ca: CertificateAuthority
 ) -> None:
-    cert_id = registry.register_certificate(CsrSigner(ca).sign(make_csr()).certificate_pem)
+    cert_id = registry.register_certificate(
+        CsrSigner(ca.registry()).sign(make_csr()).certificate_pem
+    )
     with pytest.raises(ResourceRegistrationFailureError) as caught:
-        registry.register_thing(
-            example_template(), {"SerialNumber": "1", "AWS::IoT::Certificate::Id": cert_id}
-        )
+        registry.register_thing(example_template(), {"SerialNumber": "1"}, certificate_id=cert_id)
     assert caught.value.reason == "POLICY_NOT_FOUND"
     assert caught.value.fields[0].path == "Resources.policy.Properties.PolicyName"
     assert storage.get_thing("edge-1") is None
@@ -465,7 +466,9 @@ def test_certificate_status_override(
     action: str | None,
     after: str,
 ) -> None:
-    cert_id = registry.register_certificate(CsrSigner(ca).sign(make_csr()).certificate_pem)
+    cert_id = registry.register_certificate(
+        CsrSigner(ca.registry()).sign(make_csr()).certificate_pem
+    )
     registry.register_thing(cert_template("INACTIVE", action), {"Id": cert_id})
     record = storage.get_certificate(cert_id)
     assert record is not None
@@ -475,7 +478,9 @@ def test_certificate_status_override(
 def test_certificate_status_fail_override(
     registry: Registry, storage: SqliteRegistryStorage, ca: CertificateAuthority
 ) -> None:
-    cert_id = registry.register_certificate(CsrSigner(ca).sign(make_csr()).certificate_pem)
+    cert_id = registry.register_certificate(
+        CsrSigner(ca.registry()).sign(make_csr()).certificate_pem
+    )
     with pytest.raises(ConflictingResourceUpdateError) as caught:
         registry.register_thing(cert_template("INACTIVE", "FAIL"), {"Id": cert_id})
     assert caught.value.fields[0].path == "Resources.certificate.OverrideSettings.Status"
@@ -512,7 +517,9 @@ def test_batch_isolates_each_registration(
 def test_a_failed_registration_inside_a_caller_transaction_rolls_back_only_itself(
     registry: Registry, storage: SqliteRegistryStorage, ca: CertificateAuthority
 ) -> None:
-    cert_id = registry.register_certificate(CsrSigner(ca).sign(make_csr()).certificate_pem)
+    cert_id = registry.register_certificate(
+        CsrSigner(ca.registry()).sign(make_csr()).certificate_pem
+    )
     template = parse_template(example_template())
     with storage.transaction() as tx:
         registry.register_thing(
@@ -524,7 +531,8 @@ def test_a_failed_registration_inside_a_caller_transaction_rolls_back_only_itsel
             # The thing is written before the missing policy is found: the savepoint undoes it.
             registry.register_thing(
                 template,
-                {"SerialNumber": "9", "AWS::IoT::Certificate::Id": cert_id},
+                {"SerialNumber": "9"},
+                certificate_id=cert_id,
                 transaction=tx,
             )
         tx.db.execute("CREATE TABLE caller_rows (n INTEGER)")
@@ -568,7 +576,7 @@ def test_registry_persists_across_reopen(
         assert reopened.thing_principals("persist-1") == (result.certificate_id,)
         assert reopened.count_things() == 1
         assert reopened.store.version("registry") == 1
-        again = Registry(reopened, ca, region=REGION, account=ACCOUNT)
+        again = Registry(reopened, ca.registry(), region=REGION, account=ACCOUNT)
         register_csr(again, "persist-2")
     with Store(db_path) as store:
         rows = store.db.execute("SELECT name FROM registry_things ORDER BY name").fetchall()
@@ -657,7 +665,7 @@ def test_ca_certificate_pem_must_be_the_registry_ca(
 ) -> None:
     from agent.registry.ca import cert_to_pem
 
-    pem = CsrSigner(ca).sign(make_csr("pem-ca")).certificate_pem
+    pem = CsrSigner(ca.registry()).sign(make_csr("pem-ca")).certificate_pem
     template = {
         "Parameters": {"Pem": {"Type": "String"}, "Ca": {"Type": "String"}},
         "Resources": {
@@ -667,13 +675,19 @@ def test_ca_certificate_pem_must_be_the_registry_ca(
             }
         },
     }
-    for wrong in (cert_to_pem(other_ca.root_cert).decode(), "garbage"):
+    wrongs = (
+        cert_to_pem(other_ca.root_cert).decode(),
+        cert_to_pem(other_ca.device_issuer.cert).decode(),
+        cert_to_pem(ca.root_cert).decode(),  # the root issues no device certificates
+        "garbage",
+    )
+    for wrong in wrongs:
         with pytest.raises(ResourceRegistrationFailureError) as caught:
             registry.register_thing(template, {"Pem": pem, "Ca": wrong})
         assert caught.value.reason == "CA_CERTIFICATE_NOT_REGISTERED"
         assert caught.value.fields[0].path == "Resources.cert.Properties.CACertificatePem"
     result = registry.register_thing(
-        template, {"Pem": pem, "Ca": cert_to_pem(ca.root_cert).decode()}
+        template, {"Pem": pem, "Ca": cert_to_pem(ca.device_issuer.cert).decode()}
     )
     assert result.certificate_id is not None
     assert storage.get_certificate(result.certificate_id) is not None

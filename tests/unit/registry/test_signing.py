@@ -26,9 +26,9 @@ from tests.helpers.registry import curve_csr, make_csr, tampered_csr, weak_rsa_c
 
 @pytest.mark.parametrize("key_type", ["ec-p256", "ec-p384", "rsa-2048", "ed25519"])
 def test_allowed_key_types_are_signed(ca: CertificateAuthority, key_type: KeyType) -> None:
-    issued = CsrSigner(ca).sign(make_csr("device-1", key_type=key_type))
+    issued = CsrSigner(ca.registry()).sign(make_csr("device-1", key_type=key_type))
     cert = x509.load_pem_x509_certificate(issued.certificate_pem.encode())
-    cert.verify_directly_issued_by(ca.root_cert)
+    cert.verify_directly_issued_by(ca.device_issuer.cert)
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "device-1"
     assert cert.subject.get_attributes_for_oid(NameOID.COUNTRY_NAME)[0].value == "DE"
     assert issued.certificate_id == hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
@@ -47,7 +47,7 @@ def test_certificate_parameters_come_from_the_subject(ca: CertificateAuthority) 
             (NameOID.DN_QUALIFIER, "q1"),
         ),
     )
-    issued = CsrSigner(ca).sign(csr)
+    issued = CsrSigner(ca.registry()).sign(csr)
     prefix = "AWS::IoT::Certificate::"
     assert issued.parameters == {
         prefix + "Id": issued.certificate_id,
@@ -73,24 +73,24 @@ def rejection(signer: CsrSigner, csr: str) -> CsrError:
 
 
 def test_bad_signature_is_refused(ca: CertificateAuthority) -> None:
-    assert rejection(CsrSigner(ca), tampered_csr()).reason == "CSR_SIGNATURE_INVALID"
+    assert rejection(CsrSigner(ca.registry()), tampered_csr()).reason == "CSR_SIGNATURE_INVALID"
 
 
 def test_weak_rsa_key_is_refused(ca: CertificateAuthority) -> None:
-    error = rejection(CsrSigner(ca), weak_rsa_csr(1024))
+    error = rejection(CsrSigner(ca.registry()), weak_rsa_csr(1024))
     assert error.reason == "KEY_TOO_WEAK"
     assert "1024" in error.message
 
 
 def test_rsa_minimum_is_configurable(ca: CertificateAuthority) -> None:
-    signer = CsrSigner(ca, CsrPolicy(min_rsa_bits=3072))
+    signer = CsrSigner(ca.registry(), CsrPolicy(min_rsa_bits=3072))
     assert rejection(signer, make_csr(key_type="rsa-2048")).reason == "KEY_TOO_WEAK"
     signer.sign(make_csr(key_type="rsa-3072"))
 
 
 @pytest.mark.parametrize("curve", [ec.SECP521R1(), ec.SECP256K1(), ec.SECP224R1()])
 def test_disallowed_curves_are_refused(ca: CertificateAuthority, curve: ec.EllipticCurve) -> None:
-    assert rejection(CsrSigner(ca), curve_csr(curve)).reason == "KEY_TYPE_NOT_ALLOWED"
+    assert rejection(CsrSigner(ca.registry()), curve_csr(curve)).reason == "KEY_TYPE_NOT_ALLOWED"
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,7 @@ def test_key_types_outside_the_policy_are_refused(
     ca: CertificateAuthority, allowed: tuple[AllowedKeyType, ...], key_type: KeyType
 ) -> None:
     policy = CsrPolicy(allowed_key_types=allowed)
-    error = rejection(CsrSigner(ca, policy), make_csr(key_type=key_type))
+    error = rejection(CsrSigner(ca.registry(), policy), make_csr(key_type=key_type))
     assert error.reason == "KEY_TYPE_NOT_ALLOWED"
 
 
@@ -124,12 +124,12 @@ def test_key_types_outside_the_policy_are_refused(
 def test_subject_rules(
     ca: CertificateAuthority, common_name: str, extra: tuple[tuple[x509.ObjectIdentifier, str]]
 ) -> None:
-    error = rejection(CsrSigner(ca), make_csr(common_name, extra=extra))
+    error = rejection(CsrSigner(ca.registry()), make_csr(common_name, extra=extra))
     assert error.reason == "SUBJECT_INVALID"
 
 
 def test_common_name_pattern_is_configurable(ca: CertificateAuthority) -> None:
-    signer = CsrSigner(ca, CsrPolicy(common_name_pattern="edge-[0-9]+"))
+    signer = CsrSigner(ca.registry(), CsrPolicy(common_name_pattern="edge-[0-9]+"))
     signer.sign(make_csr("edge-12"))
     assert rejection(signer, make_csr("device-12")).reason == "SUBJECT_INVALID"
 
@@ -143,18 +143,18 @@ def test_common_name_pattern_is_configurable(ca: CertificateAuthority) -> None:
     ],
 )
 def test_garbage_is_refused(ca: CertificateAuthority, text: str) -> None:
-    assert rejection(CsrSigner(ca), text).reason == "CSR_INVALID"
+    assert rejection(CsrSigner(ca.registry()), text).reason == "CSR_INVALID"
 
 
 def test_certificate_pem_must_come_from_the_ca(
     ca: CertificateAuthority, other_ca: CertificateAuthority
 ) -> None:
-    signer = CsrSigner(ca)
+    signer = CsrSigner(ca.registry())
     mine = signer.sign(make_csr())
     assert signer.verify_issued(mine.certificate_pem, path="p").certificate_id == (
         mine.certificate_id
     )
-    theirs = CsrSigner(other_ca).sign(make_csr())
+    theirs = CsrSigner(other_ca.registry()).sign(make_csr())
     with pytest.raises(ResourceRegistrationFailureError) as caught:
         signer.verify_issued(theirs.certificate_pem, path="p")
     assert caught.value.reason == "CERTIFICATE_NOT_TRUSTED"
@@ -175,7 +175,7 @@ def test_policy_from_config(ca: CertificateAuthority, tmp_path: Path) -> None:
     policy = CsrPolicy.from_config(config.registry)
     assert policy.allowed_key_types == ("ec-p384",)
     assert policy.min_rsa_bits == 4096
-    issued = CsrSigner(ca, policy).sign(make_csr("dev-abc", key_type="ec-p384"))
+    issued = CsrSigner(ca.registry(), policy).sign(make_csr("dev-abc", key_type="ec-p384"))
     lifetime = issued.certificate.not_valid_after_utc - issued.certificate.not_valid_before_utc
     assert lifetime.days == 30
     del tmp_path
@@ -190,7 +190,7 @@ def test_unknown_key_type_in_config_is_refused() -> None:
 
 
 def test_issued_pem_round_trips(ca: CertificateAuthority) -> None:
-    issued = CsrSigner(ca).sign(make_csr(key=generate_key("ec-p256")))
+    issued = CsrSigner(ca.registry()).sign(make_csr(key=generate_key("ec-p256")))
     assert cert_to_pem(issued.certificate).decode() == issued.certificate_pem
 
 
