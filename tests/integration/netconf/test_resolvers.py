@@ -5,10 +5,13 @@ namespace) with the resolver's directories laid over the real paths there, so th
 exactly what an appliance sees (``resolv.conf`` a link into ``/run/resolvconf/`` or
 ``/run/systemd/resolve/``) while the host's own ``/etc``, ``/run`` and DNS stay untouched.
 
-* resolvconf is the real openresolv, unpacked by ``scripts/setup`` into ``.cache/openresolv``
-  (never installed: its hooks would make the host's DHCP client rewrite the host's
-  ``/etc/resolv.conf``). Its package tree is overlaid read-only on ``/etc`` and ``/usr/lib``
-  (with the test's ``resolvconf.conf`` on top) and ``/run/resolvconf`` is a test directory.
+* resolvconf is real, in both of Debian's implementations: openresolv and Debian's own
+  resolvconf, unpacked by ``scripts/setup`` into ``.cache/<package>`` (never installed:
+  resolvconf's postinst links the host's ``/etc/resolv.conf``, openresolv's hooks make the
+  host's DHCP client rewrite it). The package tree is overlaid read-only on ``/etc`` and
+  ``/usr/lib`` (with the test's layer on top: ``/etc/resolv.conf`` a link into
+  ``/run/resolvconf/``, and openresolv's ``resolvconf.conf``) and ``/run/resolvconf`` is a test
+  directory (prepared as Debian's ``tmpfiles.d`` does for its resolvconf).
 * systemd-resolved needs D-Bus and PID 1 and cannot run here, so ``resolvectl`` is replaced at
   the OS-tool edge (see :func:`fake_resolvectl`).
 """
@@ -32,12 +35,18 @@ from tests.integration.netconf.test_recovery import DEAD_GATEWAYS
 
 pytestmark = pytest.mark.netns
 
-OPENRESOLV = REPO / ".cache" / "openresolv" / "root"
+UNPACKED = REPO / ".cache"
+#: the agent's record as each implementation keeps it (Debian's strips comments and blanks)
+OUR_RECORD = {
+    "openresolv": (
+        "# Written by edge-agent from the provisioning archive.\nnameserver 198.18.1.53\n"
+    ),
+    "resolvconf": "nameserver 198.18.1.53\n",
+}
 GOOD = {
     "Ethernet0": static("198.18.1.20", "24", "198.18.1.1", ["198.18.1.53"]),
     "Ethernet1": static("198.18.2.20", "24", "198.18.2.1"),
 }
-OUR_RECORD = "# Written by edge-agent from the provisioning archive.\nnameserver 198.18.1.53\n"
 
 # $1 resolver, $2 directory for its run dir, $3 package tree or tool dir, $4 config dir;
 # the rest is the command. Mounts are private to this process tree (ip netns exec).
@@ -65,18 +74,27 @@ exec "$@"
 class Resolver:
     """A resolver's directories for one lab, and commands run with them in place."""
 
-    def __init__(self, lab: Lab, kind: str) -> None:
+    def __init__(self, lab: Lab, kind: str, package: str = "") -> None:
         self.lab, self.kind = lab, kind
         self.state = lab.tmp / f"{kind}-run"
         self.conf = lab.tmp / f"{kind}-etc"
         self.state.mkdir()
         self.conf.mkdir()
+        #: where the implementation keeps one file per record
+        self.records = "interfaces" if package == "openresolv" else "interface"
         if kind == "resolvconf":
-            if not (OPENRESOLV / "sbin" / "resolvconf").is_file():
-                unavailable("openresolv is not unpacked in .cache/openresolv", "run scripts/setup")
-            self.tools = OPENRESOLV
-            # the Debian resolvconf layout: /etc/resolv.conf -> /run/resolvconf/resolv.conf
-            (self.conf / "resolvconf.conf").write_text("resolv_conf=/run/resolvconf/resolv.conf\n")
+            self.tools = UNPACKED / package / "root"
+            if not (self.tools / "sbin" / "resolvconf").is_file():
+                unavailable(f"{package} is not unpacked in .cache/{package}", "run scripts/setup")
+            # the appliance's /etc/resolv.conf in this mount namespace
+            (self.conf / "resolv.conf").symlink_to("/run/resolvconf/resolv.conf")
+            if package == "openresolv":
+                conf = "resolv_conf=/run/resolvconf/resolv.conf\n"  # Debian's layout
+                (self.conf / "resolvconf.conf").write_text(conf)
+            else:  # what Debian's tmpfiles.d/resolvconf.conf makes at boot
+                (self.state / "interface").mkdir()
+                (self.state / "enable-updates").touch()
+                (self.state / "resolv.conf").touch()
         else:
             self.tools = lab.tmp / "resolved-bin"
             self.tools.mkdir()
@@ -118,20 +136,31 @@ class Resolver:
         return out
 
 
-def resolvconf_lab(lab: Lab) -> tuple[Resolver, Path]:
-    """openresolv with a DHCP client's record for eth1, and the agent's link into its dir."""
-    resolver = Resolver(lab, "resolvconf")
+@pytest.fixture(params=["openresolv", "resolvconf"])
+def package(request: pytest.FixtureRequest) -> str:
+    """The resolvconf implementation (Debian package) under test."""
+    name: str = request.param
+    return name
+
+
+def resolvconf_lab(lab: Lab, package: str) -> tuple[Resolver, Path]:
+    """resolvconf with a DHCP client's record for eth1, and the agent's link into its dir."""
+    resolver = Resolver(lab, "resolvconf", package)
     resolver.resolvconf("-a", "eth1.dhcp", stdin="nameserver 198.18.2.1\n")
     link = lab.tmp / "resolv.conf"  # the agent's network.resolv_conf in the lab config
     link.symlink_to("/run/resolvconf/resolv.conf")
     return resolver, link
 
 
-def test_resolvconf_gets_the_servers_and_a_failed_trial_restores_its_records(lab: Lab) -> None:
-    resolver, link = resolvconf_lab(lab)
+def test_resolvconf_gets_the_servers_and_a_failed_trial_restores_its_records(
+    lab: Lab, package: str
+) -> None:
+    resolver, link = resolvconf_lab(lab, package)
+    ours, dhcp = f"{resolver.records}/edge-agent", f"{resolver.records}/eth1.dhcp"
     before = resolver.files()
-    assert before["resolv.conf"] == "# Generated by resolvconf\nnameserver 198.18.2.1\n"
-    assert set(before) == {"interfaces/eth1.dhcp", "resolv.conf"}
+    assert "nameserver 198.18.2.1\n" in before["resolv.conf"]
+    assert before[dhcp] == "nameserver 198.18.2.1\n"
+    assert ours not in before
 
     # a failed first trial: ours was never there, so the revert drops it again
     result = resolver.apply(DEAD_GATEWAYS, "--probe-timeout", "2")
@@ -144,9 +173,9 @@ def test_resolvconf_gets_the_servers_and_a_failed_trial_restores_its_records(lab
     assert result.returncode == 0, result.stdout + result.stderr
     committed = resolver.files()
     # the servers went into resolvconf's own record; resolvconf wrote resolv.conf from all records
-    assert committed["interfaces/edge-agent"] == OUR_RECORD
-    assert committed["interfaces/eth1.dhcp"] == "nameserver 198.18.2.1\n"
-    assert committed["resolv.conf"].startswith("# Generated by resolvconf\n")
+    assert committed[ours] == OUR_RECORD[package]
+    assert committed[dhcp] == "nameserver 198.18.2.1\n"
+    assert committed["resolv.conf"] != before["resolv.conf"]
     assert "nameserver 198.18.1.53\n" in committed["resolv.conf"]
     assert "nameserver 198.18.2.1\n" in committed["resolv.conf"]
     assert str(link.readlink()) == "/run/resolvconf/resolv.conf"
@@ -159,8 +188,8 @@ def test_resolvconf_gets_the_servers_and_a_failed_trial_restores_its_records(lab
     assert str(link.readlink()) == "/run/resolvconf/resolv.conf"
 
 
-def test_recover_after_a_kill_restores_resolvconf_records(lab: Lab) -> None:
-    resolver, link = resolvconf_lab(lab)
+def test_recover_after_a_kill_restores_resolvconf_records(lab: Lab, package: str) -> None:
+    resolver, link = resolvconf_lab(lab, package)
     result = resolver.apply(GOOD, "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     committed = resolver.files()
@@ -175,7 +204,7 @@ def test_recover_after_a_kill_restores_resolvconf_records(lab: Lab) -> None:
         30,
         "the trial's servers in resolvconf's resolv.conf",
     )
-    assert "nameserver 198.18.1.54\n" in resolver.files()["interfaces/edge-agent"]
+    assert "nameserver 198.18.1.54\n" in resolver.files()[f"{resolver.records}/edge-agent"]
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
 
