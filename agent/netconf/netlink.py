@@ -80,7 +80,7 @@ class NetlinkBackend:
             "ports": ports,
             "metrics": {p.ifname: p.metric for p in plan.ports},
             "dhcp_clients": [c.to_json() for c in clients],
-            "resolv_conf": resolv.snapshot(self.resolv_conf),
+            "resolv_conf": resolv.snapshot(self.resolv_conf, [p.ifname for p in plan.ports]),
         }
 
     def apply(self, plan: NetworkPlan) -> None:

@@ -50,8 +50,19 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def snapshot(path: Path) -> Snapshot:
-    """What ``path`` is now: missing, a file (with content) or a link (with its target)."""
+def _resolved_servers(ifname: str) -> list[str]:
+    """The DNS servers systemd-resolved holds for one link (``resolvectl dns IFNAME``)."""
+    out = run_command(["resolvectl", "dns", ifname], what=f"read the DNS servers of {ifname}")
+    _, _, servers = out.stdout.strip().partition(":")  # "Link 2 (eth0): 198.18.1.53 ..."
+    return servers.split()
+
+
+def snapshot(path: Path, ifnames: list[str] | tuple[str, ...] = ()) -> Snapshot:
+    """What ``path`` is now: missing, a file (with content) or a link (with its target).
+
+    When a resolver manages it, also what that resolver holds: resolvconf's record of ours,
+    or systemd-resolved's servers for each of ``ifnames``, so a revert puts those back.
+    """
     if path.is_symlink():
         kind = "link"
         target: str | None = str(path.readlink())
@@ -60,16 +71,21 @@ def snapshot(path: Path) -> Snapshot:
     else:
         kind, target = "missing", None
     record = None
-    if manager(path) == "resolvconf":
+    links: dict[str, list[str]] = {}
+    owner = manager(path)
+    if owner == "resolvconf":
         # Debian's resolvconf keeps records in interface/, openresolv in interfaces/
         for sub in ("interface", "interfaces"):
             record = record or _read(Path(RESOLVCONF_DIRS[0]) / sub / RECORD)
+    elif owner == "systemd-resolved":
+        links = {ifname: _resolved_servers(ifname) for ifname in ifnames}
     return {
         "path": str(path),
         "kind": kind,
         "target": target,
         "content": _read(path) if kind != "missing" else None,
         "record": record,
+        "links": links,
     }
 
 
@@ -122,8 +138,14 @@ def _restore_manager(owner: Manager, snap: Snapshot, ifnames: list[str]) -> None
                 what="restore resolvconf",
             )
         return
+    held: dict[str, list[str]] = snap.get("links") or {}
     for ifname in ifnames:
-        run_command(["resolvectl", "revert", ifname], what=f"revert DNS of {ifname}")
+        if held.get(ifname):  # what resolved held before the trial comes back
+            run_command(
+                ["resolvectl", "dns", ifname, *held[ifname]], what=f"restore DNS of {ifname}"
+            )
+        else:
+            run_command(["resolvectl", "revert", ifname], what=f"revert DNS of {ifname}")
 
 
 def _restore_path(path: Path, snap: Snapshot, managed: bool) -> None:
