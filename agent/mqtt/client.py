@@ -14,6 +14,7 @@ one future per message and drops the reason code, which would cost both throughp
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -162,9 +163,12 @@ class Session:
         self._closed = asyncio.get_running_loop().create_future()
         paho_client = client._client  # noqa: SLF001 - the publish path bypasses aiomqtt's futures
         aiomqtt_on_publish = paho_client.on_publish
+        # aiomqtt waits on its own publishes only (the status message); the outbox's
+        # PUBACKs skip it. Without that table every PUBACK goes through aiomqtt.
+        pending: dict[int, Any] | None = getattr(client, "_pending_publishes", None)
 
         def on_publish(c: paho.Client, u: Any, mid: int, rc: ReasonCode, p: Properties) -> None:
-            if aiomqtt_on_publish is not None:
+            if aiomqtt_on_publish is not None and (pending is None or mid in pending):
                 typing.cast("Any", aiomqtt_on_publish)(c, u, mid, rc, p)
             for listener in self._ack_listeners:
                 listener(mid, rc.value)
@@ -173,6 +177,13 @@ class Session:
         if not _PAHO_LOG.isEnabledFor(logging.DEBUG):
             paho_client.disable_logger()  # one call per packet otherwise, even when silent
         self._paho = paho_client
+        # paho queues one packet per message and writes each with its own TLS record and
+        # send(); publish_nowait appends a PUBLISH to the one still waiting in the queue so
+        # a burst goes out in one write (see _coalesce)
+        out_packets = getattr(paho_client, "_out_packet", None)
+        self._out_packets: collections.deque[dict[str, Any]] | None = (
+            out_packets if isinstance(out_packets, collections.deque) else None
+        )
 
     @property
     def mqtt5(self) -> bool:
@@ -201,6 +212,8 @@ class Session:
         info = self._paho.publish(topic, payload, qos, retain, properties)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise MqttConnectionError(f"the broker connection is gone (publish rc {info.rc})")
+        if qos and self._out_packets is not None:
+            _coalesce(self._out_packets)
         return info.mid
 
     async def publish(
@@ -249,6 +262,33 @@ class Session:
         finally:
             if not self._closed.done():
                 self._closed.set_result(None)
+
+
+def _coalesce(out: collections.deque[dict[str, Any]]) -> None:
+    """Append the PUBLISH just queued to the QoS > 0 PUBLISH before it, if one waits.
+
+    paho writes a queued packet from ``pos`` until ``to_process`` is 0 and, for a QoS > 0
+    PUBLISH, does nothing more once it is written (the PUBACK completes it), so two such
+    packets and one packet holding both bytes are the same to it and to the broker. Any
+    other packet (QoS 0, PINGREQ, DISCONNECT...) keeps its own entry.
+    """
+    if len(out) < 2:  # noqa: PLR2004 - the last two entries
+        return
+    last, before = out[-1], out[-2]
+    if not (_qos_publish(last) and _qos_publish(before)):
+        return
+    data = before["packet"]
+    if not isinstance(data, bytearray):
+        return
+    data += last["packet"]
+    before["to_process"] += last["to_process"]
+    out.pop()
+
+
+def _qos_publish(packet: dict[str, Any]) -> bool:
+    command: int = packet.get("command", 0)
+    qos: int = packet.get("qos", 0)
+    return command & 0xF0 == paho.PUBLISH and qos > 0
 
 
 def make_properties(packet_type: int) -> Properties:
