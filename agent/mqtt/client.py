@@ -275,20 +275,17 @@ def _coalesce(out: collections.deque[dict[str, Any]]) -> None:
     if len(out) < 2:  # noqa: PLR2004 - the last two entries
         return
     last, before = out[-1], out[-2]
-    if not (_qos_publish(last) and _qos_publish(before)):
-        return
-    data = before["packet"]
-    if not isinstance(data, bytearray):
-        return
-    data += last["packet"]
-    before["to_process"] += last["to_process"]
-    out.pop()
-
-
-def _qos_publish(packet: dict[str, Any]) -> bool:
-    command: int = packet.get("command", 0)
-    qos: int = packet.get("qos", 0)
-    return command & 0xF0 == paho.PUBLISH and qos > 0
+    data = before.get("packet")
+    if (
+        type(data) is bytearray
+        and before.get("command", 0) & 0xF0 == paho.PUBLISH
+        and before.get("qos", 0) > 0
+        and last.get("command", 0) & 0xF0 == paho.PUBLISH
+        and last.get("qos", 0) > 0
+    ):
+        data += last["packet"]
+        before["to_process"] += last["to_process"]
+        out.pop()
 
 
 def make_properties(packet_type: int) -> Properties:
