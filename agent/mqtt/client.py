@@ -176,6 +176,7 @@ class Session:
         paho_client.on_publish = on_publish
         if not _PAHO_LOG.isEnabledFor(logging.DEBUG):
             paho_client.disable_logger()  # one call per packet otherwise, even when silent
+            _lean_puback(paho_client)
         self._paho = paho_client
         # paho queues one packet per message and writes each with its own TLS record and
         # send(); publish_nowait appends a PUBLISH to the one still waiting in the queue so
@@ -286,6 +287,59 @@ def _coalesce(out: collections.deque[dict[str, Any]]) -> None:
         data += last["packet"]
         before["to_process"] += last["to_process"]
         out.pop()
+
+
+def _puback_reasons() -> dict[int, ReasonCode]:
+    """One ReasonCode per code a PUBACK may carry (paho builds two per PUBACK otherwise)."""
+    reasons: dict[int, ReasonCode] = {}
+    for code, names in ReasonCode.names.items():
+        if any(PacketTypes.PUBACK in types for types in names.values()):
+            reasons[code] = ReasonCode(PacketTypes.PUBACK, identifier=code)
+    return reasons
+
+
+_PUBACK_REASONS = _puback_reasons()
+
+
+def _lean_puback(client: paho.Client) -> None:
+    """Handle the common PUBACK (no properties) without paho's generic decoder.
+
+    paho decodes every PUBACK into fresh ReasonCode and Properties objects (a third of its
+    per-message work); a PUBACK of 2 bytes (MQTT 3.1.1, or MQTT 5 success) or 3 (MQTT 5
+    with a reason code) is a message id and one byte. The callback then runs exactly as
+    paho runs it (``_do_on_publish``), with a shared ReasonCode per code and an empty
+    Properties. Anything else (properties, an unknown code, PUBCOMP) goes to paho's own
+    handler; so does every packet if this paho lacks the internals relied on here.
+    """
+    original = getattr(client, "_handle_pubackcomp", None)
+    finish = getattr(client, "_do_on_publish", None)
+    lock = getattr(client, "_out_message_mutex", None)
+    if original is None or finish is None or lock is None:
+        return
+    if not isinstance(getattr(client, "_in_packet", None), dict):
+        return
+    if not isinstance(getattr(client, "_out_messages", None), dict):
+        return
+    no_properties = make_properties(PacketTypes.PUBACK)
+    reasons = _PUBACK_REASONS
+
+    def handle(cmd: str) -> Any:
+        packet = client._in_packet["packet"]  # noqa: SLF001
+        size = len(packet)
+        if cmd != "PUBACK" or not (
+            size == 2 or (size == 3 and client._protocol == paho.MQTTv5)  # noqa: PLR2004, SLF001
+        ):
+            return original(cmd)
+        reason = reasons.get(packet[2] if size == 3 else 0)  # noqa: PLR2004
+        if reason is None:
+            return original(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        with lock:
+            if mid in client._out_messages:  # noqa: SLF001
+                return finish(mid, reason, no_properties)
+        return paho.MQTT_ERR_SUCCESS
+
+    setattr(client, "_handle_pubackcomp", handle)  # noqa: B010 - mypy refuses a method assignment
 
 
 def make_properties(packet_type: int) -> Properties:
