@@ -12,12 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from referencing import Registry, Resource
 
 from agent.config import parse_config
 from agent.errors import ConfigError, StateError, ValidationError
-from agent.mqtt.client import AWS_ALPN, Backoff, Endpoint, Identity, _coalesce, tls_context
+from agent.mqtt.client import (
+    AWS_ALPN,
+    Backoff,
+    Endpoint,
+    Identity,
+    _coalesce,
+    _lean_puback,
+    tls_context,
+)
 from agent.mqtt.events import (
     SCHEMA_FILES,
     encode,
@@ -227,6 +237,34 @@ def test_coalesce_joins_only_qos_publishes() -> None:
     out.append(_packet(publish, 0, b"qos0"))  # QoS 0: paho reports it once written
     _coalesce(out)
     assert [bytes(p["packet"]) for p in out] == [b"firstsecond", b"ping", b"third", b"qos0"]
+
+
+def test_lean_puback_answers_as_paho_does() -> None:
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    got: list[tuple[int, int, object]] = []
+
+    def on_publish(_c: object, _u: object, mid: int, rc: Any, props: Any) -> None:
+        got.append((mid, rc.value, getattr(props, "ReasonString", None)))
+
+    client.on_publish = on_publish
+    _lean_puback(client)
+    assert "_handle_pubackcomp" in vars(client)  # installed on this paho
+    for mid in (1, 2, 3):
+        message = paho.MQTTMessage(mid, b"t")
+        message.qos = 1
+        client._out_messages[mid] = message
+
+    def feed(packet: bytes) -> None:
+        client._in_packet["command"] = 0x40  # PUBACK
+        client._in_packet["packet"] = bytearray(packet)
+        client._packet_handle()
+
+    feed(b"\x00\x01")  # MQTT 5 success, short form
+    feed(b"\x00\x02\x87")  # 135: not authorised
+    feed(b"\x00\x03\x87\x05\x1f\x00\x02no")  # with a reason string: paho's own decoder
+    feed(b"\x00\x09")  # not in flight: no callback
+    assert got == [(1, 0, None), (2, 135, None), (3, 135, "no")]
+    assert not client._out_messages
 
 
 def test_backoff_is_jittered_capped_and_growing() -> None:
