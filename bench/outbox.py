@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import ssl
 import statistics
 import sys
@@ -132,6 +133,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         pki = Pki(Path(tmp) / "pki")
         (Path(tmp) / "broker").mkdir()
@@ -157,6 +159,8 @@ def main() -> None:
     raw_median, durable_median = statistics.median(raw), statistics.median(durable)
     size = statistics.mean(len(p) for p in data)
     print(f"{args.count} QoS 1 events of ~{size:.0f} bytes, window {args.window}, mTLS, MQTT 5")
+    load = " -> ".join(f"{a:.2f}" for a in (load_before[0], os.getloadavg()[0]))
+    print(f"machine load (1 min avg)   : {load} on {os.cpu_count()} CPUs")
     print(f"raw paho-mqtt QoS 1        : {raw_median:9.0f} msg/s   runs {[round(r) for r in raw]}")
     runs = [round(d) for d in durable]
     print(f"durable outbox             : {durable_median:9.0f} ev/s    runs {runs}")

@@ -8,12 +8,15 @@ jittered, capped exponential backoff between attempts, a last will that marks th
 The outbox publishes through :meth:`Session.publish_nowait` and learns of each PUBACK (with
 its MQTT 5 reason code) through :meth:`Session.on_ack`: aiomqtt's own ``publish`` waits on
 one future per message and drops the reason code, which would cost both throughput and the
-"not authorised" answer of an MQTT 5 broker.
+"not authorised" answer of an MQTT 5 broker. QoS 1 PUBLISHes queued together leave in one
+TLS write, and a PUBACK without properties is handled without paho's generic decoder
+(docs/mqtt.md, Benchmark).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -162,9 +165,12 @@ class Session:
         self._closed = asyncio.get_running_loop().create_future()
         paho_client = client._client  # noqa: SLF001 - the publish path bypasses aiomqtt's futures
         aiomqtt_on_publish = paho_client.on_publish
+        # aiomqtt waits on its own publishes only (the status message); the outbox's
+        # PUBACKs skip it. Without that table every PUBACK goes through aiomqtt.
+        pending: dict[int, Any] | None = getattr(client, "_pending_publishes", None)
 
         def on_publish(c: paho.Client, u: Any, mid: int, rc: ReasonCode, p: Properties) -> None:
-            if aiomqtt_on_publish is not None:
+            if aiomqtt_on_publish is not None and (pending is None or mid in pending):
                 typing.cast("Any", aiomqtt_on_publish)(c, u, mid, rc, p)
             for listener in self._ack_listeners:
                 listener(mid, rc.value)
@@ -172,7 +178,15 @@ class Session:
         paho_client.on_publish = on_publish
         if not _PAHO_LOG.isEnabledFor(logging.DEBUG):
             paho_client.disable_logger()  # one call per packet otherwise, even when silent
+            _lean_puback(paho_client)
         self._paho = paho_client
+        # paho queues one packet per message and writes each with its own TLS record and
+        # send(); publish_nowait appends a PUBLISH to the one still waiting in the queue so
+        # a burst goes out in one write (see _coalesce)
+        out_packets = getattr(paho_client, "_out_packet", None)
+        self._out_packets: collections.deque[dict[str, Any]] | None = (
+            out_packets if isinstance(out_packets, collections.deque) else None
+        )
 
     @property
     def mqtt5(self) -> bool:
@@ -201,6 +215,8 @@ class Session:
         info = self._paho.publish(topic, payload, qos, retain, properties)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise MqttConnectionError(f"the broker connection is gone (publish rc {info.rc})")
+        if qos and self._out_packets is not None:
+            _coalesce(self._out_packets)
         return info.mid
 
     async def publish(
@@ -249,6 +265,83 @@ class Session:
         finally:
             if not self._closed.done():
                 self._closed.set_result(None)
+
+
+def _coalesce(out: collections.deque[dict[str, Any]]) -> None:
+    """Append the PUBLISH just queued to the QoS > 0 PUBLISH before it, if one waits.
+
+    paho writes a queued packet from ``pos`` until ``to_process`` is 0 and, for a QoS > 0
+    PUBLISH, does nothing more once it is written (the PUBACK completes it), so two such
+    packets and one packet holding both bytes are the same to it and to the broker. Any
+    other packet (QoS 0, PINGREQ, DISCONNECT...) keeps its own entry.
+    """
+    if len(out) < 2:  # noqa: PLR2004 - the last two entries
+        return
+    last, before = out[-1], out[-2]
+    data = before.get("packet")
+    if (
+        type(data) is bytearray
+        and before.get("command", 0) & 0xF0 == paho.PUBLISH
+        and before.get("qos", 0) > 0
+        and last.get("command", 0) & 0xF0 == paho.PUBLISH
+        and last.get("qos", 0) > 0
+    ):
+        data += last["packet"]
+        before["to_process"] += last["to_process"]
+        out.pop()
+
+
+def _puback_reasons() -> dict[int, ReasonCode]:
+    """One ReasonCode per code a PUBACK may carry (paho builds two per PUBACK otherwise)."""
+    reasons: dict[int, ReasonCode] = {}
+    for code, names in ReasonCode.names.items():
+        if any(PacketTypes.PUBACK in types for types in names.values()):
+            reasons[code] = ReasonCode(PacketTypes.PUBACK, identifier=code)
+    return reasons
+
+
+_PUBACK_REASONS = _puback_reasons()
+
+
+def _lean_puback(client: paho.Client) -> None:
+    """Handle the common PUBACK (no properties) without paho's generic decoder.
+
+    paho decodes every PUBACK into fresh ReasonCode and Properties objects (a third of its
+    per-message work); a PUBACK of 2 bytes (MQTT 3.1.1, or MQTT 5 success) or 3 (MQTT 5
+    with a reason code) is a message id and one byte. The callback then runs exactly as
+    paho runs it (``_do_on_publish``), with a shared ReasonCode per code and an empty
+    Properties. Anything else (properties, an unknown code, PUBCOMP) goes to paho's own
+    handler; so does every packet if this paho lacks the internals relied on here.
+    """
+    original = getattr(client, "_handle_pubackcomp", None)
+    finish = getattr(client, "_do_on_publish", None)
+    lock = getattr(client, "_out_message_mutex", None)
+    if original is None or finish is None or lock is None:
+        return
+    if not isinstance(getattr(client, "_in_packet", None), dict):
+        return
+    if not isinstance(getattr(client, "_out_messages", None), dict):
+        return
+    no_properties = make_properties(PacketTypes.PUBACK)
+    reasons = _PUBACK_REASONS
+
+    def handle(cmd: str) -> Any:
+        packet = client._in_packet["packet"]  # noqa: SLF001
+        size = len(packet)
+        if cmd != "PUBACK" or not (
+            size == 2 or (size == 3 and client._protocol == paho.MQTTv5)  # noqa: PLR2004, SLF001
+        ):
+            return original(cmd)
+        reason = reasons.get(packet[2] if size == 3 else 0)  # noqa: PLR2004
+        if reason is None:
+            return original(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        with lock:
+            if mid in client._out_messages:  # noqa: SLF001
+                return finish(mid, reason, no_properties)
+        return paho.MQTT_ERR_SUCCESS
+
+    setattr(client, "_handle_pubackcomp", handle)  # noqa: B010 - mypy refuses a method assignment
 
 
 def make_properties(packet_type: int) -> Properties:

@@ -23,16 +23,17 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from agent.errors import StateError
 from agent.mqtt.client import MqttConnectionError, Session
-from agent.mqtt.events import Priority, encode, make_event, priority_of
+from agent.mqtt.events import Priority, make_encoded, priority_of
 from agent.store import Store
 
 _log = logging.getLogger(__name__)
@@ -89,12 +90,13 @@ class Stats:
     high_water_alarms: int = 0
 
 
-@dataclass(slots=True)
-class _Row:
-    seq: int
-    topic: str
-    priority: int
-    payload: bytes
+#: One event as stored: (seq, topic, priority, payload), the column order of the table, so a
+#: batch goes to ``executemany`` as it is.
+_Row = tuple[int, str, int, bytes]
+_SEQ: Final = 0
+_TOPIC: Final = 1
+_PRIORITY: Final = 2
+_PAYLOAD: Final = 3
 
 
 @dataclass(slots=True)
@@ -103,6 +105,8 @@ class _Batch:
     waiters: list[tuple[asyncio.Future[dict[str, Any]], dict[str, Any]]] = field(
         default_factory=list
     )
+    #: payload bytes of ``rows``
+    size: int = 0
 
 
 class Outbox:
@@ -183,8 +187,8 @@ class Outbox:
     def _load(self) -> tuple[list[_Row], int, int]:
         self._store.migrate(COMPONENT, MIGRATIONS)
         db = self._store.db
-        rows = [
-            _Row(r[0], r[1], r[2], bytes(r[3]))
+        rows: list[_Row] = [
+            (r[0], r[1], r[2], bytes(r[3]))
             for r in db.execute(
                 "SELECT seq, topic, priority, payload FROM mqtt_outbox ORDER BY seq"
             )
@@ -202,7 +206,7 @@ class Outbox:
     @property
     def pending_bytes(self) -> int:
         """Payload bytes of :attr:`pending`."""
-        return self._bytes + sum(len(r.payload) for r in self._batch.rows)
+        return self._bytes + self._batch.size
 
     async def publish(
         self,
@@ -233,12 +237,14 @@ class Outbox:
         self, event_type: str, body: Mapping[str, Any], priority: Priority | None
     ) -> asyncio.Future[dict[str, Any]]:
         level = priority if priority is not None else priority_of(event_type)
-        event = make_event(event_type, body, seq=self._next_seq, thing_name=self.thing_name)
-        self._next_seq += 1
-        row = _Row(event["seq"], self.topic, int(level), encode(event))
+        seq = self._next_seq
+        event, payload = make_encoded(event_type, body, seq=seq, thing_name=self.thing_name)
+        self._next_seq = seq + 1
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._batch.rows.append(row)
-        self._batch.waiters.append((fut, event))
+        batch = self._batch
+        batch.rows.append((seq, self.topic, int(level), payload))
+        batch.waiters.append((fut, event))
+        batch.size += len(payload)
         self._empty.clear()
         self._wake.set()
         return fut
@@ -274,8 +280,9 @@ class Outbox:
         batch = self._batch
         if len(batch.rows) > self.limits.batch_max:
             cut = self.limits.batch_max
-            self._batch = _Batch(batch.rows[cut:], batch.waiters[cut:])
-            batch = _Batch(batch.rows[:cut], batch.waiters[:cut])
+            rest = batch.rows[cut:]
+            self._batch = _Batch(rest, batch.waiters[cut:], sum(len(r[_PAYLOAD]) for r in rest))
+            batch = _Batch(batch.rows[:cut], batch.waiters[:cut], batch.size - self._batch.size)
             self._wake.set()
         else:
             self._batch = _Batch()
@@ -283,9 +290,12 @@ class Outbox:
 
     def _apply_bounds(self, batch: _Batch) -> None:
         """Drop the oldest low-priority events so the batch fits; add the alarm events."""
-        new_low = collections.deque(r for r in batch.rows if r.priority == Priority.LOW)
         count = len(self._rows) + len(batch.rows)
-        size = self._bytes + sum(len(r.payload) for r in batch.rows)
+        size = self._bytes + batch.size
+        fill = max(count / self.limits.max_events, size / self.limits.max_bytes)
+        if not self._alarmed and fill < min(_REARM, self.limits.high_water):
+            return  # the common case: far from every bound, no alarm to raise or re-arm
+        new_low = collections.deque(r for r in batch.rows if r[_PRIORITY] == Priority.LOW)
         dropped: list[int] = []
         dropped_in_batch: set[int] = set()
         while count > self.limits.max_events or size > self.limits.max_bytes:
@@ -298,14 +308,14 @@ class Outbox:
                 self._dropped.append(seq)
             elif new_low:
                 row = new_low.popleft()
-                dropped_in_batch.add(row.seq)
+                dropped_in_batch.add(row[_SEQ])
             else:
                 break  # only high-priority events left: they are never dropped
-            dropped.append(row.seq)
+            dropped.append(row[_SEQ])
             count -= 1
-            size -= len(row.payload)
+            size -= len(row[_PAYLOAD])
         if dropped_in_batch:
-            batch.rows = [r for r in batch.rows if r.seq not in dropped_in_batch]
+            _remove(batch, dropped_in_batch)
         if dropped:
             self.stats.dropped += len(dropped)
             self.stats.dropped_total += len(dropped)
@@ -338,8 +348,8 @@ class Outbox:
                 self._dropped.append(seq)  # superseded: its count is carried forward
                 count += earlier
                 first = min(first, earlier_first)
-            elif any(r.seq == seq for r in batch.rows):
-                batch.rows = [r for r in batch.rows if r.seq != seq]
+            elif any(r[_SEQ] == seq for r in batch.rows):
+                _remove(batch, {seq})
                 count += earlier
                 first = min(first, earlier_first)
         else:
@@ -357,26 +367,29 @@ class Outbox:
         self._drop_summary = (seq, count, first)
 
     def _add_internal(self, batch: _Batch, event_type: str, body: dict[str, Any]) -> int:
-        event = make_event(event_type, body, seq=self._next_seq, thing_name=self.thing_name)
-        self._next_seq += 1
-        batch.rows.append(_Row(event["seq"], self.topic, int(Priority.HIGH), encode(event)))
-        seq: int = event["seq"]
+        seq = self._next_seq
+        _event, payload = make_encoded(event_type, body, seq=seq, thing_name=self.thing_name)
+        self._next_seq = seq + 1
+        batch.rows.append((seq, self.topic, int(Priority.HIGH), payload))
+        batch.size += len(payload)
         return seq
 
     def _commit(self, rows: list[_Row], acked: list[int], dropped: list[int]) -> None:
         with self._store.transaction() as db:
             if acked or dropped:
-                db.executemany("DELETE FROM mqtt_outbox WHERE seq = ?", [(s,) for s in acked])
-                db.executemany("DELETE FROM mqtt_outbox WHERE seq = ?", [(s,) for s in dropped])
+                # acks come in seq order: runs of consecutive seqs, one statement per run
+                db.executemany(
+                    "DELETE FROM mqtt_outbox WHERE seq BETWEEN ? AND ?", seq_runs(acked + dropped)
+                )
             if rows:
                 db.executemany(
                     "INSERT INTO mqtt_outbox(seq, topic, priority, payload) VALUES (?, ?, ?, ?)",
-                    [(r.seq, r.topic, r.priority, r.payload) for r in rows],
+                    rows,
                 )
                 db.execute(
                     "UPDATE mqtt_outbox_meta SET next_seq = MAX(next_seq, ?), dropped = ? "
                     "WHERE id = 1",
-                    (rows[-1].seq + 1, self.stats.dropped_total),
+                    (rows[-1][_SEQ] + 1, self.stats.dropped_total),
                 )
             elif dropped:
                 db.execute(
@@ -387,9 +400,14 @@ class Outbox:
     def _committed(self, batch: _Batch) -> None:
         self.stats.commits += 1
         self.stats.committed += len(batch.rows)
+        rows, low, queue = self._rows, self._low, self._send_queue
         for row in batch.rows:
-            self._admit(row)
-            self._send_queue.append(row.seq)
+            seq = row[_SEQ]
+            rows[seq] = row
+            if row[_PRIORITY] == Priority.LOW:
+                low.append(seq)
+            queue.append(seq)
+        self._bytes += batch.size
         for fut, event in batch.waiters:
             if not fut.done():
                 fut.set_result(event)
@@ -406,15 +424,15 @@ class Outbox:
                 fut.set_exception(error)
 
     def _admit(self, row: _Row) -> None:
-        self._rows[row.seq] = row
-        self._bytes += len(row.payload)
-        if row.priority == Priority.LOW:
-            self._low.append(row.seq)
+        self._rows[row[_SEQ]] = row
+        self._bytes += len(row[_PAYLOAD])
+        if row[_PRIORITY] == Priority.LOW:
+            self._low.append(row[_SEQ])
 
     def _forget(self, seq: int) -> None:
         row = self._rows.pop(seq, None)
         if row is not None:
-            self._bytes -= len(row.payload)
+            self._bytes -= len(row[_PAYLOAD])
 
     def _update_empty(self) -> None:
         if not self._rows and not self._batch.rows and not self._acked:
@@ -432,7 +450,7 @@ class Outbox:
         if self.stats.sent:
             self.stats.resent += len(unacked)
         self._send_queue = collections.deque(unacked)
-        session.on_ack(lambda mid, rc: self._on_ack(session, mid, rc))
+        session.on_ack(functools.partial(self._on_ack, session))
         session.closed.add_done_callback(lambda _f: self._detach(session))
         self._pump()
 
@@ -451,7 +469,7 @@ class Outbox:
             if row is None:
                 continue
             try:
-                mid = session.publish_nowait(row.topic, row.payload, qos=1)
+                mid = session.publish_nowait(row[_TOPIC], row[_PAYLOAD], qos=1)
             except MqttConnectionError:
                 self._send_queue.appendleft(seq)
                 self._detach(session)
@@ -468,11 +486,13 @@ class Outbox:
         if reason >= _REFUSED:
             self.stats.refused += 1
             _log.warning("the broker refused event seq %d (reason code %d); dropped", seq, reason)
-        if seq in self._rows:
-            self._forget(seq)
+        row = self._rows.pop(seq, None)
+        if row is not None:
+            self._bytes -= len(row[_PAYLOAD])
             self._acked.append(seq)
             self.stats.acked += 1
-        self._pump()
+        if self._send_queue:
+            self._pump()
         if len(self._acked) >= _DELETE_BATCH or not self._rows:
             self._wake.set()
         elif self._delete_timer is None:
@@ -495,6 +515,29 @@ class Outbox:
             "maxBytes": self.limits.max_bytes,
             **dataclasses.asdict(self.stats),
         }
+
+
+def _remove(batch: _Batch, seqs: set[int]) -> None:
+    """Take the rows ``seqs`` out of a batch (bound drops, a superseded drop summary)."""
+    kept = [r for r in batch.rows if r[_SEQ] not in seqs]
+    batch.size = sum(len(r[_PAYLOAD]) for r in kept)
+    batch.rows = kept
+
+
+def seq_runs(seqs: list[int]) -> list[tuple[int, int]]:
+    """``seqs`` as (first, last) runs of consecutive numbers: [1, 2, 3, 7] -> [(1, 3), (7, 7)]."""
+    runs: list[tuple[int, int]] = []
+    if not seqs:
+        return runs
+    ordered = sorted(seqs)
+    first = last = ordered[0]
+    for seq in ordered[1:]:
+        if seq != last + 1:
+            runs.append((first, last))
+            first = seq
+        last = seq
+    runs.append((first, last))
+    return runs
 
 
 async def open_outbox(

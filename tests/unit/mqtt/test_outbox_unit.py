@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import random
 import ssl
@@ -11,14 +12,31 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from referencing import Registry, Resource
 
 from agent.config import parse_config
 from agent.errors import ConfigError, StateError, ValidationError
-from agent.mqtt.client import AWS_ALPN, Backoff, Endpoint, Identity, tls_context
-from agent.mqtt.events import SCHEMA_FILES, load_schema, new_event_id, utc_timestamp
-from agent.mqtt.outbox import Limits, open_outbox
+from agent.mqtt.client import (
+    AWS_ALPN,
+    Backoff,
+    Endpoint,
+    Identity,
+    _coalesce,
+    _lean_puback,
+    tls_context,
+)
+from agent.mqtt.events import (
+    SCHEMA_FILES,
+    encode,
+    load_schema,
+    make_encoded,
+    new_event_id,
+    utc_timestamp,
+)
+from agent.mqtt.outbox import Limits, open_outbox, seq_runs
 from agent.store import Store
 
 
@@ -153,6 +171,100 @@ def test_event_ids_and_timestamps() -> None:
     stamp = utc_timestamp()
     assert stamp.endswith("Z")
     assert len(stamp) == len("2026-01-01T00:00:00.000Z")
+
+
+def test_event_ids_are_canonical_and_distinct() -> None:
+    ids = [new_event_id() for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    assert all(str(uuid.UUID(i)) == i for i in ids)  # lower-case canonical text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"level": "info", "message": "reading 00000001"},
+        {},
+        {"message": 'é "quoted" \\ \u2028 \x01 \U0001f600', "n": [1, 2.5, None, True]},
+        {"nested": {"a": {"b": []}}, 7: "int key"},
+    ],
+)
+def test_envelope_template_is_byte_for_byte_the_encoded_event(body: dict[Any, Any]) -> None:
+    event, payload = make_encoded("LOG", body, seq=42, thing_name='hub-ü"x')
+    assert payload == encode(event)
+    assert json.loads(payload) == json.loads(encode(event))
+    assert list(event) == ["eventId", "seq", "time", "type", "thingName", "body"]
+    assert event["seq"] == 42
+    assert event["thingName"] == 'hub-ü"x'
+
+
+def test_envelope_refuses_what_json_refuses() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        make_encoded("LOG", {"x": object()}, seq=1, thing_name="hub")
+
+
+def test_seq_runs() -> None:
+    assert seq_runs([]) == []
+    assert seq_runs([5]) == [(5, 5)]
+    assert seq_runs([1, 2, 3, 7, 9, 10]) == [(1, 3), (7, 7), (9, 10)]
+    assert seq_runs([10, 3, 2, 11, 1]) == [(1, 3), (10, 11)]  # acks and drops mixed
+
+
+def _packet(command: int, qos: int, data: bytes) -> dict[str, Any]:
+    return {
+        "command": command,
+        "mid": 1,
+        "qos": qos,
+        "pos": 0,
+        "to_process": len(data),
+        "packet": bytearray(data),
+        "info": None,
+    }
+
+
+def test_coalesce_joins_only_qos_publishes() -> None:
+    publish, pingreq = 0x30, 0xC0
+    out = collections.deque([_packet(publish | 2, 1, b"first")])
+    out[0]["pos"], out[0]["to_process"] = 2, 3  # partly written already
+    out.append(_packet(publish | 2, 1, b"second"))
+    _coalesce(out)
+    assert len(out) == 1
+    assert out[0]["packet"] == bytearray(b"firstsecond")
+    assert (out[0]["pos"], out[0]["to_process"]) == (2, 9)  # the rest still to write
+    out.append(_packet(pingreq, 0, b"ping"))
+    _coalesce(out)
+    out.append(_packet(publish | 2, 1, b"third"))
+    _coalesce(out)
+    out.append(_packet(publish, 0, b"qos0"))  # QoS 0: paho reports it once written
+    _coalesce(out)
+    assert [bytes(p["packet"]) for p in out] == [b"firstsecond", b"ping", b"third", b"qos0"]
+
+
+def test_lean_puback_answers_as_paho_does() -> None:
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    got: list[tuple[int, int, object]] = []
+
+    def on_publish(_c: object, _u: object, mid: int, rc: Any, props: Any) -> None:
+        got.append((mid, rc.value, getattr(props, "ReasonString", None)))
+
+    client.on_publish = on_publish
+    _lean_puback(client)
+    assert "_handle_pubackcomp" in vars(client)  # installed on this paho
+    for mid in (1, 2, 3):
+        message = paho.MQTTMessage(mid, b"t")
+        message.qos = 1
+        client._out_messages[mid] = message
+
+    def feed(packet: bytes) -> None:
+        client._in_packet["command"] = 0x40  # PUBACK
+        client._in_packet["packet"] = bytearray(packet)
+        client._packet_handle()
+
+    feed(b"\x00\x01")  # MQTT 5 success, short form
+    feed(b"\x00\x02\x87")  # 135: not authorised
+    feed(b"\x00\x03\x87\x05\x1f\x00\x02no")  # with a reason string: paho's own decoder
+    feed(b"\x00\x09")  # not in flight: no callback
+    assert got == [(1, 0, None), (2, 135, None), (3, 135, "no")]
+    assert not client._out_messages
 
 
 def test_backoff_is_jittered_capped_and_growing() -> None:
