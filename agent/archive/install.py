@@ -23,7 +23,7 @@ import hashlib
 import logging
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,24 @@ def _swap_link(directory: Path, name: str, target: str) -> None:
     tmp.replace(directory / name)
 
 
+def new_set_name(label: str) -> str:
+    """``<UTC stamp>-<label>``: sets sort by the time they were made."""
+    return f"{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}-{label}"
+
+
+def activate_set(credentials: Path, set_name: str, previous: Path | None) -> None:
+    """Make ``sets/<set_name>`` current and ``previous`` the previous set (atomic links).
+
+    ``previous`` (from :func:`current_credentials`) is resolved: it is compared with the
+    resolved sets directory, as the state directory itself may be a symlink (systemd
+    ``DynamicUser=``).
+    """
+    if previous is not None and previous.parent == (credentials / "sets").resolve():
+        _swap_link(credentials, "previous", f"sets/{previous.name}")
+    _swap_link(credentials, "current", f"sets/{set_name}")
+    fsync_dir(credentials)
+
+
 def install_archive(
     verified: VerifiedArchive,
     state_dir: Path,
@@ -160,12 +178,7 @@ def install_archive(
                     dt.datetime.now(dt.UTC).isoformat(),
                 ),
             )
-            # ``previous`` is resolved: compare it with the resolved sets directory (the
-            # state directory itself may be a symlink, as with systemd DynamicUser=).
-            if previous is not None and previous.parent == sets.resolve():
-                _swap_link(credentials, "previous", f"sets/{previous.name}")
-            _swap_link(credentials, "current", f"sets/{set_name}")
-            fsync_dir(credentials)
+            activate_set(credentials, set_name, previous)
             step("activated")
         step("recorded")
         _log.info(
@@ -199,20 +212,33 @@ def provision_from_file(
 
 def _stage(verified: VerifiedArchive, sets: Path, step: Callable[[str], None]) -> str:
     entries = verified.contents.entries
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    set_name = f"{stamp}-{verified.fingerprint[:16]}"
+    files = [
+        (CERTIFICATE, entries[CERTIFICATE], PUBLIC_FILE),
+        (PRIVATE_KEY, entries[PRIVATE_KEY], PRIVATE_FILE),
+        (ROOT_CA, entries[ROOT_CA], PUBLIC_FILE),
+        # The exact signed bytes, the signature and the signer: re-checkable later.
+        (MANIFEST, entries[MANIFEST], PUBLIC_FILE),
+        (SIGNATURE, entries[SIGNATURE], PUBLIC_FILE),
+        (SIGNER, entries[SIGNER], PUBLIC_FILE),
+    ]
+    return stage_set(sets, new_set_name(verified.fingerprint[:16]), files, step)
+
+
+def stage_set(
+    sets: Path,
+    set_name: str,
+    files: Iterable[tuple[str, bytes, int]],
+    step: Callable[[str], None] = lambda _name: None,
+) -> str:
+    """Write a complete set ``sets/<set_name>``: each file fsynced, then renamed into place.
+
+    Raises:
+        StateError: ``CREDENTIALS_WRITE_FAILED``; nothing is left behind.
+    """
     staging = sets / f"{_STAGING_PREFIX}{secrets.token_hex(6)}"
     staging.mkdir(mode=0o700)
     try:
-        for name, data, mode in (
-            (CERTIFICATE, entries[CERTIFICATE], PUBLIC_FILE),
-            (PRIVATE_KEY, entries[PRIVATE_KEY], PRIVATE_FILE),
-            (ROOT_CA, entries[ROOT_CA], PUBLIC_FILE),
-            # The exact signed bytes, the signature and the signer: re-checkable later.
-            (MANIFEST, entries[MANIFEST], PUBLIC_FILE),
-            (SIGNATURE, entries[SIGNATURE], PUBLIC_FILE),
-            (SIGNER, entries[SIGNER], PUBLIC_FILE),
-        ):
+        for name, data, mode in files:
             write_synced(staging / name, data, mode)
             step(f"wrote {name}")
         fsync_dir(staging)
