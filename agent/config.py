@@ -88,9 +88,17 @@ class NetworkSection:
     networkd_reconfigure_command: tuple[str, ...] = ("networkctl", "reconfigure", "{ifname}")
     #: netlink: where the static ports' DNS servers are written.
     resolv_conf: Path = Path("/etc/resolv.conf")
-    #: netlink: the system DHCP client a DHCP port is handed to, and how to stop it.
-    dhcp_command: tuple[str, ...] = ("dhclient", "-nw", "{ifname}")
-    dhcp_stop_command: tuple[str, ...] = ("dhclient", "-x", "{ifname}")
+    #: networkd: where distribution and runtime ``.network`` files live (besides the two
+    #: directories above), searched to find which file manages a port.
+    networkd_dist_dirs: tuple[Path, ...] = (
+        Path("/usr/local/lib/systemd/network"),
+        Path("/usr/lib/systemd/network"),
+    )
+    #: netlink: the dhcpcd command a DHCP port is handed to (``{ifname}``, ``{metric}``); it
+    #: runs with the agent's own pid, lease and resolv.conf paths.
+    dhcp_command: tuple[str, ...] = (
+        "dhcpcd", "-4", "-b", "-m", "{metric}", "-C", "hostname", "{ifname}",
+    )  # fmt: skip
     #: dry-run: the root directory everything is rendered under.
     dry_run_root: Path = Path("/run/edge-agent/net-dry-run")
 

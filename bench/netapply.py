@@ -63,16 +63,16 @@ def _no_wait(plan: NetworkPlan, window: float, endpoint: tuple[str, int] | None)
 
 def inner(rounds: int) -> None:
     """Runs inside the namespace."""
-    from agent.netconf.netlink import NetlinkBackend  # noqa: PLC0415 - after entering the netns
+    from agent.netconf.dhcp import Dhcpcd  # noqa: PLC0415 - after entering the netns
+    from agent.netconf.netlink import NetlinkBackend  # noqa: PLC0415
     from agent.netconf.rollback import NetConf  # noqa: PLC0415
     from agent.store import Store  # noqa: PLC0415
 
     agent_ms: list[float] = []
     baseline_ms: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        backend = NetlinkBackend(
-            resolv_conf=Path(tmp) / "resolv.conf", dhcp_command=(), dhcp_stop_command=()
-        )
+        client = Dhcpcd(run_dir=Path(tmp) / "run", lease_dir=Path(tmp) / "lib")
+        backend = NetlinkBackend(resolv_conf=Path(tmp) / "resolv.conf", dhcp_client=client)
         with Store(Path(tmp) / "state.db") as store:
             netconf = NetConf(store, backend, NoTimeBackend(), prober=_no_wait)
             netconf.apply(_plan(0))  # warm up

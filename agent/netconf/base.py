@@ -6,7 +6,8 @@ logic in :mod:`agent.netconf.rollback` only talks to these protocols:
 1. ``snapshot`` records what the backend would touch (files, live addresses and routes) as
    JSON-ready data, which goes into the durable trial marker;
 2. ``apply`` puts the plan in force as a trial;
-3. ``commit`` makes the trial permanent, or ``revert`` restores a snapshot exactly.
+3. ``commit`` makes the trial permanent, or ``revert`` restores a snapshot exactly, going on
+   past a failing step and returning the list of failures.
 
 ``changes`` says, without touching anything, what ``apply`` would change.
 """
@@ -110,8 +111,12 @@ class NetworkBackend(Protocol):
         """Make the trial permanent."""
         ...
 
-    def revert(self, snapshot: Snapshot) -> None:
-        """Restore exactly what ``snapshot`` recorded."""
+    def revert(self, snapshot: Snapshot) -> list[str]:
+        """Restore exactly what ``snapshot`` recorded.
+
+        Every step is attempted even when an earlier one fails; the failed steps are
+        returned (empty: the revert is complete).
+        """
         ...
 
     def reapply(self, plan: NetworkPlan) -> None:

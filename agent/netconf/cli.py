@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from agent.config import AgentConfig
     from agent.netconf.base import NetworkBackend, TimeBackend
     from agent.netconf.plan import NetworkPlan
-    from agent.netconf.rollback import NetConf
+    from agent.netconf.rollback import ApplyResult, NetConf
     from agent.store import Store
 
 
@@ -55,6 +55,12 @@ def register(sub: Any) -> None:
     recover = net_sub.add_parser(
         "recover",
         help="start-up hook: revert an interrupted trial, else re-apply the committed plan",
+    )
+    recover.add_argument(
+        "--force",
+        action="store_true",
+        help="revert the trial even if its process seems alive, and end it even if the "
+        "backend it used is unavailable (manual repair)",
     )
     recover.add_argument("--json", action="store_true", help="machine-readable output")
     recover.set_defaults(handler=_recover)
@@ -169,7 +175,6 @@ def _plan(args: argparse.Namespace) -> int:
 def _apply(args: argparse.Namespace) -> int:
     from agent.cli import print_json
     from agent.netconf.probe import parse_endpoint
-    from agent.netconf.rollback import NetworkRolledBackError
 
     config = _config(args)
     _, plan = _read_plan(args, config)
@@ -197,11 +202,7 @@ def _apply(args: argparse.Namespace) -> int:
         netconf = _netconf(config, args.backend or config.network.backend, store)
         result = netconf.apply(plan, probe_timeout=timeout, endpoint=endpoint)
     if result.outcome == "reverted":
-        raise NetworkRolledBackError(
-            f"the new configuration failed its probe and the previous one is back: "
-            f"{result.message}",
-            reason=result.reason,
-        )
+        raise _rolled_back(result)
     if args.json:
         print_json(result.to_json())
         return EXIT_OK
@@ -213,6 +214,18 @@ def _apply(args: argparse.Namespace) -> int:
         waited = f"{result.sync.waited_seconds:.1f} s"
         print(f"clock {trusted} after {waited} ({result.sync.status.detail})")
     return EXIT_OK
+
+
+def _rolled_back(result: ApplyResult) -> Exception:
+    from agent.netconf.rollback import NetworkRolledBackError
+
+    back = "is back"
+    if result.revert_failures:
+        back = f"is back except: {'; '.join(result.revert_failures)}"
+    return NetworkRolledBackError(
+        f"the new configuration failed its probe and the previous one {back}: {result.message}",
+        reason=result.reason,
+    )
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -265,9 +278,11 @@ def _recover(args: argparse.Namespace) -> int:
 
     config = _config(args)
     with _store(config) as store:
-        result = _netconf(config, config.network.backend, store).startup()
+        result = _netconf(config, config.network.backend, store).startup(force=args.force)
     if args.json:
         print_json(result)
     else:
         print(f"net recover: {result['action']}")
+        for failure in result.get("failures", []):
+            print(f"  not restored: {failure}")
     return EXIT_OK

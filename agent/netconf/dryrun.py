@@ -56,10 +56,15 @@ class DryRunBackend:
         """Nothing more to do."""
         del plan
 
-    def revert(self, snapshot: Snapshot) -> None:
-        """Put the files back as they were."""
+    def revert(self, snapshot: Snapshot) -> list[str]:
+        """Put the files back as they were; returns the files that could not be restored."""
+        failures = []
         for path, content in snapshot["files"].items():
-            restore_file(Path(path), content)
+            try:
+                restore_file(Path(path), content)
+            except OSError as exc:
+                failures.append(f"{path}: {exc.strerror or exc}")
+        return failures
 
     def reapply(self, plan: NetworkPlan) -> None:
         """Nothing to do."""

@@ -18,13 +18,16 @@ def network_backend(
     """The network backend called ``name``, set up from ``config``."""
     net = config.network
     if name == "netlink":
+        from agent.netconf.dhcp import Dhcpcd  # noqa: PLC0415
         from agent.netconf.netlink import NetlinkBackend  # noqa: PLC0415 - pyroute2 is heavy
 
-        return NetlinkBackend(
+        client = Dhcpcd(
+            run_dir=config.agent.runtime_dir / "dhcpcd",
+            lease_dir=config.agent.state_dir / "dhcpcd",
             resolv_conf=net.resolv_conf,
-            dhcp_command=net.dhcp_command,
-            dhcp_stop_command=net.dhcp_stop_command,
+            command=net.dhcp_command,
         )
+        return NetlinkBackend(resolv_conf=net.resolv_conf, dhcp_client=client)
     if name == "networkd":
         from agent.netconf.networkd import NetworkdBackend  # noqa: PLC0415
 
@@ -33,6 +36,7 @@ def network_backend(
             persist_dir=net.networkd_persist_dir,
             reload_command=net.networkd_reload_command,
             reconfigure_command=net.networkd_reconfigure_command,
+            dist_dirs=net.networkd_dist_dirs,
         )
     if name == "dry-run":
         from agent.netconf.dryrun import DryRunBackend  # noqa: PLC0415

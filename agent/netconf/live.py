@@ -1,8 +1,9 @@
-"""Live interface state over netlink (pyroute2): read, snapshot, restore, set.
+"""Live interface state over netlink (pyroute2): read and set a port's IPv4 configuration.
 
-Only IPv4 addresses and main-table IPv4 routes of the named interfaces are touched; routes
-the kernel derives from an address (protocol ``kernel``) come back with the address and are
-never added by hand.
+Applying a plan touches only IPv4 addresses and main-table IPv4 routes of the named
+interfaces; routes the kernel derives from an address (protocol ``kernel``) come with the
+address and are never added by hand. The complete snapshot and its exact restore (every
+table, both families) are in :mod:`agent.netconf.netstate`.
 """
 
 from __future__ import annotations
@@ -18,16 +19,14 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.netconf.base import NetworkApplyError, Snapshot
+from agent.netconf.base import NetworkApplyError
 
 _log = logging.getLogger(__name__)
 
 MAIN_TABLE = 254
 RTPROT_KERNEL = 2
 RTPROT_STATIC = 4
-ENOENT = 2
-EEXIST = 17
-ESRCH = 3
+RTNH_F_ONLINK = 4
 EADDRNOTAVAIL = 99
 ENODEV = 19
 
@@ -116,84 +115,38 @@ def routes(route: Any, index: int) -> list[dict[str, Any]]:
     )
 
 
-def snapshot_port(route: Any, ifname: str) -> Snapshot:
-    """Everything restorable about one interface (``exists`` False when it is absent)."""
-    info = link(route, ifname)
-    if info is None:
-        return {"ifname": ifname, "exists": False}
-    return {
-        "ifname": ifname,
-        "exists": True,
-        "up": info.up,
-        "addresses": addresses(route, info.index),
-        "routes": routes(route, info.index),
-    }
-
-
-def flush(route: Any, index: int) -> None:
-    """Remove every main-table IPv4 route through the link, then its IPv4 addresses."""
+def flush_routes(route: Any, index: int) -> None:
+    """Remove every main-table IPv4 route through the link that the kernel did not derive."""
     for entry in routes(route, index):
         if entry["proto"] == RTPROT_KERNEL:
             continue
+        args: dict[str, Any] = {
+            "oif": index,
+            "table": MAIN_TABLE,
+            "dst_len": entry["dst_len"],
+            "proto": entry["proto"],
+            "scope": entry["scope"],
+            "type": entry["type"],
+        }
+        for key in ("gateway", "priority", "prefsrc"):
+            if entry[key] is not None:
+                args[key] = entry[key]
+        if entry["dst_len"]:
+            args["dst"] = entry["dst"]
         with contextlib.suppress(NetlinkError):
-            route.route("del", **_route_args(index, entry))
+            route.route("del", **args)
+
+
+def remove_addresses(route: Any, index: int, keep: tuple[str, int] | None = None) -> None:
+    """Remove the link's IPv4 addresses (but ``keep``, an address and prefix length)."""
     for entry in addresses(route, index):
+        if keep is not None and (entry["address"], entry["prefixlen"]) == keep:
+            continue
         try:
             route.addr("del", index=index, address=entry["address"], prefixlen=entry["prefixlen"])
         except NetlinkError as exc:
             if exc.code != EADDRNOTAVAIL:
                 raise
-
-
-def _route_args(index: int, entry: dict[str, Any]) -> dict[str, Any]:
-    args: dict[str, Any] = {
-        "oif": index,
-        "table": MAIN_TABLE,
-        "dst_len": entry["dst_len"],
-        "proto": entry["proto"],
-        "scope": entry["scope"],
-        "type": entry["type"],
-    }
-    if entry["dst_len"]:
-        args["dst"] = entry["dst"]
-    if entry["gateway"]:
-        args["gateway"] = entry["gateway"]
-    if entry["priority"] is not None:
-        args["priority"] = entry["priority"]
-    if entry["prefsrc"]:
-        args["prefsrc"] = entry["prefsrc"]
-    return args
-
-
-def restore_port(route: Any, snap: Snapshot) -> None:
-    """Make one interface match its snapshot exactly (addresses, routes, up/down)."""
-    info = link(route, snap["ifname"])
-    if info is None or not snap["exists"]:
-        return
-    flush(route, info.index)
-    for entry in snap["addresses"]:
-        args: dict[str, Any] = {
-            "index": info.index,
-            "address": entry["address"],
-            "prefixlen": entry["prefixlen"],
-        }
-        if entry["broadcast"]:
-            args["broadcast"] = entry["broadcast"]
-        route.addr("add", **args)
-    route.link("set", index=info.index, state="up" if snap["up"] else "down")
-    current = {_route_key(r) for r in routes(route, info.index)}
-    for entry in snap["routes"]:
-        if entry["proto"] == RTPROT_KERNEL and _route_key(entry) in current:
-            continue
-        try:
-            route.route("add", **_route_args(info.index, entry))
-        except NetlinkError as exc:
-            if exc.code != EEXIST:
-                raise
-
-
-def _route_key(entry: dict[str, Any]) -> tuple[Any, ...]:
-    return (entry["dst"], entry["dst_len"], entry["gateway"], entry["priority"])
 
 
 def set_static(
@@ -205,15 +158,25 @@ def set_static(
 ) -> None:
     """Replace the interface's IPv4 configuration with one address and a default route."""
     info = require_link(route, ifname)
-    flush(route, info.index)
     route.link("set", index=info.index, state="up")
-    route.addr(
-        "add",
-        index=info.index,
-        address=str(address.ip),
-        prefixlen=address.network.prefixlen,
-        broadcast=str(address.network.broadcast_address),
-    )
+    want = (str(address.ip), address.network.prefixlen)
+
+    def add_if_missing() -> None:
+        if want not in [(a["address"], a["prefixlen"]) for a in addresses(route, info.index)]:
+            route.addr(
+                "add",
+                index=info.index,
+                address=want[0],
+                prefixlen=want[1],
+                broadcast=str(address.network.broadcast_address),
+            )
+
+    # the new address goes on first (a link left without any IPv4 address loses its routes
+    # in every table); removing an old primary may take it along, so check again after
+    add_if_missing()
+    flush_routes(route, info.index)
+    remove_addresses(route, info.index, keep=want)
+    add_if_missing()
     if gateway is not None:
         route.route(
             "add",
@@ -229,7 +192,8 @@ def set_static(
 def clear(route: Any, ifname: str) -> None:
     """Remove the interface's IPv4 addresses and routes and bring it up (for DHCP)."""
     info = require_link(route, ifname)
-    flush(route, info.index)
+    flush_routes(route, info.index)
+    remove_addresses(route, info.index)
     route.link("set", index=info.index, state="up")
 
 

@@ -1,35 +1,38 @@
 """The ``netlink`` backend: addresses and routes set directly through rtnetlink (pyroute2).
 
 The kernel forgets this configuration at reboot, so the committed plan is kept in the state
-store and :meth:`NetlinkBackend.reapply` puts it back at start-up.
+store and :meth:`NetlinkBackend.reapply` puts it back at start-up (``net recover``).
 
-DHCP: the agent does not speak DHCP itself. A port set to ``DHCP`` is handed back to the
-system's DHCP client: its static IPv4 addresses and routes are removed, the link is brought
-up and ``dhcp_command`` (default ``dhclient -nw {ifname}``) is run; the trial then waits for
-the client to obtain an address. When a port goes static (or a DHCP trial is reverted)
-``dhcp_stop_command`` (default ``dhclient -x {ifname}``) stops that client first.
+DHCP: a port set to ``DHCP`` is handed to the agent's own dhcpcd
+(:class:`~agent.netconf.dhcp.Dhcpcd`), which gives its routes the port's metric. Any other
+DHCP client serving a port the plan configures is stopped first, and a revert starts again
+whatever client served the port before the trial.
 
-DNS servers of static ports are written to ``resolv_conf`` (Ethernet0's first).
+DNS servers of static ports go to ``resolv_conf`` (Ethernet0's first), through the resolver
+that manages it (:mod:`agent.netconf.resolv`).
+
+The snapshot is complete (:mod:`agent.netconf.netstate`: every address and route of the
+port, both families, every table) and the revert goes on past a failing step, returning the
+list of failures.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.netconf import live
-from agent.netconf.base import Change, Snapshot, expand, run_command
-from agent.netconf.files import read_optional, restore_file
+from agent.netconf import dhcp, live, netstate, resolv
+from agent.netconf.base import Change, NetworkApplyError, Snapshot
+from agent.netconf.dhcp import ClientRecord, Dhcpcd
+from agent.netconf.files import read_optional
 from agent.netconf.plan import NetworkPlan, PortPlan
 from agent.netconf.render import render_resolv_conf
 
 _log = logging.getLogger(__name__)
-
-DEFAULT_DHCP_COMMAND = ("dhclient", "-nw", "{ifname}")
-DEFAULT_DHCP_STOP_COMMAND = ("dhclient", "-x", "{ifname}")
 
 
 class NetlinkBackend:
@@ -41,66 +44,66 @@ class NetlinkBackend:
     def __init__(
         self,
         *,
-        resolv_conf: Path = Path("/etc/resolv.conf"),
-        dhcp_command: Sequence[str] = DEFAULT_DHCP_COMMAND,
-        dhcp_stop_command: Sequence[str] = DEFAULT_DHCP_STOP_COMMAND,
+        resolv_conf: Path = dhcp.SYSTEM_RESOLV_CONF,
+        dhcp_client: Dhcpcd | None = None,
     ) -> None:
         self.resolv_conf = resolv_conf
-        self.dhcp_command = tuple(dhcp_command)
-        self.dhcp_stop_command = tuple(dhcp_stop_command)
+        self.dhcp = dhcp_client or Dhcpcd(
+            run_dir=Path("/run/edge-agent/dhcpcd"),
+            lease_dir=Path("/var/lib/edge-agent/dhcpcd"),
+            resolv_conf=resolv_conf,
+        )
 
     def changes(self, plan: NetworkPlan) -> list[Change]:
-        """Addresses and routes to remove and add, commands to run, files to write."""
+        """Addresses and routes to remove and add, clients to stop and start, files to write."""
         out: list[Change] = []
+        clients = dhcp.find_clients([p.ifname for p in plan.ports], self.dhcp)
         with live.ipr() as route:
             for port in plan.ports:
-                out.extend(_port_changes(route, port, self.dhcp_command, self.dhcp_stop_command))
+                out.extend(
+                    Change(port.ifname, "run", f"stop DHCP client (pid {c.pid})")
+                    for c in clients[port.ifname]
+                )
+                out.extend(_port_changes(route, port, self.dhcp))
         text = render_resolv_conf(plan)
         if text is not None and read_optional(self.resolv_conf) != text:
             out.append(Change(str(self.resolv_conf), "write", text.strip().replace("\n", "; ")))
         return out
 
     def snapshot(self, plan: NetworkPlan) -> Snapshot:
-        """Live addresses and routes of the plan's interfaces, and ``resolv.conf``."""
+        """Complete live state of the plan's interfaces, their DHCP clients, ``resolv.conf``."""
         with live.ipr() as route:
-            ports = [live.snapshot_port(route, p.ifname) for p in plan.ports]
+            ports = netstate.snapshot_ports(route, [p.ifname for p in plan.ports])
+        found = dhcp.find_clients([p.ifname for p in plan.ports], self.dhcp)
+        clients = [c for p in plan.ports for c in found[p.ifname]]
         return {
             "ports": ports,
-            "dhcp_ifnames": [p.ifname for p in plan.ports if p.mode == "dhcp"],
-            "resolv_conf": {
-                "path": str(self.resolv_conf),
-                "content": read_optional(self.resolv_conf),
-            },
+            "metrics": {p.ifname: p.metric for p in plan.ports},
+            "dhcp_clients": [c.to_json() for c in clients],
+            "resolv_conf": resolv.snapshot(self.resolv_conf),
         }
 
     def apply(self, plan: NetworkPlan) -> None:
-        """Set each port; DHCP ports are handed to the DHCP client."""
+        """Set each port; DHCP ports are handed to dhcpcd with the port's metric."""
         with live.ipr() as route:
             for port in plan.ports:
                 live.require_link(route, port.ifname)
+            clients = dhcp.find_clients([p.ifname for p in plan.ports], self.dhcp)
             for port in plan.ports:
-                self._apply_port(route, port)
+                self._apply_port(route, port, clients[port.ifname])
         text = render_resolv_conf(plan)
         if text is not None:
-            restore_file(self.resolv_conf, text)
+            resolv.write(self.resolv_conf, plan, text)
 
-    def _apply_port(self, route: object, port: PortPlan) -> None:
+    def _apply_port(self, route: object, port: PortPlan, clients: list[ClientRecord]) -> None:
+        for client in clients:
+            dhcp.stop_client(client, self.dhcp)
         try:
             if port.mode == "static" and port.address is not None:
-                if self.dhcp_stop_command:
-                    run_command(
-                        expand(self.dhcp_stop_command, ifname=port.ifname),
-                        what=f"stop the DHCP client on {port.ifname}",
-                        check=False,
-                    )
                 live.set_static(route, port.ifname, port.address, port.gateway, port.metric)
             else:
                 live.clear(route, port.ifname)
-                if self.dhcp_command:
-                    run_command(
-                        expand(self.dhcp_command, ifname=port.ifname),
-                        what=f"start the DHCP client on {port.ifname}",
-                    )
+                self.dhcp.start(port.ifname, port.metric)
         except NetlinkError as exc:
             raise live.translate(exc, f"configure {port.ifname}") from exc
 
@@ -108,33 +111,66 @@ class NetlinkBackend:
         """Nothing to do: the live state is the configuration (the caller stores the plan)."""
         del plan
 
-    def revert(self, snapshot: Snapshot) -> None:
-        """Stop DHCP clients the trial started, restore addresses, routes and resolv.conf."""
-        for ifname in snapshot.get("dhcp_ifnames", []):
-            if self.dhcp_stop_command:
-                run_command(
-                    expand(self.dhcp_stop_command, ifname=ifname),
-                    what=f"stop the DHCP client on {ifname}",
-                    check=False,
-                )
+    def revert(self, snapshot: Snapshot) -> list[str]:
+        """Restore the snapshot exactly; every step runs, the failed ones are returned."""
+        failures: list[str] = []
+        recorded = [ClientRecord.from_json(c) for c in snapshot.get("dhcp_clients", [])]
+        kept = {c.pid for c in recorded}
+        found = dhcp.find_clients([p["ifname"] for p in snapshot["ports"]], self.dhcp)
+        for port in snapshot["ports"]:
+            for client in found[port["ifname"]]:
+                if client.pid not in kept:  # started by the trial
+                    failures += _attempt(
+                        f"stop the DHCP client on {client.ifname}",
+                        functools.partial(dhcp.stop_client, client, self.dhcp),
+                    )
         with live.ipr() as route:
             for port in snapshot["ports"]:
-                try:
-                    live.restore_port(route, port)
-                except NetlinkError as exc:
-                    raise live.translate(exc, f"restore {port['ifname']}") from exc
-        resolv = snapshot.get("resolv_conf")
-        if resolv is not None:
-            restore_file(Path(resolv["path"]), resolv["content"])
+                failures += netstate.restore_port(route, port)
+        metrics = snapshot.get("metrics", {})
+        # still running means: the same pid still serves the same port (after a reboot the
+        # recorded pid may belong to anything)
+        running = dhcp.find_clients(sorted({c.ifname for c in recorded}), self.dhcp)
+        for client in recorded:
+            if any(c.pid == client.pid for c in running[client.ifname]):
+                continue
+            failures += _attempt(
+                f"restart the DHCP client on {client.ifname}",
+                functools.partial(
+                    dhcp.restart_client, client, self.dhcp, metrics.get(client.ifname, 0)
+                ),
+            )
+        if snapshot.get("resolv_conf") is not None:
+            failures += resolv.restore(
+                snapshot["resolv_conf"], [p["ifname"] for p in snapshot["ports"]]
+            )
+        return failures
 
     def reapply(self, plan: NetworkPlan) -> None:
-        """The kernel forgot everything at boot: apply the committed plan again."""
-        self.apply(plan)
+        """Put the committed plan back in force (the kernel forgot it at boot)."""
+        with live.ipr() as route:
+            for port in plan.ports:
+                live.require_link(route, port.ifname)
+            clients = dhcp.find_clients([p.ifname for p in plan.ports], self.dhcp)
+            for port in plan.ports:
+                served = self.dhcp.pid(port.ifname) is not None
+                if port.mode == "dhcp" and served and self.dhcp.metric(port.ifname) == port.metric:
+                    continue  # still served by our client (not a reboot)
+                self._apply_port(route, port, clients[port.ifname])
+        text = render_resolv_conf(plan)
+        if text is not None and read_optional(self.resolv_conf) != text:
+            resolv.write(self.resolv_conf, plan, text)
 
 
-def _port_changes(
-    route: object, port: PortPlan, dhcp_command: Sequence[str], dhcp_stop: Sequence[str]
-) -> list[Change]:
+def _attempt(what: str, call: Callable[[], None]) -> list[str]:
+    try:
+        call()
+    except (NetworkApplyError, OSError) as exc:
+        return [f"{what}: {exc}"]
+    return []
+
+
+def _port_changes(route: object, port: PortPlan, client: Dhcpcd) -> list[Change]:
     info = live.link(route, port.ifname)
     if info is None:
         return [Change(port.ifname, "keep", f"{port.port}: interface {port.ifname} is missing")]
@@ -143,8 +179,6 @@ def _port_changes(
     current_routes = [r for r in live.routes(route, info.index) if r["proto"] != live.RTPROT_KERNEL]
     if port.mode == "static" and port.address is not None:
         want = (str(port.address.ip), port.address.network.prefixlen)
-        if dhcp_stop:
-            out.append(Change(port.ifname, "run", " ".join(expand(dhcp_stop, ifname=port.ifname))))
         out.extend(
             Change(port.ifname, "remove", f"address {a['address']}/{a['prefixlen']}")
             for a in current
@@ -170,8 +204,8 @@ def _port_changes(
         Change(port.ifname, "remove", f"address {a['address']}/{a['prefixlen']}") for a in current
     )
     out.extend(Change(port.ifname, "remove", _route_text(r)) for r in current_routes)
-    if dhcp_command:
-        out.append(Change(port.ifname, "run", " ".join(expand(dhcp_command, ifname=port.ifname))))
+    command = " ".join(client.command).replace("{ifname}", port.ifname)
+    out.append(Change(port.ifname, "run", command.replace("{metric}", str(port.metric))))
     return out
 
 

@@ -11,7 +11,10 @@
    or revert exactly to the snapshot and remove the marker, reporting why.
 
 If the process dies anywhere between 2 and 5, the marker survives and :meth:`NetConf.recover`
-(run at every start) reverts to the snapshot. After a commit the NTP servers are given a
+(run at every start) reverts to the snapshot. A revert never stops half-way: every step runs,
+the ones that failed are recorded with the outcome, and the marker is removed in any case so
+the next apply can run. The committed plan is stored with the backend that applied it, and
+:meth:`NetConf.startup` re-applies it with that backend. After a commit the NTP servers are given a
 bounded time to synchronise; the result tells the archive's clock policy whether the clock
 can be trusted.
 """
@@ -22,12 +25,12 @@ import datetime as dt
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from agent.errors import AgentError, ConflictError
+from agent.netconf import osproc
 from agent.netconf.base import (
     NetworkApplyError,
     NetworkBackend,
@@ -68,7 +71,10 @@ MIGRATIONS = [
         reason  TEXT NOT NULL,
         message TEXT NOT NULL
     );
+    """,
     """
+    ALTER TABLE netconf_history ADD COLUMN failures TEXT NOT NULL DEFAULT '[]';
+    """,
 ]
 
 Outcome = Literal["committed", "reverted"]
@@ -92,6 +98,7 @@ class ApplyResult:
     probe: ProbeResult | None = None
     sync: SyncResult | None = None
     backend: str = ""
+    revert_failures: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """JSON form (the CLI output of ``net apply``)."""
@@ -100,6 +107,7 @@ class ApplyResult:
             "reason": self.reason,
             "message": self.message,
             "backend": self.backend,
+            "revertFailures": list(self.revert_failures),
             "plan": self.plan.to_json(),
             "probe": None if self.probe is None else self.probe.to_json(),
             "timeSync": None if self.sync is None else self.sync.to_json(),
@@ -121,28 +129,11 @@ class Marker:
 
 def boot_id() -> str:
     """This boot's id (a crashed trial from an earlier boot is always stale)."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
+    return osproc.boot_id()
 
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purposes
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
 
 
 def load_marker(store: Store) -> Marker | None:
@@ -162,14 +153,15 @@ def load_marker(store: Store) -> Marker | None:
     )
 
 
-def load_history(store: Store, limit: int = 20) -> list[dict[str, str]]:
-    """The latest outcomes in ``store``, newest first."""
+def load_history(store: Store, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest outcomes in ``store``, newest first (``failures``: revert steps that failed)."""
     store.migrate(COMPONENT, MIGRATIONS)
     rows = store.db.execute(
-        "SELECT at, outcome, reason, message FROM netconf_history ORDER BY seq DESC LIMIT ?",
+        "SELECT at, outcome, reason, message, failures FROM netconf_history "
+        "ORDER BY seq DESC LIMIT ?",
         (limit,),
     ).fetchall()
-    return [dict(r) for r in rows]
+    return [{**dict(r), "failures": json.loads(r["failures"])} for r in rows]
 
 
 B = TypeVar("B", NetworkBackend, TimeBackend)
@@ -208,6 +200,8 @@ class NetConf:
         self.sync_timeout = sync_timeout
         self._backend_for = backend_for
         self._time_backend_for = time_backend_for
+        #: What the latest revert could not restore (empty when it was complete).
+        self.last_revert_failures: list[str] = []
         store.migrate(COMPONENT, MIGRATIONS)
 
     # --- state ----------------------------------------------------------------------------
@@ -223,14 +217,17 @@ class NetConf:
             return None
         return row["backend"], NetworkPlan.from_json(json.loads(row["plan"]))
 
-    def history(self, limit: int = 20) -> list[dict[str, str]]:
+    def history(self, limit: int = 20) -> list[dict[str, Any]]:
         """The latest outcomes, newest first."""
         return load_history(self.store, limit)
 
-    def _record(self, db: Any, outcome: str, reason: str, message: str) -> None:
+    def _record(
+        self, db: Any, outcome: str, reason: str, message: str, failures: Sequence[str] = ()
+    ) -> None:
         db.execute(
-            "INSERT INTO netconf_history(at, outcome, reason, message) VALUES (?, ?, ?, ?)",
-            (_now(), outcome, reason, message),
+            "INSERT INTO netconf_history(at, outcome, reason, message, failures) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (_now(), outcome, reason, message, json.dumps(list(failures))),
         )
 
     # --- the trial ------------------------------------------------------------------------
@@ -267,9 +264,15 @@ class NetConf:
         else:
             result = ProbeResult(ok=True, message=f"{self.backend.name}: nothing to probe")
         if not result.ok:
-            self._revert(snapshot, "reverted", result.reason, result.message)
+            failures = self._revert(snapshot, "reverted", result.reason, result.message)
             return ApplyResult(
-                "reverted", result.reason, result.message, plan, result, backend=self.backend.name
+                "reverted",
+                result.reason,
+                result.message,
+                plan,
+                result,
+                backend=self.backend.name,
+                revert_failures=tuple(failures),
             )
         self._step("committing", snapshot, lambda: self.backend.commit(plan))
         with self.store.transaction() as db:
@@ -310,9 +313,10 @@ class NetConf:
         except BaseException:
             self._revert(snapshot, "reverted", "APPLY_INTERRUPTED", f"{what} was interrupted")
             raise
-        self._revert(snapshot, "reverted", reason, message)
+        failures = self._revert(snapshot, "reverted", reason, message)
+        back = "is back" if not failures else f"is back except: {'; '.join(failures)}"
         raise NetworkRolledBackError(
-            f"{what} failed and the previous configuration is back: {message}", reason=reason
+            f"{what} failed and the previous configuration {back}: {message}", reason=reason
         ) from error
 
     def _probe(
@@ -355,21 +359,38 @@ class NetConf:
         *,
         backend: NetworkBackend | None = None,
         time_backend: TimeBackend | None = None,
-    ) -> None:
+    ) -> list[str]:
+        """Restore ``snapshot`` as far as possible, end the trial, record what failed."""
         network = backend or self.backend
         clock = time_backend or self.time_backend
+        failures: list[str] = []
         if snapshot.get("time") is not None:
-            clock.revert(snapshot["time"])
-        network.revert(snapshot["network"])
+            try:
+                clock.revert(snapshot["time"])
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded; go on
+                failures.append(f"NTP ({clock.name}): {exc}")
+        try:
+            failures += network.revert(snapshot["network"])
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded; go on
+            failures.append(f"network ({network.name}): {exc}")
         with self.store.transaction() as db:
             db.execute("DELETE FROM netconf_trial WHERE id = 1")
-            self._record(db, outcome, reason, message)
-        _log.warning("network configuration reverted: %s", message)
+            self._record(db, outcome, reason, message, failures)
+        if failures:
+            _log.error("network revert incomplete (%s): %s", message, "; ".join(failures))
+        else:
+            _log.warning("network configuration reverted: %s", message)
+        self.last_revert_failures = failures
+        return failures
 
     # --- start-up -------------------------------------------------------------------------
 
-    def recover(self) -> Marker | None:
+    def recover(self, *, force: bool = False) -> Marker | None:
         """Revert a trial left behind by a crash or power cut; return its marker.
+
+        Args:
+            force: Revert even when the trial's process seems to be running (the manual case:
+                a recycled pid, a hung process).
 
         Raises:
             ConflictError: The trial belongs to a process that is still running.
@@ -377,15 +398,38 @@ class NetConf:
         marker = self.marker()
         if marker is None:
             return None
-        if marker.boot_id == boot_id() and marker.pid != os.getpid() and _alive(marker.pid):
+        if (
+            not force
+            and marker.boot_id == boot_id()
+            and marker.pid != os.getpid()
+            and osproc.alive(marker.pid)
+        ):
             raise ConflictError(
                 f"a network trial by process {marker.pid} is in progress",
                 reason="NETWORK_TRIAL_IN_PROGRESS",
             )
-        backend = _pick(self.backend, marker.backend, self._backend_for, "backend")
+        failures: list[str] = []
+        try:
+            backend = _pick(self.backend, marker.backend, self._backend_for, "backend")
+        except AgentError as exc:
+            if not force:
+                raise
+            failures.append(exc.message)
+            backend = self.backend
         clock = self.time_backend
         if marker.snapshot.get("time") is not None:
-            clock = _pick(clock, marker.time_backend, self._time_backend_for, "time backend")
+            try:
+                clock = _pick(clock, marker.time_backend, self._time_backend_for, "time backend")
+            except AgentError as exc:
+                if not force:
+                    raise
+                failures.append(exc.message)
+        if failures:  # forced without the trial's backend: end the trial, record why
+            with self.store.transaction() as db:
+                db.execute("DELETE FROM netconf_trial WHERE id = 1")
+                self._record(db, "recovered", "TRIAL_DROPPED", "forced", failures)
+            self.last_revert_failures = failures
+            return marker
         self._revert(
             marker.snapshot,
             "recovered",
@@ -396,13 +440,25 @@ class NetConf:
         )
         return marker
 
-    def startup(self) -> dict[str, Any]:
-        """The start-up hook: revert an interrupted trial, else re-apply the committed plan."""
-        marker = self.recover()
+    def startup(self, *, force: bool = False) -> dict[str, Any]:
+        """The start-up hook: revert an interrupted trial, else re-apply the committed plan.
+
+        The committed plan is re-applied with the backend that committed it, whatever the
+        configuration names now.
+        """
+        marker = self.recover(force=force)
         if marker is not None:
-            return {"action": "reverted", "startedAt": marker.started_at, "pid": marker.pid}
+            return {
+                "action": "reverted",
+                "startedAt": marker.started_at,
+                "pid": marker.pid,
+                "backend": marker.backend,
+                "failures": list(self.last_revert_failures),
+            }
         applied = self.applied()
-        if applied is not None and applied[0] == self.backend.name:
-            self.backend.reapply(applied[1])
-            return {"action": "reapplied", "backend": applied[0]}
-        return {"action": "none"}
+        if applied is None:
+            return {"action": "none"}
+        name, plan = applied
+        backend = _pick(self.backend, name, self._backend_for, "backend")
+        backend.reapply(plan)
+        return {"action": "reapplied", "backend": name}

@@ -2,17 +2,13 @@
 
 Per port: ``IpAddress`` (CIDR), ``ConnectionStatus`` (``CONNECTED`` | ``NOT_CONNECTED`` |
 ``CONNECTING``), ``HwAddress``; for NTP: ``NtpServerName``, ``IpAddress``,
-``ConnectionStatus``. Addresses and the hardware address come from netifaces, carrier from
-rtnetlink.
+``ConnectionStatus``. Addresses, the hardware address and carrier come from rtnetlink.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 from typing import Any
-
-import netifaces
 
 from agent.netconf import live
 from agent.netconf.base import TimeBackend
@@ -28,17 +24,13 @@ def port_status(ifname: str, *, in_trial: bool = False) -> dict[str, str]:
     ``CONNECTING`` means the link has carrier but no IPv4 address yet, or a trial
     configuration is still being probed on it.
     """
-    if ifname not in netifaces.interfaces():
-        return {"IpAddress": "", "ConnectionStatus": NOT_CONNECTED, "HwAddress": ""}
-    addrs = netifaces.ifaddresses(ifname)
-    hw = addrs.get(netifaces.AF_LINK, [{}])[0].get("addr", "")
-    cidr = ""
-    for entry in addrs.get(netifaces.AF_INET, []):
-        prefix = ipaddress.IPv4Network(f"0.0.0.0/{entry['netmask']}").prefixlen
-        cidr = f"{entry['addr']}/{prefix}"
-        break
     with live.ipr() as route:
         info = live.link(route, ifname)
+        present = [] if info is None else live.addresses(route, info.index)
+    if info is None:
+        return {"IpAddress": "", "ConnectionStatus": NOT_CONNECTED, "HwAddress": ""}
+    hw = info.mac
+    cidr = f"{present[0]['address']}/{present[0]['prefixlen']}" if present else ""
     carrier = info is not None and info.up and info.carrier
     if not carrier:
         state = NOT_CONNECTED

@@ -98,7 +98,7 @@ class Lab:
         return (self.tmp / f"{name}.log").read_text()
 
     def inspect(self) -> dict[str, Any]:
-        """netifaces and exact netlink view of eth0/eth1 inside the namespace."""
+        """What a status reader sees, and the complete netlink state, of eth0/eth1."""
         out = sh(*self.in_ns(sys.executable, str(INSPECT), "eth0", "eth1"))
         result: dict[str, Any] = json.loads(out.stdout)
         return result
@@ -133,19 +133,11 @@ class Lab:
 
 
 def _lab_config(tmp: Path, extra: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    dhcp = tmp / "dhcp"
     config: dict[str, dict[str, Any]] = {
-        "agent": {"state_dir": str(tmp / "state")},
+        "agent": {"state_dir": str(tmp / "state"), "runtime_dir": str(tmp / "run")},
         "network": {
             "backend": "netlink",
             "resolv_conf": str(tmp / "resolv.conf"),
-            "dhcp_command": [
-                "dhclient", "-nw", "-pf", str(dhcp / "dhclient.pid"),
-                "-lf", str(dhcp / "dhclient.leases"), "{ifname}",
-            ],
-            "dhcp_stop_command": [
-                "dhclient", "-x", "-pf", str(dhcp / "dhclient.pid"), "{ifname}",
-            ],
             "networkd_runtime_dir": str(tmp / "run-network"),
             "networkd_persist_dir": str(tmp / "etc-network"),
             "dry_run_root": str(tmp / "dry-run"),
@@ -210,7 +202,6 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     lab = Lab(
         ns=f"ea-dev-{token}", peer=f"ea-gw-{token}", tmp=tmp_path, config=tmp_path / "agent.toml"
     )
-    (tmp_path / "dhcp").mkdir()
     lab.write_config()
     try:
         sh("ip", "netns", "add", lab.ns)
@@ -229,6 +220,13 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         sh("ip", "-n", lab.peer, "link", "set", "lo", "up")
         for args in PREVIOUS:
             sh("ip", "-n", lab.ns, *args)
+        # the kernel's IPv6 link-local addresses are part of the exact state: let their
+        # duplicate address detection finish before a test takes its "before" picture
+        wait_for(
+            lambda: not sh("ip", "-n", lab.ns, "-6", "addr", "show", "tentative").stdout.strip(),
+            10,
+            "IPv6 duplicate address detection",
+        )
         # dhclient-script rewrites /etc/resolv.conf: inside the namespace that is this file
         (Path("/etc/netns") / lab.ns).mkdir(parents=True, exist_ok=True)
         (Path("/etc/netns") / lab.ns / "resolv.conf").write_text("")

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.env import need_binary
 from tests.integration.netconf.conftest import DEFAULT_DST, Lab, sh, wait_for
 
 pytestmark = pytest.mark.netns
@@ -26,9 +27,11 @@ def static(ip: str, mask: str, gateway: str, dns: list[str] | None = None) -> di
 
 
 def routes(state: dict[str, Any], ifname: str) -> list[tuple[Any, ...]]:
+    """Main-table IPv4 routes of the port: (dst, dst_len, gateway, metric, protocol)."""
     return [
-        (r["dst"], r["dst_len"], r["gateway"], r["priority"], r["proto"])
+        (r["dst"] or DEFAULT_DST, r["dst_len"], r["gateway"], r["priority"], r["proto"])
         for r in state["exact"][ifname]["routes"]
+        if r["family"] == 4 and r["table"] == 254
     ]
 
 
@@ -45,12 +48,8 @@ def test_static_ip_on_both_ports(lab: Lab) -> None:
     assert "eth1: gateway 198.18.2.1 answers ICMP" in out["probe"]["checks"]
 
     state = lab.inspect()
-    assert state["netifaces"]["eth0"]["inet"] == [
-        {"addr": "198.18.1.20", "netmask": "255.255.255.0"}
-    ]
-    assert state["netifaces"]["eth1"]["inet"] == [
-        {"addr": "198.18.2.20", "netmask": "255.255.255.0"}
-    ]
+    assert state["view"]["eth0"]["inet"] == [{"addr": "198.18.1.20", "netmask": "255.255.255.0"}]
+    assert state["view"]["eth1"]["inet"] == [{"addr": "198.18.2.20", "netmask": "255.255.255.0"}]
     # only one default route wins: Ethernet0's (metric 100); Ethernet1's has metric 200
     assert state["default_gateway"][:2] == ["198.18.1.1", "eth0"]
     assert (DEFAULT_DST, 0, "198.18.1.1", 100, 4) in routes(state, "eth0")
@@ -70,7 +69,7 @@ def test_static_ip_on_both_ports(lab: Lab) -> None:
     assert networking["Ethernet0Status"] == {
         "IpAddress": "198.18.1.20/24",
         "ConnectionStatus": "CONNECTED",
-        "HwAddress": state["netifaces"]["eth0"]["mac"],
+        "HwAddress": state["view"]["eth0"]["mac"],
     }
     assert networking["Ethernet1Status"]["IpAddress"] == "198.18.2.20/24"
     assert networking["NtpStatus"]["ConnectionStatus"] == "NOT_CONNECTED"
@@ -118,7 +117,7 @@ def test_unreachable_gateway_rolls_back_exactly(lab: Lab) -> None:
     assert "198.18.1.99" in error["message"]
     after = lab.inspect()
     assert after["exact"] == before["exact"]
-    assert after["netifaces"] == before["netifaces"]
+    assert after["view"] == before["view"]
     assert lab.marker_row() is None
     assert [h["reason"] for h in lab.history()] == ["PROBE_GATEWAY_UNREACHABLE"]
 
@@ -145,7 +144,7 @@ def test_killed_mid_trial_next_start_reverts(lab: Lab) -> None:
     wait_for(lab.marker_row, 30, "the durable trial marker")
     wait_for(
         lambda: (
-            lab.inspect()["netifaces"]["eth0"]["inet"]
+            lab.inspect()["view"]["eth0"]["inet"]
             == [{"addr": "198.18.1.40", "netmask": "255.255.255.0"}]
         ),
         30,
@@ -167,7 +166,7 @@ def test_killed_mid_trial_next_start_reverts(lab: Lab) -> None:
     assert json.loads(result.stdout)["action"] == "reverted"
     after = lab.inspect()
     assert after["exact"] == before["exact"]
-    assert after["netifaces"] == before["netifaces"]
+    assert after["view"] == before["view"]
     assert lab.marker_row() is None
     assert lab.history()[-1]["reason"] == "TRIAL_INTERRUPTED"
 
@@ -185,7 +184,7 @@ def test_apply_after_crash_reverts_first(lab: Lab) -> None:
     result = lab.agent("net", "apply", str(lab.payload_file(good, "good.json")), "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     assert [h["outcome"] for h in lab.history()] == ["recovered", "committed"]
-    inet = lab.inspect()["netifaces"]["eth0"]["inet"]
+    inet = lab.inspect()["view"]["eth0"]["inet"]
     assert inet == [{"addr": "198.18.1.50", "netmask": "255.255.255.0"}]
 
 
@@ -193,17 +192,17 @@ def test_committed_plan_is_reapplied_at_start(lab: Lab) -> None:
     payload = {"Ethernet0": static("198.18.1.60", "24", "198.18.1.1")}
     assert lab.agent("net", "apply", str(lab.payload_file(payload))).returncode == 0
     sh("ip", "-n", lab.ns, "addr", "flush", "dev", "eth0")  # as after a reboot
-    assert lab.inspect()["netifaces"]["eth0"]["inet"] == []
+    assert lab.inspect()["view"]["eth0"]["inet"] == []
     result = lab.agent("net", "recover", "--json")
     assert json.loads(result.stdout) == {"action": "reapplied", "backend": "netlink"}
     state = lab.inspect()
-    assert state["netifaces"]["eth0"]["inet"] == [
-        {"addr": "198.18.1.60", "netmask": "255.255.255.0"}
-    ]
+    assert state["view"]["eth0"]["inet"] == [{"addr": "198.18.1.60", "netmask": "255.255.255.0"}]
     assert (DEFAULT_DST, 0, "198.18.1.1", 100, 4) in routes(state, "eth0")
 
 
 def test_dhcp_hands_the_port_to_the_dhcp_client(lab: Lab) -> None:
+    for binary in ("dnsmasq", "dhcpcd", "unshare"):
+        need_binary(binary)
     leases = lab.tmp / "dnsmasq.leases"
     dnsmasq = lab.start(
         lab.in_peer(
@@ -224,7 +223,7 @@ def test_dhcp_hands_the_port_to_the_dhcp_client(lab: Lab) -> None:
     result = lab.agent("net", "apply", str(lab.payload_file(payload)), "--probe-timeout", "60")
     assert result.returncode == 0, result.stdout + result.stderr
     state = lab.inspect()
-    inet = state["netifaces"]["eth0"]["inet"]
+    inet = state["view"]["eth0"]["inet"]
     # the static address is gone; the only address is the lease from the DHCP server
     assert len(inet) == 1
     assert inet[0]["addr"] != "198.18.1.10"
@@ -232,16 +231,16 @@ def test_dhcp_hands_the_port_to_the_dhcp_client(lab: Lab) -> None:
     assert 100 <= int(inet[0]["addr"].rsplit(".", 1)[1]) <= 150
     assert inet[0]["addr"] in leases.read_text()
     assert state["default_gateway"][:2] == ["198.18.1.1", "eth0"]
-    # the client keeps running (it renews the lease); its pid file says which process
-    pid = int((lab.tmp / "dhcp" / "dhclient.pid").read_text())
+    # the client keeps running (it renews the lease); its pid file, in the agent's own
+    # runtime directory, says which process
+    pid = int((lab.tmp / "run" / "dhcpcd" / "eth0-4.pid").read_text())
     assert pid in [int(p) for p in sh("ip", "netns", "pids", lab.ns).stdout.split()]
     # eth1 was not in the payload and is untouched
-    assert state["netifaces"]["eth1"]["inet"] == [
-        {"addr": "198.18.2.10", "netmask": "255.255.255.0"}
-    ]
+    assert state["view"]["eth1"]["inet"] == [{"addr": "198.18.2.10", "netmask": "255.255.255.0"}]
 
 
 def test_dhcp_without_a_server_rolls_back(lab: Lab) -> None:
+    need_binary("dhcpcd")
     before = lab.inspect()
     payload = {"Ethernet0": {"ConnectionType": "DHCP"}}
     result = lab.agent("net", "apply", str(lab.payload_file(payload)), "--probe-timeout", "2")
@@ -274,7 +273,7 @@ def test_missing_interface_is_refused_and_nothing_changes(lab: Lab) -> None:
 
 
 def test_board_resolves_ports_by_mac_in_the_namespace(lab: Lab) -> None:
-    macs = {i: lab.inspect()["netifaces"][i]["mac"] for i in ("eth0", "eth1")}
+    macs = {i: lab.inspect()["view"][i]["mac"] for i in ("eth0", "eth1")}
     board = lab.tmp / "swapped.toml"
     # the integrator's board wires Ethernet0 to the interface the kernel calls eth1
     board.write_text(f'[Ethernet0]\nmac = "{macs["eth1"]}"\n[Ethernet1]\nmac = "{macs["eth0"]}"\n')
@@ -284,6 +283,6 @@ def test_board_resolves_ports_by_mac_in_the_namespace(lab: Lab) -> None:
     payload = {"Ethernet0": static("198.18.2.40", "24", "198.18.2.1")}
     result = lab.agent("net", "apply", str(lab.payload_file(payload)), "--board", str(board))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert lab.inspect()["netifaces"]["eth1"]["inet"] == [
+    assert lab.inspect()["view"]["eth1"]["inet"] == [
         {"addr": "198.18.2.40", "netmask": "255.255.255.0"}
     ]

@@ -23,6 +23,8 @@ mkdir -p /run/systemd/network /run/systemd/netif
 chown systemd-network:systemd-network /run/systemd/netif
 mount --bind "$1" /run/systemd/network
 mount --bind "$2" /etc/systemd/network
+mkdir -p /usr/lib/systemd/network
+mount --bind "$6" /usr/lib/systemd/network
 mount -o remount,bind,ro /sys
 exec "$3" "$4" --serve "$5"
 """
@@ -32,12 +34,14 @@ exec "$3" "$4" --serve "$5"
 def networkd(lab: Lab) -> Path:
     """systemd-networkd serving the lab's networkd directories; returns its state dir."""
     run_dir, etc_dir, state = lab.tmp / "run-network", lab.tmp / "etc-network", lab.tmp / "nd"
-    for d in (run_dir, etc_dir, state):
+    dist_dir = lab.tmp / "usr-lib-network"  # the distribution's .network files
+    for d in (run_dir, etc_dir, state, dist_dir):
         d.mkdir()
     proc = lab.start(
         lab.in_ns(
             "sh", "-c", SETUP, "setup",
             str(run_dir), str(etc_dir), sys.executable, str(SUPERVISOR), str(state),
+            str(dist_dir),
         ),
         "networkd",
     )  # fmt: skip
@@ -48,6 +52,7 @@ def networkd(lab: Lab) -> Path:
             "backend": "networkd",
             "networkd_reload_command": [sys.executable, str(SUPERVISOR), "--reload", str(state)],
             "networkd_reconfigure_command": [],
+            "networkd_dist_dirs": [str(dist_dir)],
         }
     )
     return state
@@ -70,7 +75,7 @@ def test_networkd_configures_the_link_then_commit_persists(lab: Lab, networkd: P
     assert json.loads(result.stdout)["outcome"] == "committed"
 
     state = lab.inspect()
-    assert {"addr": "198.18.2.20", "netmask": "255.255.255.0"} in state["netifaces"]["eth1"]["inet"]
+    assert {"addr": "198.18.2.20", "netmask": "255.255.255.0"} in state["view"]["eth1"]["inet"]
     assert (DEFAULT_DST, 0, "198.18.2.1", 200, 4) in routes(state, "eth1")
     # the commit moved the file from the volatile trial directory to the persistent one
     persisted = lab.tmp / "etc-network" / "10-edge-agent-ethernet1.network"
@@ -97,3 +102,40 @@ def test_networkd_trial_with_dead_gateway_is_reverted(lab: Lab, networkd: Path) 
     assert list((lab.tmp / "run-network").iterdir()) == []
     assert not old.exists()
     assert lab.inspect()["exact"] == before["exact"]
+
+
+def test_a_link_managed_by_a_distribution_file_is_left_to_networkd(
+    lab: Lab, networkd: Path
+) -> None:
+    dist = lab.tmp / "usr-lib-network" / "80-dist-ethernet.network"
+    dist.write_text(
+        "[Match]\nType=ether\nName=eth0\n\n[Network]\nAddress=198.18.1.11/24\n\n"
+        "[Route]\nGateway=198.18.1.1\nMetric=60\n"
+    )
+    reload = [sys.executable, str(SUPERVISOR), "--reload", str(networkd)]
+    sh(*reload)
+    wait_for(
+        lambda: "80-dist-ethernet.network" in _link_state(lab, networkd, "eth0"),
+        20,
+        "networkd to configure eth0 from the distribution file",
+    )
+    payload = {"Ethernet0": static("198.18.1.30", "24", "198.18.1.99")}
+    proc = lab.start(
+        lab.agent_argv("net", "apply", str(lab.payload_file(payload)), "--probe-timeout", "3"),
+        "apply",
+    )
+    row = wait_for(lab.marker_row, 30, "the trial marker")
+    snapshot = json.loads(row["snapshot"])["network"]
+    assert snapshot["managed"] == {"eth0": str(dist)}
+    assert snapshot["unmanaged"] == []  # so the revert leaves eth0 to networkd
+    assert proc.wait(timeout=60) == 3, lab.log("apply")
+    # after the revert networkd configures eth0 from the distribution file again
+    text = wait_for(
+        lambda: (t := _link_state(lab, networkd, "eth0")) and "ADMIN_STATE=configured" in t and t,
+        20,
+        "networkd to configure eth0 again",
+    )
+    assert "80-dist-ethernet.network" in text
+    addrs = sh("ip", "-n", lab.ns, "-4", "addr", "show", "eth0").stdout
+    assert "198.18.1.11/24" in addrs
+    assert "198.18.1.30" not in addrs
