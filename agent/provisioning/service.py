@@ -246,7 +246,7 @@ class ProvisioningService:
             return None
         manifest = json.loads((current / "manifest.json").read_bytes())
         thing = str(manifest["iotThingName"])
-        endpoint = self.config.mqtt.endpoint or self.store.operational_endpoint(thing)
+        endpoint = self.config.mqtt.endpoint or self.store.operational_endpoint()
         return (thing, endpoint) if endpoint else None
 
     async def _open_link(self) -> None:

@@ -214,12 +214,11 @@ class RunStore:
         ).fetchone()
         return self._record(row) if row is not None else None
 
-    def operational_endpoint(self, thing_name: str) -> str | None:
-        """The operational endpoint the latest SUCCEEDED run of ``thing_name`` reported."""
+    def operational_endpoint(self) -> str | None:
+        """The operational endpoint the latest SUCCEEDED run was given."""
         row = self._store.db.execute(
-            "SELECT endpoint FROM provisioning_run WHERE status = 'SUCCEEDED' AND thing_name = ?"
-            " ORDER BY started_at DESC LIMIT 1",
-            (thing_name,),
+            "SELECT endpoint FROM provisioning_run WHERE status = 'SUCCEEDED'"
+            " ORDER BY started_at DESC LIMIT 1"
         ).fetchone()
         return str(row[0]) if row is not None and row[0] else None
 
