@@ -269,7 +269,7 @@ fleet_step_timeout_seconds = 10
     def status(self) -> dict[str, Any]:
         """``GET /status``."""
         code, body = api_request(self.socket, "GET", "/status", timeout=5)
-        assert code == 200, body  # noqa: PLR2004
+        assert code == 200, body
         result: dict[str, Any] = body
         return result
 

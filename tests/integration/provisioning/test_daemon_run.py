@@ -55,7 +55,10 @@ def _stick(tmp: Path, device: str, data: bytes, image: str = "") -> Path:
 
 
 def _result(image: Path) -> dict[str, object]:
-    raw = read_stick(image)
+    """result.json (written back just after the run's record ends)."""
+    deadline = time.monotonic() + 15
+    while (raw := read_stick(image)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert raw is not None, "no edge-agent/result.json on the stick"
     result: dict[str, object] = json.loads(raw)
     return result
