@@ -31,7 +31,7 @@ from agent.registry.ca import cert_to_pem
 from tests.helpers.endpoint import EndpointPki, Serve, add_template, serve, write_config
 from tests.helpers.env import need_binary
 from tests.helpers.mosquitto import Broker, Pki, Watcher
-from tests.helpers.registry import example_template
+from tests.helpers.registry import example_template, write_hook
 
 REPO = Path(__file__).resolve().parents[2]
 NETWORK: dict[str, Any] = {
@@ -81,6 +81,11 @@ class Fleet:
         body = example_template()
         body["DeviceConfiguration"] = {"mqttEndpoint": f"localhost:{self.broker.port}"}
         add_template(database, "edge-fleet", body=body)
+        # a pre-provisioning hook that takes 3 s: RegisterThing is slow enough to kill during
+        slow = write_hook(
+            self.directory, "slow", "time.sleep(3); print(json.dumps({'allowProvisioning': True}))"
+        )
+        add_template(database, "edge-slow", body=body, hook=str(slow))
         self.serve = serve(config, self.pki)
         self.watcher = Watcher(self.broker, broker_pki.identity("watcher"), ["edge/+/events"])
         self.trust_anchor = self.directory / "trust.pem"
