@@ -246,7 +246,8 @@ def test_kill_9_before_install_ends_the_run_cleanly(
     # nothing was applied: the archive still installs and provisions
     code, body = appliance.request("POST", "/devices", {"ArchivePath": str(path)})
     assert code == 202
-    assert appliance.wait_run(after={record.run_id})["Status"] == "SUCCEEDED"
+    second = appliance.wait_run(after={record.run_id})
+    assert (second["Id"], second["Status"]) == (body["Id"], "SUCCEEDED")
 
 
 def test_operational_broker_down_report_delivered_when_back(
