@@ -148,7 +148,11 @@ class Daemon:
         else:
             if new.api != self.config.api or new.agent != self.config.agent:
                 _log.warning("reload: [agent] and [api] changes take effect at the next start")
+            if new.usb != self.config.usb:
+                _log.warning("reload: [usb] changes take effect at the next start")
             self.config = new
+            if self.provisioning is not None:
+                self.provisioning.reconfigure(new)
             self._reload_error = None
             self._reloaded_at = _utc_now()
             _log.info("configuration reloaded from %s", self._config_path)

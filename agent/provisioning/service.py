@@ -112,8 +112,19 @@ class ProvisioningService:
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            _log.error("%s stopped: %s: %s", task.get_name(), type(exc).__name__, exc)
+
+    def reconfigure(self, config: AgentConfig) -> None:
+        """A reloaded configuration: the next run uses it (the stick source stays as started)."""
+        self.config = config
+        self.provisioner.config = config
 
     # --- status --------------------------------------------------------------------------
 

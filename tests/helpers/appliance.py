@@ -169,6 +169,8 @@ class Appliance:
     fleet: Fleet
     process: subprocess.Popen[bytes] | None = None
     extra: str = ""
+    #: A datagram socket path the daemon's sd_notify messages go to (NOTIFY_SOCKET).
+    notify: Path | None = None
 
     @property
     def sticks(self) -> Path:
@@ -229,7 +231,11 @@ fleet_step_timeout_seconds = 10
             cwd=REPO,
             stdout=log,
             stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                **({"NOTIFY_SOCKET": str(self.notify)} if self.notify else {}),
+            },
             start_new_session=True,
         )
         log.close()

@@ -8,6 +8,7 @@ network goes through the dry-run backend (rendered files under a private root).
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -192,6 +193,33 @@ def test_post_devices_provisions_from_a_path(
     assert {f["path"] for f in error["error"]["fields"]} == {"ArchivePath", "X"}
     code, error = appliance.request("GET", "/devices/run-0000")
     assert (code, error["error"]["reason"]) == (404, "RUN_NOT_FOUND")
+
+
+def test_ready_and_status_show_the_steps(fleet: Fleet, tmp_path: Path) -> None:
+    notify = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify))
+    sock.settimeout(30)
+    one = Appliance(tmp_path / "appliance", fleet, notify=notify)
+    one.directory.mkdir()
+    try:
+        one.start()
+        messages: list[str] = []
+        while "READY=1" not in "".join(messages):
+            messages.append(sock.recv(4096).decode())
+        device, data = fleet.archive()
+        path = tmp_path / f"certificates-omni_{device}.zip"
+        path.write_bytes(data)
+        code, body = one.request("POST", "/devices", {"ArchivePath": str(path)})
+        assert code == 202
+        while "STATUS=idle; last run SUCCEEDED" not in messages[-1]:
+            messages.append(sock.recv(4096).decode())
+        statuses = [m.split("STATUS=", 1)[1].splitlines()[0] for m in messages if "STATUS=" in m]
+        steps = [s.rsplit(": ", 1)[1] for s in statuses if s.startswith(f"run {body['Id']}")]
+        assert steps == ["validate", "install", "network", "time-check", "fleet"]
+    finally:
+        one.stop()
+        sock.close()
 
 
 def test_kill_9_during_register_thing_then_restart_registers_once(
