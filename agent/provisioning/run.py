@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -179,6 +180,11 @@ class Provisioner:
                 f"the run stopped at step {record.step} before its credentials were installed; "
                 "nothing was applied: insert the stick again"
             )
+        finished = self._fleet_finished(record.fingerprint)
+        if finished is not None:  # the crash came after the permanent set was in force
+            self.store.note(ctx.run_id, thing_name=finished[0], endpoint=finished[1])
+            _log.info("run %s: fleet provisioning had finished before the restart", ctx.run_id)
+            return
         directory = self._credential_set(record.fingerprint)
         ctx.manifest = parse_manifest((directory / "manifest.json").read_bytes())
         ctx.certificate = x509.load_pem_x509_certificate(
@@ -319,6 +325,33 @@ class Provisioner:
                 reason="STATE_CORRUPT",
             )
         return directory
+
+    def _fleet_finished(self, fingerprint: str) -> tuple[str, str] | None:
+        """(thing, operational endpoint) when this claim's fleet exchange was completed."""
+        with open_store(self.state_dir) as store:
+            table = store.db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'fleet_exchange'"
+            ).fetchone()
+            row = (
+                store.db.execute(
+                    "SELECT registered_thing, device_configuration FROM fleet_exchange"
+                    " WHERE claim_fingerprint = ? AND step = 'installed'",
+                    (fingerprint,),
+                ).fetchone()
+                if table is not None
+                else None
+            )
+        if row is None:
+            return None
+        configuration = json.loads(row[1] or "{}")
+        directory = self._credential_set(fingerprint)
+        manifest = json.loads((directory / "manifest.json").read_bytes())
+        endpoint = (
+            self.config.mqtt.endpoint
+            or configuration.get("mqttEndpoint")
+            or str(manifest["iotEndpoint"])
+        )
+        return str(row[0]), str(endpoint)
 
     def _ledger_time_check(self, fingerprint: str) -> str:
         return str(self._ledger_row(fingerprint)["time_check"])

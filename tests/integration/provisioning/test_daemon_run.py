@@ -292,3 +292,28 @@ def test_operational_broker_down_report_delivered_when_back(
     finally:
         fleet.broker.start()
     assert fleet.wait_event(run["Id"], "RUN_OUTCOME")["body"]["status"] == "SUCCEEDED"
+
+
+def test_crash_after_the_permanent_set_is_in_force_resumes_to_succeeded(
+    appliance: Appliance, fleet: Fleet, tmp_path: Path
+) -> None:
+    device, data = fleet.archive()
+    path = tmp_path / f"certificates-omni_{device}.zip"
+    path.write_bytes(data)
+    code, body = appliance.request("POST", "/devices", {"ArchivePath": str(path)})
+    assert code == 202
+    assert appliance.wait_run(after=set())["Status"] == "SUCCEEDED"
+    things = _things(fleet)
+    appliance.kill()
+    # what a crash between the fleet exchange's install and the run's outcome leaves
+    with sqlite3.connect(appliance.state / "agent.db") as db:
+        db.execute(
+            "UPDATE provisioning_run SET status = 'PENDING', step = 'fleet', result = NULL,"
+            " reason = NULL WHERE run_id = ?",
+            (body["Id"],),
+        )
+    appliance.start()
+    run = appliance.wait_run(after=set())
+    assert (run["Id"], run["Status"]) == (body["Id"], "SUCCEEDED")
+    assert _things(fleet) == things  # no second RegisterThing
+    assert appliance.status()["provisioning"]["operationalLink"] is True
