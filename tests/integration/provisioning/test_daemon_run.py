@@ -154,7 +154,7 @@ def test_endpoint_unreachable_ends_error(
 def test_second_stick_during_a_run_is_refused(
     appliance: Appliance, fleet: Fleet, tmp_path: Path
 ) -> None:
-    device, data = fleet.archive()
+    device, data = fleet.archive(template="edge-slow")  # RegisterThing takes 3 s
     other, data2 = fleet.archive()
     first_image = _stick(tmp_path, device, data)
     second_image = _stick(tmp_path, other, data2)
