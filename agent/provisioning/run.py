@@ -27,7 +27,7 @@ from typing import Any
 
 from cryptography import x509
 
-from agent.archive.clock import SystemClock
+from agent.archive.clock import Clock, SystemClock
 from agent.archive.install import install_archive, ledger_has, open_store
 from agent.archive.manifest import Manifest, parse_manifest
 from agent.archive.reader import Limits
@@ -100,6 +100,8 @@ class Provisioner:
         config: the running configuration.
         store: the runs table.
         on_step: called with (run id, step) as each step starts (``STATUS=``, the LED).
+        clock: the clock archives are checked against (default: the system clock under the
+            ``[archive]`` policy; a test gives one whose trust it controls).
     """
 
     def __init__(
@@ -108,10 +110,16 @@ class Provisioner:
         store: RunStore,
         *,
         on_step: Callable[[str, str], None] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self._on_step = on_step or (lambda _run, _step: None)
+        self._clock = clock
+
+    def _policy(self) -> tuple[Policy, Clock]:
+        policy, clock = policy_from_config(self.config)
+        return policy, self._clock or clock
 
     @property
     def state_dir(self) -> Path:
@@ -155,7 +163,7 @@ class Provisioner:
         _log.info("run %s: %s", ctx.run_id, step)
 
     async def _from_archive(self, ctx: RunContext, archive: Path) -> None:
-        policy, clock = policy_from_config(self.config)
+        policy, clock = self._policy()
         self._step(ctx, "validate")
         with ctx.timings.step("validate"):
             verified = await asyncio.to_thread(verify_archive, archive, policy, clock)
@@ -231,7 +239,7 @@ class Provisioner:
 
     async def _time_check(self, ctx: RunContext) -> None:
         assert ctx.certificate is not None  # noqa: S101 - set before this step
-        policy, clock = policy_from_config(self.config)
+        policy, clock = self._policy()
         if ctx.time_check == "deferred":
             budget = min(self.config.ntp.sync_timeout_seconds, self._left(ctx, "time-check"))
             deadline = time.monotonic() + budget
@@ -243,7 +251,7 @@ class Provisioner:
                         reason="CLOCK_NOT_SYNCHRONIZED",
                     )
                 await asyncio.sleep(0.25)
-        check_window(ctx.certificate, dt.datetime.now(dt.UTC), policy.clock_skew)
+        check_window(ctx.certificate, clock.now(), policy.clock_skew)
         _log.info(
             "claim certificate window checked against the %s clock",
             "synchronised" if ctx.time_check == "deferred" else "trusted",

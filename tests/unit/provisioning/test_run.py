@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import time
 from pathlib import Path
 
 import pytest
@@ -33,7 +35,7 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
     return init_ca(tmp_path_factory.mktemp("ca") / "ca", name="run test CA")
 
 
-def _config(tmp_path: Path, ca: CertificateAuthority) -> AgentConfig:
+def _config(tmp_path: Path, ca: CertificateAuthority, extra: str = "") -> AgentConfig:
     trust = tmp_path / "trust.pem"
     trust.write_bytes(cert_to_pem(ca.root_cert))
     path = tmp_path / "agent.toml"
@@ -50,7 +52,7 @@ backend = "dry-run"
 dry_run_root = "{tmp_path / "root"}"
 [mqtt]
 connect_timeout_seconds = 1
-""",
+{extra}""",
         encoding="utf-8",
     )
     return load_config(path)
@@ -141,4 +143,75 @@ def test_resume_before_install_ends_run_interrupted_and_after_install_goes_on(
     result = asyncio.run(again.resume(store.get(first.run_id)))
     assert steps == ["time-check", "fleet"]  # not validate/install/network again
     assert result.reason == finished.reason == "MQTT_CONNECT_FAILED"
+    store.close()
+
+
+class _SyncingClock:
+    """The real time, trusted once ``trusted_after`` checks have been made (never if None)."""
+
+    def __init__(self, trusted_after: int | None) -> None:
+        self.trusted_after = trusted_after
+        self.checks = 0
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC)
+
+    def trusted(self) -> bool:
+        self.checks += 1
+        return self.trusted_after is not None and self.checks > self.trusted_after
+
+
+def test_a_clock_that_never_syncs_ends_error_within_its_budget(
+    tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    config = _config(tmp_path, ca, "[ntp]\nsync_timeout_seconds = 0.6\n")
+    store = RunStore(config.agent.state_dir)
+    clock = _SyncingClock(None)
+    record = store.create(new_run_id(), origin="api", stick_id=None)
+    started = time.monotonic()
+    result = asyncio.run(
+        Provisioner(config, store, clock=clock).run_archive(record, _archive(tmp_path, ca, "d4"))
+    )
+    assert (str(result.status), result.reason) == ("ERROR", "CLOCK_NOT_SYNCHRONIZED")
+    assert store.get(record.run_id).step == "time-check"
+    assert time.monotonic() - started < 30  # bounded by the configured 0.6 s
+    store.close()
+
+
+def test_a_clock_that_syncs_late_lets_the_run_go_on_to_fleet(
+    tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    config = _config(tmp_path, ca)
+    store = RunStore(config.agent.state_dir)
+    clock = _SyncingClock(3)  # untrusted at validation, trusted after a few waits
+    steps: list[str] = []
+    provisioner = Provisioner(
+        config, store, clock=clock, on_step=lambda _run, step: steps.append(step)
+    )
+    record = store.create(new_run_id(), origin="api", stick_id=None)
+    result = asyncio.run(provisioner.run_archive(record, _archive(tmp_path, ca, "d5")))
+    assert steps[-1] == "fleet"  # the window passed its deferred check
+    assert result.reason == "MQTT_CONNECT_FAILED"
+    store.close()
+
+
+def test_too_little_window_left_ends_failed_claim_expired(
+    tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    config = _config(tmp_path, ca)
+    now = dt.datetime.now(dt.UTC)
+    built = build_archive(
+        ca.factory(),
+        DeviceRequest(
+            name="d6",
+            endpoint=f"127.0.0.1:{free_port()}",
+            template="edge-fleet",
+            not_before=now - dt.timedelta(minutes=5) + dt.timedelta(seconds=3),
+        ),
+    )
+    archive = write_archive(built, tmp_path / "sticks" / "d6")
+    store = RunStore(config.agent.state_dir)
+    record = store.create(new_run_id(), origin="api", stick_id=None)
+    result = asyncio.run(Provisioner(config, store).run_archive(record, archive))
+    assert (str(result.status), result.reason) == ("FAILED", "CLAIM_EXPIRED")
     store.close()
