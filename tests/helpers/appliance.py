@@ -310,6 +310,17 @@ fleet_step_timeout_seconds = 10
             time.sleep(0.05)
         raise AssertionError(f"no new run: {last}\n{self.log()[-3000:]}")
 
+    def wait_idle(self, timeout: float = 30) -> dict[str, Any]:
+        """``GET /status``'s provisioning part once no run is working (the run's LED, stick
+        write-back and operational link come after its record ends)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status: dict[str, Any] = self.status()["provisioning"]
+            if status["currentRun"] is None:
+                return status
+            time.sleep(0.05)
+        raise AssertionError(f"still working: {self.status()}")
+
     def run_ids(self) -> set[str]:
         """Ids of the current and last runs."""
         status = self.status()["provisioning"]

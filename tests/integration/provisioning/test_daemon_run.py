@@ -168,8 +168,7 @@ def test_second_stick_during_a_run_is_refused(
     refused = json.loads(raw)
     assert (refused["status"], refused["reason"]) == ("FAILED", "RUN_IN_PROGRESS")
     done = appliance.wait_run(after=set())
-    while appliance.status()["provisioning"]["currentRun"] is not None:
-        time.sleep(0.05)
+    appliance.wait_idle()
     assert appliance.request("GET", f"/devices/{running['Id']}")[1]["Status"] == "SUCCEEDED"
     assert _result(first)["status"] == "SUCCEEDED"
     assert done["Id"] != running["Id"] or done["Status"] == "SUCCEEDED"
@@ -316,4 +315,4 @@ def test_crash_after_the_permanent_set_is_in_force_resumes_to_succeeded(
     run = appliance.wait_run(after=set())
     assert (run["Id"], run["Status"]) == (body["Id"], "SUCCEEDED")
     assert _things(fleet) == things  # no second RegisterThing
-    assert appliance.status()["provisioning"]["operationalLink"] is True
+    assert appliance.wait_idle()["operationalLink"] is True
