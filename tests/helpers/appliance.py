@@ -298,11 +298,15 @@ fleet_step_timeout_seconds = 10
     def wait_run(
         self, *, after: set[str], timeout: float = 60, final: bool = True
     ) -> dict[str, Any]:
-        """The first run not in ``after`` (finished, unless ``final`` is False)."""
+        """The first run not in ``after``: finished with the service idle again (its stick
+        written, its LED and link updated), or just started when ``final`` is False."""
         deadline = time.monotonic() + timeout
         last: dict[str, Any] = {}
         while time.monotonic() < deadline:
             last = self.status()["provisioning"]
+            if final and last["currentRun"] is not None:
+                time.sleep(0.05)
+                continue
             for key in ("currentRun", "lastRun"):
                 run = last.get(key)
                 if run and run["Id"] not in after and (not final or run["Status"] in FINAL):

@@ -171,7 +171,8 @@ def test_second_stick_during_a_run_is_refused(
     appliance.wait_idle()
     assert appliance.request("GET", f"/devices/{running['Id']}")[1]["Status"] == "SUCCEEDED"
     assert _result(first)["status"] == "SUCCEEDED"
-    assert done["Id"] != running["Id"] or done["Status"] == "SUCCEEDED"
+    assert (done["Status"], done["Reason"]) == ("FAILED", "RUN_IN_PROGRESS")  # the latest run
+    assert done["Id"] != running["Id"]
 
 
 def test_post_devices_provisions_from_a_path(
