@@ -1,7 +1,9 @@
 """``edge-agent run``: the appliance's service, one asyncio event loop.
 
-The service starts its parts (the local API today), tells systemd ``READY=1`` once they are
-up, and then only reacts: to signals, to requests, to events. Nothing polls; the one timer is
+The service starts its parts (``net recover``, the provisioning side with its stick source
+and operational MQTT link, the local API), tells systemd ``READY=1`` once they are up, and
+then only reacts: to signals, to sticks, to requests, to events. ``STATUS=`` shows the step
+of the run in progress. Nothing polls; the one timer is
 the watchdog's, armed only when systemd asks for it (``WATCHDOG_USEC``), and it is fed from the
 event loop itself, so a blocked loop lets the watchdog fire.
 
@@ -29,9 +31,17 @@ from typing import Any
 from aiohttp import web
 
 import agent
-from agent.api import LocalApi, json_response
+from agent.api import LocalApi, json_response, read_json
 from agent.config import AgentConfig, load_config
-from agent.errors import EXIT_OK, ConfigError, StateError
+from agent.errors import (
+    EXIT_OK,
+    ConfigError,
+    FieldProblem,
+    InvalidRequestError,
+    ResourceNotFoundError,
+    StateError,
+)
+from agent.provisioning.service import ProvisioningService
 from agent.sdnotify import Notifier
 
 _log = logging.getLogger(__name__)
@@ -57,7 +67,14 @@ class Daemon:
         self._reload_error: dict[str, Any] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self.api = LocalApi(config.api.socket_path(config.agent), group=config.api.group)
-        self.api.add_routes([web.get("/status", self._get_status)])
+        self.provisioning: ProvisioningService | None = None
+        self.api.add_routes(
+            [
+                web.get("/status", self._get_status),
+                web.post("/devices", self._post_device),
+                web.get("/devices/{id}", self._get_device),
+            ]
+        )
 
     def status(self) -> dict[str, Any]:
         """What ``GET /status`` answers."""
@@ -71,10 +88,50 @@ class Daemon:
         }
         if self._reload_error is not None:
             body["configReloadError"] = self._reload_error
+        if self.provisioning is not None:
+            body["provisioning"] = self.provisioning.status()
         return body
 
     async def _get_status(self, _request: web.Request) -> web.Response:
         return json_response(self.status())
+
+    def _service(self) -> ProvisioningService:
+        if self.provisioning is None:
+            raise StateError("the provisioning side is not running", reason="AGENT_NOT_READY")
+        return self.provisioning
+
+    async def _post_device(self, request: web.Request) -> web.Response:
+        """Provision from an archive on this appliance: ``{"ArchivePath": "/.../x.zip"}``."""
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise InvalidRequestError("the body must be a JSON object", reason="REQUEST_NOT_OBJECT")
+        unknown = sorted(set(body) - {"ArchivePath", "Name"})
+        path = body.get("ArchivePath")
+        problems = [FieldProblem(name, "unknown field") for name in unknown]
+        if not isinstance(path, str) or not path.startswith("/"):
+            problems.append(FieldProblem("ArchivePath", "an absolute path to the archive"))
+        name = body.get("Name")
+        if name is not None and (
+            not isinstance(name, str)
+            or not isinstance(path, str)
+            or Path(path).name != f"certificates-omni_{name}.zip"
+        ):
+            problems.append(FieldProblem("Name", "must match certificates-omni_<Name>.zip"))
+        if problems:
+            raise InvalidRequestError(
+                "the request is not a valid provisioning request",
+                reason="REQUEST_INVALID",
+                fields=problems,
+            )
+        record = self._service().start_from_path(Path(str(path)))
+        return json_response(record.to_json(), status=202)
+
+    async def _get_device(self, request: web.Request) -> web.Response:
+        run_id = request.match_info["id"]
+        record = self._service().device(run_id)
+        if record is None:
+            raise ResourceNotFoundError(f"no run {run_id!r}", reason="RUN_NOT_FOUND")
+        return json_response(record.to_json())
 
     def stop(self) -> None:
         """Ask the service to stop (signal handlers call this)."""
@@ -91,11 +148,18 @@ class Daemon:
         else:
             if new.api != self.config.api or new.agent != self.config.agent:
                 _log.warning("reload: [agent] and [api] changes take effect at the next start")
+            if new.usb != self.config.usb:
+                _log.warning("reload: [usb] changes take effect at the next start")
             self.config = new
+            if self.provisioning is not None:
+                self.provisioning.reconfigure(new)
             self._reload_error = None
             self._reloaded_at = _utc_now()
             _log.info("configuration reloaded from %s", self._config_path)
         self._notifier.ready("running")
+
+    def _status_line(self, text: str) -> None:
+        self._notifier.notify(STATUS=text)
 
     def _feed_watchdog(self, interval: float) -> None:
         self._notifier.watchdog()
@@ -109,14 +173,18 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
-            await self.api.start()
-            if self._notifier.watchdog_seconds:
-                self._feed_watchdog(self._notifier.watchdog_seconds / 2)
-            self._notifier.ready("running")
-            _log.info("edge-agent %s running", agent.__version__)
-            await self._stop.wait()
-            self._notifier.stopping()
+            async with ProvisioningService(self.config, on_status=self._status_line) as service:
+                self.provisioning = service
+                await self.api.start()
+                if self._notifier.watchdog_seconds:
+                    self._feed_watchdog(self._notifier.watchdog_seconds / 2)
+                self._notifier.ready("running")
+                _log.info("edge-agent %s running", agent.__version__)
+                await self._stop.wait()
+                self._notifier.stopping()
+                await self.api.stop()
         finally:
+            self.provisioning = None
             if self._watchdog is not None:
                 self._watchdog.cancel()
             await self.api.stop()
@@ -152,11 +220,18 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(str(self._path))
 
 
-def api_request(path: Path, method: str, target: str, timeout: float = 10.0) -> tuple[int, Any]:
+def api_request(
+    path: Path, method: str, target: str, timeout: float = 10.0, body: Any = None
+) -> tuple[int, Any]:
     """One request to the local API; returns the status and the JSON body."""
     connection = _UnixConnection(path, timeout)
     try:
-        connection.request(method, target)
+        if body is None:
+            connection.request(method, target)
+        else:
+            connection.request(
+                method, target, json.dumps(body), {"Content-Type": "application/json"}
+            )
         response = connection.getresponse()
         return response.status, json.loads(response.read())
     except OSError as exc:

@@ -1,27 +1,31 @@
 """``edge-agent demo``: the main job on embedded defaults, each step shown as it happens.
 
 Everything happens under one work directory (a new temporary one unless ``--out`` is
-given), and nothing outside it is touched: a factory CA, an archive on a simulated stick
-(a directory), validation, installation into a private state directory, the archive's
-network and NTP settings applied with the dry-run backend under a private root, a
-self-hosted registry signing a device CSR and evaluating a fleet-provisioning template
-(RegisterThing), and the refusals a technician would meet (a tampered archive, a second use).
+given) and on 127.0.0.1, and everything the demo starts it stops: a PKI, the operational
+mosquitto, ``edge-agent registry serve`` as the fleet-provisioning endpoint, a subscriber
+on the appliance's events, and the appliance's provisioning side exactly as ``edge-agent
+run`` runs it (directory stick source, the dry-run network backend under a private root).
+A FAT image holding the archive is dropped into the watched directory: that is the stick
+insertion. The run validates, installs, applies the network, checks the claim window and
+provisions over MQTT; the SUCCEEDED event is received and ``result.json`` is read back from
+the image. Then the same archive on a second stick is refused.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import asyncio
+import contextlib
 import json
 import logging
+import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.errors import EXIT_OK, AgentError
+from agent.errors import EXIT_OK
 
 DEMO_NETWORK: dict[str, Any] = {
     "Ethernet0": {
@@ -36,6 +40,10 @@ DEMO_NETWORK: dict[str, Any] = {
     "Ethernet1": {"ConnectionType": "DHCP"},
     "Ntp": {"NtpServers": ["0.pool.ntp.org", "198.18.10.123"]},
 }
+REGION = "eu-central-1"
+ACCOUNT = "123456789012"
+#: Seconds the demo waits for the run's outcome event.
+OUTCOME_TIMEOUT = 60.0
 
 
 def register(sub: Any) -> None:
@@ -51,132 +59,200 @@ def register(sub: Any) -> None:
 class _Steps:
     def __init__(self) -> None:
         self.started = time.perf_counter()
+        self.mark = self.started
         self.number = 0
 
     def step(self, title: str) -> None:
+        now = time.perf_counter()
         self.number += 1
-        elapsed = (time.perf_counter() - self.started) * 1000
-        print(f"\n[{self.number}] {title}  (+{elapsed:.0f} ms)")
+        print(f"\n[{self.number}] {title}  (at {now - self.started:.2f} s)")
+        self.mark = now
 
-    @staticmethod
-    def say(text: str) -> None:
+    def say(self, text: str) -> None:
         print(f"    {text}")
 
+    def timed(self, text: str) -> None:
+        now = time.perf_counter()
+        print(f"    {text}  (+{now - self.mark:.2f} s)")
+        self.mark = now
 
-def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - a linear script of steps
+
+def run(args: argparse.Namespace) -> int:
     """Run the demo."""
-    from agent.archive.clock import SystemClock
-    from agent.archive.install import provision_from_file
-    from agent.archive.make import DeviceRequest, build_archive, write_archive
-    from agent.archive.network import parse_network_payload
-    from agent.archive.verify import Policy, check_window, verify_archive
-    from agent.config import load_config
-    from agent.registry.ca import init_ca
-
     if not args.verbose:
-        # The demo provokes refusals on purpose; it shows them itself.
-        logging.getLogger("agent").setLevel(logging.ERROR)
-    config = load_config(args.config)
-    work = args.out or Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
+        # The demo shows each step itself (and provokes a refusal on purpose); the run's own
+        # log lines still go to provisioning.log on the stick.
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.CRITICAL)
+    work: Path = args.out or Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
     work.mkdir(parents=True, exist_ok=True)
-    show = _Steps()
-    print(f"edge-agent demo: everything happens under {work}")
+    return asyncio.run(_demo(work, args.name))
 
-    show.step("Factory: create the PKI (offline root, signer, claim and device issuers)")
-    ca = init_ca(work / "factory-ca", name="edge-agent demo CA")
-    show.say(f"root:   {ca.root_cert.subject.rfc4514_string()} (key goes offline)")
-    show.say(f"signer: {ca.signer_cert.subject.rfc4514_string()} (codeSigning)")
-    show.say(f"claim issuer:  {ca.claim_issuer.cert.subject.rfc4514_string()} (factory)")
-    show.say(f"device issuer: {ca.device_issuer.cert.subject.rfc4514_string()} (registry)")
 
-    show.step("Factory: ProvisionDevice -> certificates-omni_<name>.zip on the stick")
-    request = DeviceRequest(
-        name=args.name,
-        networking=parse_network_payload(DEMO_NETWORK),
-        tags={"site": "demo"},
+def _config_text(work: Path, trust: Path) -> str:
+    return f"""
+[agent]
+state_dir = "{work / "state"}"
+runtime_dir = "{work / "run"}"
+[archive]
+trust_anchor = "{trust}"
+# the demo machine's clock may not report NTP sync; the window is checked against it as is
+require_synchronized_clock = false
+[network]
+backend = "dry-run"
+dry_run_root = "{work / "root"}"
+[usb]
+source = "directory"
+directory = "{work / "sticks"}"
+debounce_seconds = 0
+[mqtt]
+connect_timeout_seconds = 5
+reconnect_initial_seconds = 0.2
+reconnect_max_seconds = 2
+[registry]
+ca_dir = "{work / "registry-ca"}"
+database = "{work / "registry.db"}"
+region = "{REGION}"
+account = "{ACCOUNT}"
+"""
+
+
+async def _demo(work: Path, name: str) -> int:  # noqa: PLR0915 - a linear script of steps
+    from agent.archive.make import DeviceRequest, build_archive
+    from agent.archive.network import parse_network_payload
+    from agent.config import load_config
+    from agent.demo_world import (
+        TEMPLATE,
+        DemoPki,
+        EventWatcher,
+        OperationalBroker,
+        RegistryServe,
+        add_template,
+        make_image,
+        read_image,
     )
-    built = build_archive(ca.factory(), request)
-    archive = write_archive(built, work / "stick")
-    response = built.response()
-    show.say(f"wrote {archive} ({len(built.data)} bytes)")
-    show.say(
-        json.dumps({k: v for k, v in response.items() if k != "Certificates"})
-        + " (+ Certificates: base64 of the zip)"
-    )
-
-    show.step("Appliance: prove the archive genuine")
-    policy = Policy(trust_anchors=(ca.root_cert,))
-    clock = SystemClock(config.archive.build_time_floor, config.archive.require_synchronized_clock)
-    verified = verify_archive(archive, policy, clock)
-    summary = verified.summary()
-    show.say(f"device {summary['deviceName']}, thing {summary['iotThingName']}")
-    show.say(f"claim certificate SHA-256 {summary['certificateFingerprint']}")
-    show.say(f"valid {summary['notBefore']} .. {summary['notAfter']} (5 minutes)")
-    show.say(f"time check: {summary['timeCheck']}")
-    if verified.time_check == "deferred":
-        show.say("the clock is not synchronised yet: the window is checked after NTP sync;")
-        show.say("this demo checks it against the system clock now")
-        check_window(verified.certificate, dt.datetime.now(dt.UTC), policy.clock_skew)
-        show.say("window check: passed")
-    network = summary["networkingConfiguration"] or {}
-    for port in ("Ethernet0", "Ethernet1"):
-        if port in network:
-            show.say(f"{port}: {json.dumps(network[port])}")
-    if "Ntp" in network:
-        show.say(f"NTP servers: {', '.join(network['Ntp']['NtpServers'])}")
-
-    show.step("Appliance: install the credentials atomically")
-    state = work / "state"
-    steps: list[str] = []
-    _, result = provision_from_file(archive, policy, clock, state, on_step=steps.append)
-    show.say(" -> ".join(steps))
-    show.say(
-        f"credentials in force: {state / 'credentials' / 'current'} -> {result.credential_dir}"
-    )
-    show.say("private.key is 0600 in a 0700 directory; the archive is recorded as used")
-
-    show.step("Appliance: apply Ethernet0/Ethernet1 and NTP (dry-run backend, private root)")
-    from agent.netconf.demo import run_demo_step
-
-    if verified.manifest.networking_configuration is not None:
-        run_demo_step(verified.manifest.networking_configuration, work / "root", show.say)
-
-    show.step("Registry (self-hosted): sign a device CSR and RegisterThing from a template")
     from agent.fsutil import ensure_dir
-    from agent.registry.ca import REGISTRY_FILES
-    from agent.registry.demo import run_demo_step as registry_step
+    from agent.provisioning.service import ProvisioningService
+    from agent.registry.ca import REGISTRY_FILES, init_ca
 
-    registry_ca = ensure_dir(work / "registry-ca")
-    for name in REGISTRY_FILES:  # the registry host gets the device issuer, never the root key
-        shutil.copy2(work / "factory-ca" / name, registry_ca / name)
-    show.say(f"registry host holds only: {', '.join(REGISTRY_FILES)}")
-    registry_step(registry_ca, work / "registry", show.say)
+    show = _Steps()
+    print(f"edge-agent demo: everything happens under {work}, on 127.0.0.1")
+    async with contextlib.AsyncExitStack() as stack:
+        show.step("Factory: create the PKI (offline root, signer, claim and device issuers)")
+        ca = init_ca(work / "factory-ca", name="edge-agent demo CA")
+        pki = DemoPki(ca, work / "tls")
+        show.say(f"root:   {ca.root_cert.subject.rfc4514_string()} (key goes offline)")
+        show.say(f"claim issuer:  {ca.claim_issuer.cert.subject.rfc4514_string()} (factory)")
+        show.say(f"device issuer: {ca.device_issuer.cert.subject.rfc4514_string()} (registry)")
+        registry_ca = ensure_dir(work / "registry-ca")
+        for file_name in REGISTRY_FILES:  # the registry holds the device issuer, not the root key
+            shutil.copy2(work / "factory-ca" / file_name, registry_ca / file_name)
+        show.timed(f"registry host holds only: {', '.join(REGISTRY_FILES)}")
 
-    show.step("Appliance: refusals a technician may meet")
-    _refusal(
-        show.say,
-        "the same archive again",
-        lambda: provision_from_file(archive, policy, clock, state),
-    )
-    tampered = work / "tampered" / archive.name
-    tampered.parent.mkdir(exist_ok=True)
-    data = bytearray(archive.read_bytes())
-    data[len(data) // 3] ^= 0x01
-    tampered.write_bytes(bytes(data))
-    _refusal(
-        show.say, "a copy with one bit flipped", lambda: verify_archive(tampered, policy, clock)
-    )
+        show.step("Cloud side: the operational broker and the fleet-provisioning endpoint")
+        broker = OperationalBroker(work / "broker", pki)
+        broker.start()
+        stack.callback(broker.stop)
+        show.timed(f"mosquitto (operational broker, mutual TLS) on 127.0.0.1:{broker.port}")
+        config_path = work / "agent.toml"
+        config_path.write_text(_config_text(work, pki.root), encoding="utf-8")
+        add_template(work / "registry.db", broker.port, region=REGION, account=ACCOUNT)
+        serve = RegistryServe(config_path, pki, work / "registry-serve.log")
+        serve.start()
+        stack.callback(serve.stop)
+        show.timed(
+            f"edge-agent registry serve on 127.0.0.1:{serve.port}, template {TEMPLATE!r} "
+            f"(mqttEndpoint localhost:{broker.port})"
+        )
+        watcher = EventWatcher(broker.port, pki)
+        await watcher.start()
+        stack.push_async_callback(watcher.stop)
+        show.timed("a subscriber listens on edge/+/events")
 
-    show.step("Done")
-    show.say("status: SUCCEEDED (archive validated and credentials installed)")
+        show.step("Factory: ProvisionDevice -> certificates-omni_<name>.zip on a FAT stick")
+        serial = secrets.token_hex(4)
+        built = build_archive(
+            ca.factory(),
+            DeviceRequest(
+                name=name,
+                networking=parse_network_payload(DEMO_NETWORK),
+                tags={"site": "demo"},
+                endpoint=f"localhost:{serve.port}",
+                template=TEMPLATE,
+                template_parameters={"SerialNumber": serial},
+            ),
+        )
+        images = ensure_dir(work / "images")
+        archive_name = f"certificates-omni_{name}.zip"
+        (images / archive_name).write_bytes(built.data)
+        image = make_image(images / "stick.img", {archive_name: built.data})
+        response = built.response()
+        show.say(json.dumps({k: v for k, v in response.items() if k != "Certificates"}))
+        show.timed(f"{archive_name} ({len(built.data)} bytes) on a FAT image: {image}")
+
+        show.step("Appliance: start the provisioning side of edge-agent run")
+        config = load_config(config_path)
+        service = ProvisioningService(config, on_status=show.timed)
+        await stack.enter_async_context(service)
+        show.timed(f"net recover: {(service.network_recovery or {}).get('action')}")
+        show.say(f"watching {config.usb.directory} for sticks (directory source, inotify)")
+
+        show.step("Technician: insert the stick")
+        stick = Path(config.usb.directory) / image.name
+        image.rename(stick)
+        run_id = await _wait_run(service)
+        show.timed(f"insertion seen; run {run_id} started")
+        outcome = await watcher.wait_for(run_id, "RUN_OUTCOME", OUTCOME_TIMEOUT)
+        await service.wait_idle()
+        record = service.device(run_id)
+        assert record is not None  # noqa: S101 - the run was just made
+        show.say(
+            "network: applied with the dry-run backend under "
+            f"{config.network.dry_run_root} (nothing on this machine changed)"
+        )
+        rendered = Path(config.network.dry_run_root) / "etc" / "systemd" / "network"
+        for path in sorted(rendered.glob("*.network")):
+            show.say(f"network: wrote {path.name}")
+        show.step("Operator: the outcome event arrives over MQTT")
+        show.say(json.dumps(outcome))
+
+        show.step("Technician: result.json read back from the stick")
+        result = json.loads(read_image(stick, "edge-agent/result.json") or b"{}")
+        show.say(f"status {result.get('status')}, thing {result.get('thingName')}")
+        show.say(
+            "timings: "
+            + ", ".join(f"{k} {v:.3f} s" for k, v in (result.get("timings") or {}).items())
+        )
+        log = read_image(stick, "edge-agent/provisioning.log") or b""
+        show.timed(f"provisioning.log: {len(log.splitlines())} lines")
+
+        show.step("Technician: the same archive on a second stick")
+        again = make_image(images / "again.img", {archive_name: built.data})
+        again.rename(Path(config.usb.directory) / again.name)
+        second = await _wait_run(service, after={run_id})
+        refused = await watcher.wait_for(second, "RUN_OUTCOME", OUTCOME_TIMEOUT)
+        await service.wait_idle()
+        error = refused["body"].get("error", {})
+        show.timed(
+            f"refused: {refused['body']['status']} {error.get('code')} {error.get('reason')}"
+        )
+
+        show.step("Done")
+        show.say(f"status: {record.status} ({record.device_name} is {record.thing_name})")
+        show.say("stopping the appliance, the endpoint and the broker")
+    show.timed("everything stopped")
     return EXIT_OK
 
 
-def _refusal(say: Callable[[str], None], label: str, action: Callable[[], object]) -> None:
-    try:
-        action()
-    except AgentError as exc:
-        say(f"{label}: refused, {exc.code} {exc.reason}: {exc.message}")
-    else:
-        msg = f"{label} was accepted; the demo expected a refusal"
-        raise AssertionError(msg)
+async def _wait_run(service: Any, *, after: set[str] | None = None) -> str:
+    """The id of the first run not in ``after``."""
+    deadline = time.monotonic() + OUTCOME_TIMEOUT
+    while time.monotonic() < deadline:
+        current = service.current
+        last = service.store.last()
+        for candidate in (current, last.run_id if last else None):
+            if candidate and candidate not in (after or set()):
+                return str(candidate)
+        await asyncio.sleep(0.01)
+    msg = "the stick insertion was not seen"
+    raise TimeoutError(msg)

@@ -1,0 +1,304 @@
+"""The daemon's provisioning side: sticks in, runs, the LED, the stick, the reports.
+
+:class:`ProvisioningService` is an async context the daemon enters once. Entering it runs
+``net recover`` (a trial a crash left behind is reverted), resumes or ends the runs a crash
+interrupted, opens the operational MQTT link when the appliance has its permanent identity,
+and starts the stick source. One run at a time: a stick inserted while a run is working is
+refused with ``RUN_IN_PROGRESS`` (its own result on that stick), as is ``POST /devices``.
+
+Every step's event is queued durably in the runs table first
+(:mod:`agent.provisioning.store`) and moved into the MQTT outbox whenever an operational
+link exists; a run on an appliance without an identity yet keeps its events until the
+first SUCCEEDED run brings one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from agent.archive.install import current_credentials
+from agent.config import AgentConfig
+from agent.errors import AgentError, ConflictError
+from agent.netconf.boards import load_board
+from agent.provisioning.run import Provisioner
+from agent.provisioning.store import RunRecord, RunStore, new_run_id
+from agent.status.led import LedPattern, NullLed, SysfsLed, open_led
+from agent.status.result import DeviceStatus, RunResult
+from agent.status.runlog import RunLog
+from agent.usb.base import StickEvent, StickInserted, StickRemoved, StickSource
+from agent.usb.errors import MediaError
+from agent.usb.factory import media_settings, open_source
+from agent.usb.media import StickMedia
+
+_log = logging.getLogger(__name__)
+
+
+class RunInProgressError(ConflictError):
+    """A run is working; one stick (or request) at a time."""
+
+    default_reason = "RUN_IN_PROGRESS"
+
+
+class ProvisioningService:
+    """Sticks, runs and reports for the daemon.
+
+    Args:
+        config: the running configuration.
+        on_status: called with a one-line description of what is happening (``STATUS=``).
+    """
+
+    def __init__(
+        self, config: AgentConfig, *, on_status: Callable[[str], None] | None = None
+    ) -> None:
+        self.config = config
+        self._on_status = on_status or (lambda _text: None)
+        self.store = RunStore(config.agent.state_dir)
+        self.provisioner = Provisioner(config, self.store, on_step=self._stepped)
+        self.current: str | None = None
+        self.network_recovery: dict[str, object] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stack = contextlib.AsyncExitStack()
+        self._led: SysfsLed | NullLed = NullLed()
+        self._source: StickSource | None = None
+        self._mqtt: Any = None
+        self._mqtt_stack: contextlib.AsyncExitStack | None = None
+        self._report_wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        from agent.provisioning.network import recover  # noqa: PLC0415 - netconf lazily
+
+        self.network_recovery = await asyncio.to_thread(recover, self.config)
+        _log.info("net recover: %s", self.network_recovery.get("action"))
+        board = load_board(self.config.network.board, self.config.network.boards_dir)
+        self._led = await self._stack.enter_async_context(
+            open_led(board.profile.led, self.config.status)
+        )
+        await self._open_link()
+        self._spawn(self._reporter(), "provisioning-reporter")
+        for record in self.store.unfinished():
+            self._begin(record.run_id)
+            self._spawn(self._resume(record), f"resume-{record.run_id}")
+        source = open_source(self.config.usb, board.profile.usb)
+        self._source = await self._stack.enter_async_context(source)
+        self._spawn(self._sticks(self._source), "provisioning-sticks")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._close_link()
+        await self._stack.aclose()
+        self.store.close()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            _log.error("%s stopped: %s: %s", task.get_name(), type(exc).__name__, exc)
+
+    def reconfigure(self, config: AgentConfig) -> None:
+        """A reloaded configuration: the next run uses it (the stick source stays as started)."""
+        self.config = config
+        self.provisioner.config = config
+
+    # --- status --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The provisioning part of ``GET /status``."""
+        current = self.store.find(self.current) if self.current else None
+        last = self.store.last()
+        return {
+            "source": self.config.usb.source,
+            "currentRun": current.to_json() if current else None,
+            "lastRun": last.to_json() if last else None,
+            "pendingReports": len(self.store.reports()),
+            "operationalLink": self._mqtt is not None,
+            "networkRecovery": self.network_recovery,
+        }
+
+    def device(self, run_id: str) -> RunRecord | None:
+        """One run by id."""
+        return self.store.find(run_id)
+
+    async def wait_idle(self) -> None:
+        """Return once no run is working."""
+        await self._idle.wait()
+
+    def _stepped(self, run_id: str, step: str) -> None:
+        self._on_status(f"run {run_id}: {step}")
+        self._report_wake.set()
+
+    def _begin(self, run_id: str) -> None:
+        self.current = run_id
+        self._idle.clear()
+        self._led.show(LedPattern.WORKING)
+
+    def _done(self, result: RunResult) -> None:
+        self.current = None
+        self._idle.set()
+        ok = result.status is DeviceStatus.SUCCEEDED
+        self._led.show(LedPattern.SUCCESS if ok else LedPattern.FAILURE)
+        self._on_status(f"idle; last run {result.status}")
+        self._report_wake.set()
+
+    # --- runs ----------------------------------------------------------------------------
+
+    def start_from_path(self, archive: Path) -> RunRecord:
+        """``POST /devices``: a run from an archive file on this appliance."""
+        if self.current is not None:
+            raise RunInProgressError(f"run {self.current} is working; try again once it ends")
+        record = self.store.create(new_run_id(), origin="api", stick_id=None)
+        self._begin(record.run_id)
+        self._spawn(self._api_run(record, archive), f"run-{record.run_id}")
+        return record
+
+    async def _api_run(self, record: RunRecord, archive: Path) -> None:
+        result = await self.provisioner.run_archive(record, archive)
+        await self._finished(result)
+
+    async def _resume(self, record: RunRecord) -> None:
+        result = await self.provisioner.resume(record)
+        await self._finished(result)
+
+    async def _sticks(self, source: StickSource) -> None:
+        event: StickEvent
+        async for event in source:
+            if isinstance(event, StickInserted):
+                _log.info("stick %s inserted (%s)", event.stick.stick_id, event.stick.node)
+                if self.current is not None:
+                    self._spawn(self._refuse(event), f"refuse-{event.stick.stick_id}")
+                    continue
+                record = self.store.create(
+                    new_run_id(), origin="stick", stick_id=event.stick.stick_id
+                )
+                self._begin(record.run_id)
+                self._spawn(self._stick_run(record, event), f"run-{record.run_id}")
+            elif isinstance(event, StickRemoved):
+                _log.info("stick %s removed", event.stick_id)
+
+    async def _stick_run(self, record: RunRecord, event: StickInserted) -> None:
+        with RunLog.capture() as run_log:
+            try:
+                async with StickMedia(
+                    event.stick.node,
+                    media_settings(self.config.usb),
+                    runtime_dir=self.config.agent.runtime_dir,
+                ) as media:
+                    try:
+                        archive = await media.fetch_archive()
+                    except AgentError as exc:
+                        result = self.provisioner.fail(record, exc)
+                    else:
+                        result = await self.provisioner.run_archive(record, archive.path)
+                    await self._write_back(media, result, run_log)
+            except AgentError as exc:  # the stick could not even be opened
+                result = self.provisioner.fail(record, exc)
+        await self._finished(result)
+
+    async def _refuse(self, event: StickInserted) -> None:
+        record = self.store.create(new_run_id(), origin="stick", stick_id=event.stick.stick_id)
+        error = RunInProgressError(
+            f"run {self.current} is working; insert this stick again once it ends"
+        )
+        with RunLog.capture() as run_log:
+            result = self.provisioner.fail(record, error)
+            with contextlib.suppress(AgentError):
+                async with StickMedia(
+                    event.stick.node,
+                    media_settings(self.config.usb),
+                    runtime_dir=self.config.agent.runtime_dir,
+                ) as media:
+                    await self._write_back(media, result, run_log)
+        self._report_wake.set()
+
+    async def _write_back(self, media: StickMedia, result: RunResult, run_log: RunLog) -> None:
+        try:
+            await media.write_back(result.to_json(), run_log.as_bytes())
+        except MediaError as exc:
+            _log.warning("the result could not be written to the stick: %s", exc.message)
+
+    async def _finished(self, result: RunResult) -> None:
+        if result.status is DeviceStatus.SUCCEEDED:
+            await self._close_link()
+            await self._open_link()
+        self._done(result)
+
+    # --- the operational link and the reports ----------------------------------------------
+
+    def _identity(self) -> tuple[str, str] | None:
+        """(thing name, endpoint) when the permanent identity is in force."""
+        current = current_credentials(self.config.agent.state_dir)
+        if current is None or "-fleet-" not in current.name:
+            return None
+        manifest = json.loads((current / "manifest.json").read_bytes())
+        thing = str(manifest["iotThingName"])
+        endpoint = self.config.mqtt.endpoint or self.store.operational_endpoint()
+        return (thing, endpoint) if endpoint else None
+
+    async def _open_link(self) -> None:
+        identity = self._identity()
+        if identity is None:
+            return
+        from agent.mqtt.agent_link import ApplianceMqtt  # noqa: PLC0415 - aiomqtt lazily
+        from agent.mqtt.client import Endpoint  # noqa: PLC0415
+
+        stack = contextlib.AsyncExitStack()
+        try:
+            self._mqtt = await stack.enter_async_context(
+                ApplianceMqtt(
+                    self.config.agent.state_dir,
+                    self.config.mqtt,
+                    endpoint=Endpoint.parse(identity[1]),
+                )
+            )
+        except AgentError as exc:
+            _log.warning("the operational MQTT link cannot start: %s", exc.message)
+            await stack.aclose()
+            return
+        self._mqtt_stack = stack
+        _log.info("operational MQTT link for %s to %s", identity[0], identity[1])
+        self._report_wake.set()
+
+    async def _close_link(self) -> None:
+        if self._mqtt_stack is not None:
+            await self._mqtt_stack.aclose()
+        self._mqtt_stack = None
+        self._mqtt = None
+
+    async def _reporter(self) -> None:
+        """Move queued run events into the outbox whenever a link exists."""
+        while True:
+            await self._report_wake.wait()
+            self._report_wake.clear()
+            if self._mqtt is None:
+                continue
+            outbox = self._mqtt.require_outbox()
+            while reports := self.store.reports():
+                for seq, event_type, body in reports:
+                    await outbox.publish(event_type, body)
+                    self.store.reported([seq])
