@@ -297,15 +297,17 @@ class FleetExchange:
         resumed_from = str(row["step"])
         endpoint = Endpoint.parse(self.options.endpoint or str(manifest["iotEndpoint"]))
         deadline = claim.not_valid_after_utc
-        self._left(deadline)
-        settings = Settings(
-            endpoint=endpoint,
-            identity=Identity.from_credential_set(claim_dir),
-            client_id=thing,
-            protocol=self.options.protocol,
-            connect_timeout=min(self.options.step_timeout, self._left(deadline)),
-        )
         if row["step"] in ("started", "certificate"):
+            # Only these steps still speak with the claim certificate, so only they need its
+            # window: an exchange that registered before a crash is finished after the claim
+            # has expired too (installing the permanent set is local).
+            settings = Settings(
+                endpoint=endpoint,
+                identity=Identity.from_credential_set(claim_dir),
+                client_id=thing,
+                protocol=self.options.protocol,
+                connect_timeout=min(self.options.step_timeout, self._left(deadline)),
+            )
             async with connect(settings) as session:
                 if row["step"] == "started":
                     await self._certificate(session, fingerprint, thing, deadline)

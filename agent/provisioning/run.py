@@ -19,6 +19,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from agent.archive.clock import Clock, SystemClock
 from agent.archive.install import install_archive, ledger_has, open_store
@@ -261,7 +263,14 @@ class Provisioner:
         from agent.mqtt.fleet import FleetOptions, provision  # noqa: PLC0415 - aiomqtt lazily
 
         section = self.config.mqtt
-        left = self._left(ctx, "fleet")
+        assert ctx.certificate is not None  # noqa: S101 - set before the fleet step
+        fingerprint = ctx.certificate.fingerprint(hashes.SHA256()).hex()
+        if self._fleet_step(fingerprint) == "registered":
+            # RegisterThing was answered before a restart: what is left is local (installing
+            # the permanent set), so the claim's window no longer bounds it
+            left = section.fleet_step_timeout_seconds
+        else:
+            left = self._left(ctx, "fleet")
         options = FleetOptions(
             mode=section.fleet_mode,
             key_type=section.fleet_key_type,
@@ -334,23 +343,32 @@ class Provisioner:
             )
         return directory
 
-    def _fleet_finished(self, fingerprint: str) -> tuple[str, str] | None:
-        """(thing, operational endpoint) when this claim's fleet exchange was completed."""
+    def _fleet_row(self, fingerprint: str) -> sqlite3.Row | None:
+        """This claim's fleet exchange record, if one was started."""
         with open_store(self.state_dir) as store:
             table = store.db.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'fleet_exchange'"
             ).fetchone()
-            row = (
-                store.db.execute(
-                    "SELECT registered_thing, device_configuration FROM fleet_exchange"
-                    " WHERE claim_fingerprint = ? AND step = 'installed'",
-                    (fingerprint,),
-                ).fetchone()
-                if table is not None
-                else None
-            )
-        if row is None:
+            if table is None:
+                return None
+            row: sqlite3.Row | None = store.db.execute(
+                "SELECT step, registered_thing, device_configuration FROM fleet_exchange"
+                " WHERE claim_fingerprint = ?",
+                (fingerprint,),
+            ).fetchone()
+            return row
+
+    def _fleet_step(self, fingerprint: str) -> str | None:
+        """The step this claim's fleet exchange reached (None: not started)."""
+        row = self._fleet_row(fingerprint)
+        return None if row is None else str(row["step"])
+
+    def _fleet_finished(self, fingerprint: str) -> tuple[str, str] | None:
+        """(thing, operational endpoint) when this claim's fleet exchange was completed."""
+        record = self._fleet_row(fingerprint)
+        if record is None or record["step"] != "installed":
             return None
+        row = (record["registered_thing"], record["device_configuration"])
         configuration = json.loads(row[1] or "{}")
         directory = self._credential_set(fingerprint)
         manifest = json.loads((directory / "manifest.json").read_bytes())

@@ -285,6 +285,46 @@ def test_crash_between_certificate_and_register_resumes_with_the_recorded_token(
     assert _count(world, "things") == 1
 
 
+def test_registered_before_a_crash_installs_after_the_claim_expired(world: World) -> None:
+    # RegisterThing was answered, then the process died; it comes back after the claim's
+    # window: the exchange must finish locally, not refuse (nor register a second time).
+    thing = "hub-late"
+    state = install_claim(
+        world,
+        thing,
+        start=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1),
+        lifetime=dt.timedelta(seconds=6),
+    )
+
+    class CrashError(Exception):
+        pass
+
+    def crash_after_register(step: str) -> None:
+        if step == "registered":
+            raise CrashError
+
+    async def scenario() -> tuple[list[str], str]:
+        async with responder(world) as r:
+            with pytest.raises(CrashError):
+                await provision(state, on_step=crash_after_register)
+            expired_at = x509.load_pem_x509_certificate(
+                (current_credentials(state) or state).joinpath("certificate.pem").read_bytes()
+            ).not_valid_after_utc
+            await asyncio.sleep(max(0.0, (expired_at - dt.datetime.now(dt.UTC)).total_seconds()))
+            assert dt.datetime.now(dt.UTC) > expired_at
+            result = await provision(state, FleetOptions(), on_step=None)
+            assert result.resumed_from == "registered"
+            return r.requests, result.thing_name
+
+    requests, name = asyncio.run(scenario())
+    assert requests == ["CreateCertificateFromCsr", "RegisterThing"]
+    assert name
+    assert _count(world, "things") == 1
+    permanent = current_credentials(state)
+    assert permanent is not None
+    assert (permanent / "private.key").exists()
+
+
 def _recorded_token(state: Path) -> str:
     exchange = FleetExchange(state)
     try:

@@ -215,3 +215,67 @@ def test_too_little_window_left_ends_failed_claim_expired(
     result = asyncio.run(Provisioner(config, store).run_archive(record, archive))
     assert (str(result.status), result.reason) == ("FAILED", "CLAIM_EXPIRED")
     store.close()
+
+
+def test_a_registered_exchange_finishes_after_the_claim_window(
+    tmp_path: Path, ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RegisterThing was answered before a crash and the claim has expired since: the rest is
+    # local (fleet.py installs the permanent set), so the run must not end CLAIM_EXPIRED.
+    from agent.mqtt import fleet
+    from agent.mqtt.client import Endpoint
+
+    config = _config(tmp_path, ca)
+    now = dt.datetime.now(dt.UTC)
+    built = build_archive(
+        ca.factory(),
+        DeviceRequest(
+            name="d7",
+            endpoint=f"127.0.0.1:{free_port()}",
+            template="edge-fleet",
+            not_before=now - dt.timedelta(minutes=5) + dt.timedelta(seconds=3),
+        ),
+    )
+    archive = write_archive(built, tmp_path / "sticks" / "d7")
+    store = RunStore(config.agent.state_dir)
+    calls: list[float] = []
+
+    async def finished_exchange(state_dir: Path, options: fleet.FleetOptions) -> fleet.FleetResult:
+        calls.append(options.step_timeout)
+        return fleet.FleetResult(
+            thing_name="edge-d7",
+            certificate_id="0" * 64,
+            credential_dir=state_dir,
+            endpoint=Endpoint("127.0.0.1", 8883),
+            device_configuration={},
+            resumed_from="registered",
+        )
+
+    monkeypatch.setattr(fleet, "provision", finished_exchange)
+    monkeypatch.setattr(Provisioner, "_fleet_step", lambda _self, _fp: "registered")
+    record = store.create(new_run_id(), origin="api", stick_id=None)
+    result = asyncio.run(Provisioner(config, store).run_archive(record, archive))
+    assert calls == [config.mqtt.fleet_step_timeout_seconds]  # not the claim's (gone) window
+    assert str(result.status) == "SUCCEEDED", result.reason
+    # without a registered exchange the same archive is refused for its window
+    monkeypatch.setattr(Provisioner, "_fleet_step", lambda _self, _fp: "certificate")
+    again = store.create(new_run_id(), origin="api", stick_id=None)
+    write_archive(
+        build_archive(
+            ca.factory(),
+            DeviceRequest(
+                name="d8",
+                endpoint=f"127.0.0.1:{free_port()}",
+                template="edge-fleet",
+                not_before=now - dt.timedelta(minutes=5) + dt.timedelta(seconds=3),
+            ),
+        ),
+        tmp_path / "sticks" / "d8",
+    )
+    refused = asyncio.run(
+        Provisioner(config, store).run_archive(
+            again, tmp_path / "sticks" / "d8" / "certificates-omni_d8.zip"
+        )
+    )
+    assert (str(refused.status), refused.reason) == ("FAILED", "CLAIM_EXPIRED")
+    store.close()
