@@ -23,11 +23,10 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from cryptography import x509
 
@@ -41,7 +40,6 @@ from agent.registry.ca import (
     load_device_issuer,
 )
 from agent.registry.errors import (
-    ConflictingResourceUpdateError,
     ParameterError,
     ProvisioningDeniedError,
     ResourceRegistrationFailureError,
@@ -61,19 +59,17 @@ from agent.registry.storage import (
     RegistryStorage,
     RegistryTransaction,
     SqliteRegistryStorage,
-    ThingRecord,
 )
 from agent.registry.template import (
     CERTIFICATE_PREFIX,
     POLICY_NAME_RE,
-    CertificateResource,
     Evaluation,
     OverrideAction,
     PolicyResource,
     Template,
-    ThingResource,
     parse_template,
 )
+from agent.registry.writeplan import plan_certificate, plan_thing, write_registration
 
 _log = logging.getLogger(__name__)
 
@@ -625,13 +621,13 @@ class Registry:
         certificate_record = None
         if evaluation.certificate is not None and issued is not None:
             certificate_id = issued.certificate_id
-            certificate_record = _plan_certificate(tx, evaluation.certificate, issued, now)
+            certificate_record = plan_certificate(tx, evaluation.certificate, issued, now)
             arns[evaluation.certificate.logical_id] = self.arn("cert", certificate_id)
         thing_name = None
         thing_record = None
         if evaluation.thing is not None:
             thing_name = evaluation.thing.thing_name
-            thing_record = _plan_thing(tx, evaluation.thing, now)
+            thing_record = plan_thing(tx, evaluation.thing, now)
             arns[evaluation.thing.logical_id] = self.arn("thing", thing_name)
         policy_names: list[str] = []
         new_policies: list[PolicyRecord] = []
@@ -642,7 +638,7 @@ class Registry:
                 new_policies.append(record)
             if policy.policy_document is not None:
                 arns[policy.logical_id] = self.arn("policy", name)
-        _write(
+        write_registration(
             tx,
             certificate_record,
             thing_record,
@@ -685,149 +681,3 @@ class Registry:
 
 
 _POLICY_NAME_CACHE = 256
-
-
-def _write(
-    tx: RegistryTransaction,
-    certificate: CertificateRecord | None,
-    thing: ThingRecord | None,
-    policies: list[PolicyRecord],
-    *,
-    attach: tuple[str | None, str | None, list[str]],
-) -> None:
-    """Write a checked registration (nothing here refuses it)."""
-    if certificate is not None:
-        tx.put_certificate(certificate)
-    if thing is not None:
-        tx.put_thing(thing)
-    for record in policies:
-        tx.put_policy(record)
-    certificate_id, thing_name, policy_names = attach
-    if certificate_id is not None:
-        if thing_name is not None:
-            tx.attach_principal(thing_name, certificate_id)
-        for name in policy_names:
-            tx.attach_policy(name, certificate_id)
-
-
-def _plan_certificate(
-    tx: RegistryTransaction,
-    spec: CertificateResource,
-    issued: IssuedCertificate,
-    now: dt.datetime,
-) -> CertificateRecord | None:
-    existing = tx.get_certificate(issued.certificate_id)
-    if existing is None:
-        return CertificateRecord(
-            issued.certificate_id, issued.certificate_pem, spec.status or "ACTIVE", now, now
-        )
-    status = _override(
-        spec.logical_id,
-        "Status",
-        existing.status,
-        spec.status,
-        action=spec.overrides.get("Status", DEFAULT_OVERRIDE),
-        what=f"certificate {issued.certificate_id}",
-    )
-    if status == existing.status:
-        return None
-    return replace(existing, status=status, updated_at=now)
-
-
-T = TypeVar("T")
-
-
-def _override(
-    logical_id: str,
-    prop: str,
-    current: T,
-    wanted: T | None,
-    *,
-    action: OverrideAction,
-    what: str,
-    merge: Callable[[T, T], T] | None = None,
-) -> T:
-    """The value a property of an existing resource takes under its override setting."""
-    if wanted is None or wanted == current or action == "DO_NOTHING":
-        return current
-    if action == "FAIL":
-        raise _conflict(logical_id, prop, what)
-    if action == "MERGE" and merge is not None:
-        return merge(current, wanted)
-    return wanted
-
-
-def _conflict(logical_id: str, prop: str, what: str) -> ConflictingResourceUpdateError:
-    return ConflictingResourceUpdateError(
-        f"{what} exists with a different {prop} and OverrideSettings.{prop} is FAIL",
-        fields=[
-            FieldProblem(
-                f"Resources.{logical_id}.OverrideSettings.{prop}",
-                "FAIL: the existing value differs",
-            )
-        ],
-    )
-
-
-def _plan_thing(
-    tx: RegistryTransaction, spec: ThingResource, now: dt.datetime
-) -> ThingRecord | None:
-    existing = tx.get_thing(spec.thing_name)
-    if existing is None:
-        return ThingRecord(
-            name=spec.thing_name,
-            thing_id=_thing_id(),
-            attributes=dict(spec.attributes or {}),
-            thing_type_name=spec.thing_type_name,
-            thing_groups=_unique(spec.thing_groups or ()),
-            billing_group=spec.billing_group,
-            version=1,
-            created_at=now,
-            updated_at=now,
-        )
-    what = f"thing {spec.thing_name}"
-    settings = spec.overrides
-    updated = replace(
-        existing,
-        attributes=_override(
-            spec.logical_id,
-            "AttributePayload",
-            existing.attributes,
-            spec.attributes,
-            action=settings.get("AttributePayload", DEFAULT_OVERRIDE),
-            what=what,
-            merge=lambda old, new: {**old, **new},
-        ),
-        thing_type_name=_override(
-            spec.logical_id,
-            "ThingTypeName",
-            existing.thing_type_name,
-            spec.thing_type_name,
-            action=settings.get("ThingTypeName", DEFAULT_OVERRIDE),
-            what=what,
-        ),
-        thing_groups=_override(
-            spec.logical_id,
-            "ThingGroups",
-            existing.thing_groups,
-            None if spec.thing_groups is None else _unique(spec.thing_groups),
-            action=settings.get("ThingGroups", DEFAULT_OVERRIDE),
-            what=what,
-            merge=lambda old, new: _unique((*old, *new)),
-        ),
-        billing_group=existing.billing_group or spec.billing_group,
-    )
-    if updated == existing:
-        return None
-    return replace(updated, version=existing.version + 1, updated_at=now)
-
-
-def _thing_id() -> str:
-    """A random (version 4) UUID, formatted without the cost of :func:`uuid.uuid4`."""
-    h = os.urandom(16).hex()
-    variant = "89ab"[int(h[16], 16) & 3]
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
-
-
-def _unique(items: Iterable[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(items))
