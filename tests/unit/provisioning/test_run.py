@@ -195,21 +195,26 @@ def test_a_clock_that_syncs_late_lets_the_run_go_on_to_fleet(
     store.close()
 
 
-def test_too_little_window_left_ends_failed_claim_expired(
-    tmp_path: Path, ca: CertificateAuthority
-) -> None:
-    config = _config(tmp_path, ca)
+def _expiring_archive(tmp_path: Path, ca: CertificateAuthority, name: str) -> Path:
+    """An archive whose claim certificate has about 3 s of its 5-minute window left."""
     now = dt.datetime.now(dt.UTC)
     built = build_archive(
         ca.factory(),
         DeviceRequest(
-            name="d6",
+            name=name,
             endpoint=f"127.0.0.1:{free_port()}",
             template="edge-fleet",
             not_before=now - dt.timedelta(minutes=5) + dt.timedelta(seconds=3),
         ),
     )
-    archive = write_archive(built, tmp_path / "sticks" / "d6")
+    return write_archive(built, tmp_path / "sticks" / name)
+
+
+def test_too_little_window_left_ends_failed_claim_expired(
+    tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    config = _config(tmp_path, ca)
+    archive = _expiring_archive(tmp_path, ca, "d6")
     store = RunStore(config.agent.state_dir)
     record = store.create(new_run_id(), origin="api", stick_id=None)
     result = asyncio.run(Provisioner(config, store).run_archive(record, archive))
@@ -226,17 +231,7 @@ def test_a_registered_exchange_finishes_after_the_claim_window(
     from agent.mqtt.client import Endpoint
 
     config = _config(tmp_path, ca)
-    now = dt.datetime.now(dt.UTC)
-    built = build_archive(
-        ca.factory(),
-        DeviceRequest(
-            name="d7",
-            endpoint=f"127.0.0.1:{free_port()}",
-            template="edge-fleet",
-            not_before=now - dt.timedelta(minutes=5) + dt.timedelta(seconds=3),
-        ),
-    )
-    archive = write_archive(built, tmp_path / "sticks" / "d7")
+    archive = _expiring_archive(tmp_path, ca, "d7")
     store = RunStore(config.agent.state_dir)
     calls: list[float] = []
 
@@ -260,22 +255,7 @@ def test_a_registered_exchange_finishes_after_the_claim_window(
     # without a registered exchange the same archive is refused for its window
     monkeypatch.setattr(Provisioner, "_fleet_step", lambda _self, _fp: "certificate")
     again = store.create(new_run_id(), origin="api", stick_id=None)
-    write_archive(
-        build_archive(
-            ca.factory(),
-            DeviceRequest(
-                name="d8",
-                endpoint=f"127.0.0.1:{free_port()}",
-                template="edge-fleet",
-                not_before=now - dt.timedelta(minutes=5) + dt.timedelta(seconds=3),
-            ),
-        ),
-        tmp_path / "sticks" / "d8",
-    )
-    refused = asyncio.run(
-        Provisioner(config, store).run_archive(
-            again, tmp_path / "sticks" / "d8" / "certificates-omni_d8.zip"
-        )
-    )
+    later = _expiring_archive(tmp_path, ca, "d8")
+    refused = asyncio.run(Provisioner(config, store).run_archive(again, later))
     assert (str(refused.status), refused.reason) == ("FAILED", "CLAIM_EXPIRED")
     store.close()
