@@ -45,7 +45,6 @@ from agent.registry import fieldcheck as fc
 from agent.registry.bulk import BulkTasks, TaskBusyError
 from agent.registry.register import Registry
 from agent.registry.storage import SqliteRegistryStorage
-from agent.registry.template.model import TEMPLATE_BODY_MAX
 from agent.registry.templates_store import TemplateStore
 from agent.registry.wiring import bulk_tasks, open_registry_store, template_store
 from agent.store import Store
@@ -128,12 +127,12 @@ def _max_results(query: Mapping[str, str]) -> int | None:
 def check_register_request(body: Any) -> tuple[str, Any]:
     """The shape of a RegisterThing request: ``templateBody`` (a string), ``parameters``.
 
-    The parameter map itself is checked by :meth:`Registry.register_thing`, the one place
-    that owns its rules.
+    The template (its size too) and the parameter map are checked by
+    :meth:`Registry.register_thing`, the one place that owns their rules.
 
     Raises:
         InvalidRequestError: not an object, an unknown field, ``templateBody`` missing or not
-            a string of at most 10,240 characters.
+            a string.
     """
     if not isinstance(body, Mapping):
         raise InvalidRequestError(
@@ -141,9 +140,7 @@ def check_register_request(body: Any) -> tuple[str, Any]:
         )
     problems: list[fc.Problem] = []
     fc.check_unknown(body, ("templateBody", "parameters"), problems)
-    template_body = fc.check_string(
-        body, "templateBody", problems, required=True, max_len=TEMPLATE_BODY_MAX
-    )
+    template_body = fc.check_string(body, "templateBody", problems, required=True)
     fc.raise_problems(problems, "RegisterThing")
     assert template_body is not None  # noqa: S101 - raise_problems raised otherwise
     return template_body, body.get("parameters")

@@ -339,7 +339,7 @@ BAD_REGISTER_REQUESTS: list[tuple[str, Any, str]] = [
     ("unknown field", {**register_body(), "templateName": "x"}, "FIELD_UNKNOWN"),
     ("templateBody missing", {"parameters": {}}, "FIELD_REQUIRED"),
     ("templateBody an object", {**register_body(), "templateBody": {}}, "FIELD_TYPE_INVALID"),
-    ("templateBody too long", {"templateBody": " " * 10241}, "FIELD_TOO_LONG"),
+    ("templateBody too long", {"templateBody": " " * 10241}, "TEMPLATE_TOO_LARGE"),
     ("parameters a list", {**register_body(), "parameters": ["a"]}, "PARAMETER_INVALID"),
     (
         "a parameter not a string",
