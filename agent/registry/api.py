@@ -18,8 +18,8 @@ Every handler runs on the objects ``edge-agent template|bulk|register-thing`` us
 (:mod:`agent.registry.wiring`): the template store, the registry and the bulk tasks do all
 the checking, and their errors reach the caller in the shared error shape with their seed
 status codes. Nothing blocking runs on the event loop. Requests run one at a time on the
-API's request thread, on one connection to the registry's database (rebuilt when a reload
-changed ``[registry]``). A started task runs on the bulk thread, with its own connection,
+API's request thread, on one connection to the registry's database (reopened after a
+configuration reload, which also re-reads the CA). A started task runs on the bulk thread, with its own connection,
 one task after the other; ``GET /thing-registration-tasks/{id}`` shows its progress as
 ``edge-agent bulk describe`` does. On shutdown a running task stops after its current batch
 (committed) and stays ``InProgress``; the next start resumes every unfinished task.
@@ -81,11 +81,14 @@ class _Session:
             raise
 
     def registry(self) -> Registry:
-        """The registry (its device issuer loaded on first use, as the CLI does)."""
-        if self._registry is None:
-            storage = SqliteRegistryStorage(self.store)
-            self._registry = Registry.from_config(self.config.registry, storage=storage)
-        return self._registry
+        """The registry, its device issuer loaded on first use (kept once there is one)."""
+        if self._registry is not None:
+            return self._registry
+        storage = SqliteRegistryStorage(self.store)
+        registry = Registry.from_config(self.config.registry, storage=storage)
+        if registry.ca is not None:  # a CA made after the start is found at the next call
+            self._registry = registry
+        return registry
 
     def close(self) -> None:
         self.store.close()
@@ -211,8 +214,8 @@ class RegistryApi:
 
     def _current(self) -> _Session:
         config = self._config()
-        if self._session is not None and self._session.config.registry != config.registry:
-            _log.info("registry API: [registry] changed; reopening the registry")
+        if self._session is not None and self._session.config is not config:
+            _log.info("registry API: the configuration was reloaded; reopening the registry")
             self._close_session()
         if self._session is None:
             self._session = _Session.open(config)

@@ -662,3 +662,22 @@ def test_no_database_work_runs_on_the_event_loop(
     assert threads
     assert loop_thread not in threads
     assert {name.split("_")[0] for name in threads} == {"registry-api", "registry-bulk"}
+
+
+def test_a_ca_made_after_the_start_is_used_without_a_restart(tmp_path: Path) -> None:
+    ca_dir = tmp_path / "later-ca"
+    host = Host(make_config(tmp_path, ca_dir))
+
+    async def scenario(client: Client) -> None:
+        assert_error(
+            await client.call("POST", "/things", register_body()),
+            400,
+            "ValidationException",
+            "CA_MISSING",
+        )
+        assert contents(host.database)["registry_things"] == 0
+        init_ca(ca_dir)
+        status, body = await client.call("POST", "/things", register_body())
+        assert status == 200, body
+
+    run(host, scenario)
