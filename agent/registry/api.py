@@ -19,9 +19,9 @@ Every handler runs on the objects ``edge-agent template|bulk|register-thing`` us
 the checking, and their errors reach the caller in the shared error shape with their seed
 status codes. Nothing blocking runs on the event loop. Requests run one at a time on the
 API's request thread, on one connection to the registry's database (reopened after a
-configuration reload, which also re-reads the CA). A started task runs on the bulk thread, with its own connection,
-one task after the other; ``GET /thing-registration-tasks/{id}`` shows its progress as
-``edge-agent bulk describe`` does. On shutdown a running task stops after its current batch
+configuration reload, which also re-reads the CA). A started task runs on the bulk thread,
+with its own connection, one task after the other; ``GET /thing-registration-tasks/{id}``
+shows its progress as ``edge-agent bulk describe`` does. On shutdown a running task stops after its current batch
 (committed) and stays ``InProgress``; the next start resumes every unfinished task.
 """
 
