@@ -21,8 +21,9 @@ status codes. Nothing blocking runs on the event loop. Requests run one at a tim
 API's request thread, on one connection to the registry's database (reopened after a
 configuration reload, which also re-reads the CA). A started task runs on the bulk thread,
 with its own connection, one task after the other; ``GET /thing-registration-tasks/{id}``
-shows its progress as ``edge-agent bulk describe`` does. On shutdown a running task stops after its current batch
-(committed) and stays ``InProgress``; the next start resumes every unfinished task.
+shows its progress as ``edge-agent bulk describe`` does. On shutdown a running task stops
+after its current batch (committed) and stays ``InProgress``; the next start resumes every
+unfinished task.
 """
 
 from __future__ import annotations
