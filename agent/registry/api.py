@@ -237,6 +237,7 @@ class RegistryApi:
     # --- templates -----------------------------------------------------------------------
 
     async def _create_template(self, request: web.Request) -> web.Response:
+        _query(request, ())
         body = await read_json(request)
         return json_response(await self._call(lambda s: s.templates.create(body)))
 
@@ -256,6 +257,7 @@ class RegistryApi:
     # --- RegisterThing -------------------------------------------------------------------
 
     async def _register_thing(self, request: web.Request) -> web.Response:
+        _query(request, ())
         template_body, parameters = check_register_request(await read_json(request))
 
         def register(session: _Session) -> dict[str, Any]:
@@ -266,6 +268,7 @@ class RegistryApi:
     # --- bulk tasks ----------------------------------------------------------------------
 
     async def _start_task(self, request: web.Request) -> web.Response:
+        _query(request, ())
         body = await read_json(request)
         started = await self._call(lambda s: s.tasks.start(body))
         self._schedule(started["taskId"])

@@ -293,6 +293,18 @@ def test_template_conflicts_and_unknown_names(host: Host) -> None:
                 "InvalidRequestException",
                 reason,
             )
+        for path in (
+            "/provisioning-templates?x=1",
+            "/things?dryRun=1",
+            "/thing-registration-tasks?x",
+        ):
+            assert_error(
+                await client.call("POST", path, {}),
+                400,
+                "InvalidRequestException",
+                "FIELD_UNKNOWN",
+            )
+        assert contents(host.database) == before
         assert_error(
             await client.call("DELETE", "/provisioning-templates/edge-fleet"),
             405,
