@@ -693,3 +693,18 @@ def test_a_ca_made_after_the_start_is_used_without_a_restart(tmp_path: Path) -> 
         assert status == 200, body
 
     run(host, scenario)
+
+
+def test_a_body_over_the_limit_is_refused(host: Host) -> None:
+    async def scenario(client: Client) -> None:
+        huge = {"templateBody": "x" * (300 * 1024)}
+        for path in ("/things", "/provisioning-templates", "/thing-registration-tasks"):
+            assert_error(
+                await client.call("POST", path, huge),
+                413,
+                "ValidationException",
+                "REQUEST_TOO_LARGE",
+            )
+
+    run(host, scenario)
+    assert set(contents(host.database).values()) == {0}
