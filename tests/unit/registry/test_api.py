@@ -1,28 +1,20 @@
-"""The registry routes of the local API, served by LocalApi on a Unix socket in-process.
+"""The registry routes of the local API (templates, RegisterThing), served in-process.
 
-Each route's success body and status, and every kind of bad input answered in the seed
-error shape with its status code and nothing written to the registry's database.
+LocalApi serves the routes on a Unix socket; each route's success body and status, and every
+kind of bad input answered in the seed error shape with its status code and nothing written
+to the registry's database. Bulk tasks: test_api_bulk.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import json
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from agent.api import LocalApi
-from agent.config import AgentConfig, parse_config
-from agent.registry.api import RegistryApi
 from agent.registry.ca import init_ca
 from agent.registry.demo import EXAMPLE_TEMPLATE
 from agent.registry.storage import SqliteRegistryStorage
@@ -31,13 +23,17 @@ from tests.helpers.registry import make_csr, tampered_csr, weak_rsa_csr
 from tests.helpers.registry_api import (
     CSR_TEMPLATE,
     ROLE,
+    Client,
+    Host,
+    assert_error,
     contents,
+    make_config,
+    run,
     start_request,
     template_request,
+    wait_finished,
     write_input,
 )
-
-_NO_BODY = object()
 
 
 @pytest.fixture(scope="module")
@@ -47,113 +43,9 @@ def ca_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def make_config(root: Path, ca_dir: Path, database: str = "registry.db") -> AgentConfig:
-    (root / "bulk-root" / "factory").mkdir(parents=True, exist_ok=True)
-    return parse_config(
-        f"""
-[agent]
-state_dir = "{root / "state"}"
-runtime_dir = "{root / "run"}"
-[api]
-socket = "{root / "run" / "api.sock"}"
-registry = true
-[registry]
-database = "{root / "state" / database}"
-ca_dir = "{ca_dir}"
-bulk_root = "{root / "bulk-root"}"
-region = "eu-west-1"
-account = "111122223333"
-"""
-    )
-
-
-@dataclass
-class Host:
-    """One registry host's configuration (replaceable, as a reload does)."""
-
-    config: AgentConfig
-
-    @property
-    def database(self) -> Path:
-        return self.config.registry.database
-
-    @property
-    def bulk_root(self) -> Path:
-        return self.config.registry.bulk_root
-
-
 @pytest.fixture
 def host(tmp_path: Path, ca_dir: Path) -> Host:
     return Host(make_config(tmp_path, ca_dir))
-
-
-class Client:
-    """Requests to the local API's socket; answers are (status, JSON body)."""
-
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self._session = session
-
-    async def call(
-        self, method: str, path: str, body: Any = _NO_BODY, *, raw: bytes | None = None
-    ) -> tuple[int, Any]:
-        data = raw if raw is not None else None
-        if body is not _NO_BODY:
-            data = json.dumps(body).encode()
-        async with self._session.request(
-            method,
-            f"http://localhost{path}",
-            data=data,
-            headers={"Content-Type": "application/json"},
-        ) as response:
-            assert response.content_type == "application/json"
-            return response.status, await response.json()
-
-
-@contextlib.asynccontextmanager
-async def serving(host: Host) -> AsyncIterator[tuple[Client, RegistryApi]]:
-    socket_path = host.config.api.socket_path(host.config.agent)
-    local = LocalApi(socket_path)
-    registry = RegistryApi(lambda: host.config)
-    local.add_routes(registry.routes())
-    await local.start()
-    try:
-        await registry.start()
-        connector = aiohttp.UnixConnector(path=str(socket_path))
-        async with aiohttp.ClientSession(connector=connector) as session:
-            yield Client(session), registry
-    finally:
-        await local.stop()
-        await registry.close()
-
-
-def run(host: Host, scenario: Callable[[Client], Awaitable[None]]) -> None:
-    async def main() -> None:
-        async with serving(host) as (client, _registry):
-            await scenario(client)
-
-    asyncio.run(main())
-
-
-def assert_error(answer: tuple[int, Any], status: int, code: str, reason: str) -> dict[str, Any]:
-    got_status, body = answer
-    assert got_status == status, body
-    error: dict[str, Any] = body["error"]
-    assert set(error) <= {"code", "statusCode", "reason", "message", "fields"}
-    assert (error["code"], error["statusCode"], error["reason"]) == (code, status, reason), error
-    assert error["message"]
-    return error
-
-
-async def wait_finished(client: Client, task_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 120
-    while True:
-        status, body = await client.call("GET", f"/thing-registration-tasks/{task_id}")
-        assert status == 200, body
-        if body["status"] not in {"InProgress", "Cancelling"}:
-            described: dict[str, Any] = body
-            return described
-        assert time.monotonic() < deadline, body
-        await asyncio.sleep(0.05)
 
 
 # --- provisioning templates -------------------------------------------------------------
@@ -424,203 +316,6 @@ def test_register_thing_not_json_and_conflicts(host: Host) -> None:
             "RESOURCE_CONFLICT",
         )
         assert contents(host.database) == before
-
-    run(host, scenario)
-
-
-# --- bulk registration ---------------------------------------------------------------------
-
-
-def test_bulk_task_runs_in_the_background(host: Host) -> None:
-    key = write_input(host.bulk_root, 20000)
-
-    async def scenario(client: Client) -> None:
-        status, started = await client.call("POST", "/thing-registration-tasks", start_request(key))
-        assert status == 200
-        assert set(started) == {"taskId"}
-        task_id = started["taskId"]
-        assert 1 <= len(task_id) <= 40
-        # the answer came before the task ended, and the loop answers while it runs
-        status, first = await client.call("GET", f"/thing-registration-tasks/{task_id}")
-        assert status == 200
-        assert first["status"] == "InProgress"
-        assert first["successCount"] < 20000
-        finished = await wait_finished(client, task_id)
-        assert finished["status"] == "Completed"
-        assert (finished["successCount"], finished["failureCount"]) == (20000, 0)
-        assert finished["percentageProgress"] == 100
-        assert finished["inputFileKey"] == key
-        status, listed = await client.call("GET", "/thing-registration-tasks?status=Completed")
-        assert (status, listed) == (200, {"taskIds": [task_id]})
-        status, reports = await client.call(
-            "GET", f"/thing-registration-tasks/{task_id}/reports?reportType=RESULTS"
-        )
-        assert status == 200
-        assert reports["reportType"] == "RESULTS"
-        (link,) = reports["resourceLinks"]
-        assert link.startswith("file:///")
-        assert_error(
-            await client.call("PUT", f"/thing-registration-tasks/{task_id}/cancel"),
-            400,
-            "InvalidRequestException",
-            "TASK_ALREADY_FINISHED",
-        )
-
-    run(host, scenario)
-    assert contents(host.database)["registry_things"] == 20000
-
-
-def test_bulk_lines_that_fail_are_reported(host: Host) -> None:
-    directory = host.bulk_root / "factory"
-    (directory / "mixed.jsonl").write_text(
-        '{"SerialNumber": "1"}\nnot json\n{"Serial": "2"}\n{"SerialNumber": "3"}\n',
-        encoding="utf-8",
-    )
-
-    async def scenario(client: Client) -> None:
-        status, started = await client.call(
-            "POST", "/thing-registration-tasks", start_request("mixed.jsonl")
-        )
-        assert status == 200
-        finished = await wait_finished(client, started["taskId"])
-        assert (finished["status"], finished["successCount"], finished["failureCount"]) == (
-            "Completed",
-            2,
-            2,
-        )
-
-    run(host, scenario)
-
-
-BAD_START_REQUESTS: list[tuple[str, Any, str]] = [
-    ("array", [start_request("devices-3.jsonl")], "FIELD_TYPE_INVALID"),
-    ("unknown field", {**start_request("devices-3.jsonl"), "x": 1}, "FIELD_UNKNOWN"),
-    (
-        "bucket too short",
-        {**start_request("devices-3.jsonl"), "inputFileBucket": "f"},
-        "FIELD_TOO_SHORT",
-    ),
-    (
-        "key not a string",
-        {**start_request("devices-3.jsonl"), "inputFileKey": 3},
-        "FIELD_TYPE_INVALID",
-    ),
-    ("role missing", {**start_request("devices-3.jsonl"), "roleArn": None}, "FIELD_REQUIRED"),
-    ("input file missing", start_request("absent.jsonl"), "INPUT_FILE_NOT_FOUND"),
-    ("input outside the root", start_request("../../etc/passwd"), "INPUT_PATH_ESCAPES_ROOT"),
-    (
-        "template invalid",
-        {**start_request("devices-3.jsonl"), "templateBody": '{"Resources": 1}'},
-        "TEMPLATE_INVALID",
-    ),
-]
-
-
-@pytest.mark.parametrize(
-    ("request_body", "reason"),
-    [(body, reason) for _, body, reason in BAD_START_REQUESTS],
-    ids=[name for name, _, _ in BAD_START_REQUESTS],
-)
-def test_bad_start_requests_are_refused_and_write_nothing(
-    host: Host, request_body: Any, reason: str
-) -> None:
-    write_input(host.bulk_root, 3)
-
-    async def scenario(client: Client) -> None:
-        before = contents(host.database)
-        assert_error(
-            await client.call("POST", "/thing-registration-tasks", request_body),
-            400,
-            "InvalidRequestException",
-            reason,
-        )
-        assert contents(host.database) == before
-
-    run(host, scenario)
-    counts = contents(host.database)
-    assert counts["bulk_tasks"] == counts["report_dirs"] == counts["registry_things"] == 0
-
-
-def test_unknown_and_malformed_task_ids(host: Host) -> None:
-    async def scenario(client: Client) -> None:
-        assert_error(
-            await client.call("POST", "/thing-registration-tasks", raw=b"nope"),
-            400,
-            "InvalidRequestException",
-            "REQUEST_NOT_JSON",
-        )
-        for method, suffix in (
-            ("GET", ""),
-            ("PUT", "/cancel"),
-            ("GET", "/reports?reportType=ERRORS"),
-        ):
-            assert_error(
-                await client.call(method, f"/thing-registration-tasks/{'0' * 32}{suffix}"),
-                404,
-                "ResourceNotFoundException",
-                "TASK_NOT_FOUND",
-            )
-        assert_error(
-            await client.call("GET", "/thing-registration-tasks/" + "a" * 41),
-            400,
-            "InvalidRequestException",
-            "FIELD_PATTERN_MISMATCH",
-        )
-        assert_error(
-            await client.call("GET", "/thing-registration-tasks?status=Sleeping"),
-            400,
-            "InvalidRequestException",
-            "FIELD_VALUE_NOT_ALLOWED",
-        )
-        assert_error(
-            await client.call("GET", f"/thing-registration-tasks/{'0' * 32}/reports"),
-            400,
-            "InvalidRequestException",
-            "FIELD_VALUE_NOT_ALLOWED",
-        )
-
-    run(host, scenario)
-    assert contents(host.database)["bulk_tasks"] == 0
-
-
-def test_a_stopped_service_pauses_the_task_and_the_next_start_resumes_it(host: Host) -> None:
-    key = write_input(host.bulk_root, 5000)
-
-    async def first() -> str:
-        async with serving(host) as (client, registry):
-            status, started = await client.call(
-                "POST", "/thing-registration-tasks", start_request(key)
-            )
-            assert status == 200
-            await registry.close()  # the service stops: the task ends its current batch
-        return str(started["taskId"])
-
-    task_id = asyncio.run(first())
-    counts = contents(host.database)
-    assert counts["bulk_tasks"] == 1
-    assert counts["registry_things"] < 5000
-
-    async def second() -> None:
-        async with serving(host) as (client, _registry):
-            finished = await wait_finished(client, task_id)
-            assert (finished["status"], finished["successCount"]) == ("Completed", 5000)
-
-    asyncio.run(second())
-    assert contents(host.database)["registry_things"] == 5000
-
-
-def test_cancel_a_running_task(host: Host) -> None:
-    key = write_input(host.bulk_root, 20000)
-
-    async def scenario(client: Client) -> None:
-        _, started = await client.call("POST", "/thing-registration-tasks", start_request(key))
-        task_id = started["taskId"]
-        status, cancelling = await client.call("PUT", f"/thing-registration-tasks/{task_id}/cancel")
-        assert status == 200
-        assert cancelling["status"] in {"Cancelling", "Cancelled"}
-        finished = await wait_finished(client, task_id)
-        assert finished["status"] == "Cancelled"
-        assert finished["successCount"] < 20000
 
     run(host, scenario)
 
