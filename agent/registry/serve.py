@@ -26,11 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiomqtt
-
 from agent.config import RegistrySection
 from agent.errors import ConfigError
 from agent.fsutil import atomic_write
+from agent.registry.broker_link import BrokerLinkError
 from agent.registry.endpoint_trust import load_endpoint_trust
 from agent.registry.fleet import FleetProvisioning
 from agent.registry.service import BrokerAddress, RegistryWorker, fleet_factory
@@ -41,6 +40,22 @@ PLUGIN_NAME = "edge_registry_plugin.so"
 PLUGIN_ENV = "EDGE_AGENT_REGISTRY_PLUGIN"
 PLUGIN_MAX_PAYLOAD = 131072  # AWS IoT's MQTT payload limit
 READY_TIMEOUT = 10.0
+#: OpenSSL settings of the private mosquitto: TLS 1.2 or newer and no session tickets. A
+#: device provisions once and never resumes a session, so the tickets OpenSSL would issue
+#: after every handshake (two per TLS 1.3 connection, each a serialised and encrypted copy
+#: of the session with the client's certificate) are work for nothing; full handshakes only.
+OPENSSL_CONF = """\
+openssl_conf = edge_registry_init
+[edge_registry_init]
+ssl_conf = edge_registry_ssl
+[edge_registry_ssl]
+system_default = edge_registry_tls
+[edge_registry_tls]
+MinProtocol = TLSv1.2
+CipherString = DEFAULT:@SECLEVEL=2
+NumTickets = 0
+Options = -SessionTicket
+"""
 
 
 def plugin_path() -> Path:
@@ -88,6 +103,7 @@ class BrokerFiles:
     socket: Path
     password: str
     log: Path
+    openssl_conf: Path
 
 
 def write_broker_files(
@@ -141,7 +157,9 @@ def write_broker_files(
         lines.insert(1, "user root")  # the files are root's and 0600
     config = directory / "mosquitto.conf"
     atomic_write(config, ("\n".join(lines) + "\n").encode("utf-8"), 0o600)
-    return BrokerFiles(directory, config, sock, password, log)
+    openssl_conf = directory / "openssl.cnf"
+    atomic_write(openssl_conf, OPENSSL_CONF.encode("ascii"), 0o600)
+    return BrokerFiles(directory, config, sock, password, log, openssl_conf)
 
 
 def _log_tail(path: Path, lines: int = 5) -> str:
@@ -184,7 +202,7 @@ async def _run_worker(worker: RegistryWorker, stop: asyncio.Event, *, retry: boo
     while not stop.is_set():
         try:
             await worker.run()
-        except aiomqtt.MqttError as exc:
+        except BrokerLinkError as exc:
             if not retry:
                 raise
             _log.warning("registry worker lost the broker (%s); reconnecting", exc)
@@ -250,6 +268,7 @@ async def _run_local(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
+        env={**os.environ, "OPENSSL_CONF": str(files.openssl_conf)},
     )
     try:
         return await _supervise(broker, files, factory, host=host, port=port, threads=threads)

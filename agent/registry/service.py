@@ -1,33 +1,33 @@
 """The registry worker of the fleet-provisioning endpoint.
 
-An MQTT 5 client (aiomqtt) of the broker that loads ``edge_registry_plugin``. It takes the
-plugin's internal request topic through a shared subscription
-(``$share/registry/edge-registry/request``), so several workers share the load, answers each
-request through :class:`~agent.registry.fleet.FleetProvisioning` and publishes the answer
-on the internal reply topic with the connection id the plugin gave; the plugin delivers it to
-that one connection. Requests are answered in a small thread pool, each thread with its own
-database connection, so a slow pre-provisioning hook does not hold up other devices.
+An MQTT 5 client (:mod:`agent.registry.broker_link`) of the broker that loads
+``edge_registry_plugin``. It takes the plugin's internal request topic through a shared
+subscription (``$share/registry/edge-registry/request``), so several workers share the load,
+answers each request through :class:`~agent.registry.fleet.FleetProvisioning` and publishes
+the answer on the internal reply topic with the connection id the plugin gave; the plugin
+delivers it to that one connection. Requests are answered in a small thread pool, each
+thread with its own database connection, so a slow pre-provisioning hook does not hold up
+other devices.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
 import logging
 import secrets
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from agent.config import RegistrySection
 from agent.errors import ConfigError
+from agent.registry.broker_link import BrokerLink, LinkTarget, open_link
 from agent.registry.endpoint_trust import load_endpoint_trust
 from agent.registry.fleet import (
     FleetProvisioning,
@@ -95,19 +95,21 @@ class BrokerAddress:
         )
 
 
-def request_from(message: aiomqtt.Message) -> tuple[str, FleetRequest] | None:
-    """The connection id and request carried by a forwarded message (None if incomplete)."""
-    props = message.properties
-    pairs = dict(getattr(props, "UserProperty", []) or []) if props is not None else {}
-    conn = pairs.get(PROP_CONN)
-    topic = pairs.get(PROP_TOPIC)
-    claim = pairs.get(PROP_CLAIM_SHA256)
-    pem = pairs.get(PROP_CLAIM_PEM)
+def request_from(pairs: list[tuple[str, str]], payload: bytes) -> tuple[str, FleetRequest] | None:
+    """The connection id and request carried by a forwarded message (None if incomplete).
+
+    Args:
+        pairs: the message's MQTT 5 user properties, set by the plugin.
+        payload: the device's payload.
+    """
+    props = dict(pairs)
+    conn = props.get(PROP_CONN)
+    topic = props.get(PROP_TOPIC)
+    claim = props.get(PROP_CLAIM_SHA256)
+    pem = props.get(PROP_CLAIM_PEM)
     if not (conn and topic and claim and pem):
         return None
-    payload = message.payload
-    data = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
-    return conn, FleetRequest(topic, bytes(data), claim, pem, pairs.get(PROP_CLIENT_ID, ""))
+    return conn, FleetRequest(topic, payload, claim, pem, props.get(PROP_CLIENT_ID, ""))
 
 
 class _Handlers:
@@ -190,6 +192,11 @@ def fleet_factory(section: RegistrySection) -> Callable[[], FleetProvisioning]:
 class RegistryWorker:
     """Serves fleet-provisioning requests from one broker until stopped.
 
+    Requests are parsed in the event loop as they arrive and answered in the thread pool;
+    the answers of a burst go back to the loop with one wake-up and out to the broker in one
+    socket write. At most ``threads * 4`` requests are in hand at once: beyond that the
+    worker stops reading from the broker until answers have gone out.
+
     Args:
         address: the broker.
         password: the registry identity's password (the plugin's ``registry_password_file``).
@@ -213,69 +220,93 @@ class RegistryWorker:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="fleet"
         )
-        self._limit = asyncio.Semaphore(threads * 4)
+        self._limit = threads * 4
+        self._in_hand = 0
         self._ca_file = ca_file
+        self._done: collections.deque[tuple[BrokerLink, str, FleetReply | None]] = (
+            collections.deque()
+        )
+        self._wake_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._link: BrokerLink | None = None
         self.subscribed = asyncio.Event()
 
-    def _client(self) -> aiomqtt.Client:
-        tls = None
+    def _target(self) -> LinkTarget:
+        context = None
         if self.address.tls:
-            tls = aiomqtt.TLSParameters(ca_certs=str(self._ca_file) if self._ca_file else None)
-        return aiomqtt.Client(
-            hostname=self.address.host,
-            port=self.address.port or 1883,  # paho wants a port even for a Unix socket
-            transport=self.address.transport,  # type: ignore[arg-type]
+            context = ssl.create_default_context(
+                cafile=str(self._ca_file) if self._ca_file else None
+            )
+        return LinkTarget(
+            host=self.address.host,
+            port=self.address.port,
+            unix=self.address.transport == "unix",
+            ssl_context=context,
             username=self.address.username,
             password=self._password,
-            identifier=f"edge-registry-{secrets.token_hex(8)}",
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=True,
-            tls_params=tls,
+            client_id=f"edge-registry-{secrets.token_hex(8)}",
             keepalive=30,
-            max_queued_incoming_messages=0,
         )
 
     async def run(self) -> None:
         """Connect, subscribe and answer requests until cancelled or the broker goes away.
 
         Raises:
-            aiomqtt.MqttError: the connection failed or was lost.
+            BrokerLinkError: the connection failed or was lost.
         """
-        loop = asyncio.get_running_loop()
-        tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+        link = await open_link(self._target(), self._on_message)
+        self._link = link
         try:
-            async with self._client() as client:
-                # QoS 0 on the local socket: a request in flight to a worker that dies is lost
-                # either way (its session is not kept); the device's retry reaches another.
-                await client.subscribe(SHARED_REQUEST, qos=0)
-                self.subscribed.set()
-                _log.info("registry worker subscribed to %s", SHARED_REQUEST)
-                async for message in client.messages:
-                    forwarded = request_from(message)
-                    if forwarded is None:
-                        _log.warning("ignored a request without the plugin's properties")
-                        continue
-                    await self._limit.acquire()
-                    task = loop.create_task(self._answer(client, *forwarded))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+            # QoS 0 on the local socket: a request in flight to a worker that dies is lost
+            # either way (its session is not kept); the device's retry reaches another.
+            await link.subscribe(SHARED_REQUEST)
+            self.subscribed.set()
+            _log.info("registry worker subscribed to %s", SHARED_REQUEST)
+            await link.closed
         finally:
             self.subscribed.clear()
-            for task in tasks:
-                task.cancel()
+            self._link = None
+            link.close()
 
-    async def _answer(self, client: aiomqtt.Client, conn: str, request: FleetRequest) -> None:
+    def _on_message(self, _topic: str, payload: bytes, pairs: list[tuple[str, str]]) -> None:
+        forwarded = request_from(pairs, payload)
+        if forwarded is None:
+            _log.warning("ignored a request without the plugin's properties")
+            return
+        link = self._link
+        if link is None:
+            return
+        self._in_hand += 1
+        if self._in_hand >= self._limit:
+            link.pause_reading()
+        self._pool.submit(self._answer, link, *forwarded)
+
+    def _answer(self, link: BrokerLink, conn: str, request: FleetRequest) -> None:
+        """In a pool thread: answer, then hand the reply to the loop (one wake-up a burst)."""
+        reply: FleetReply | None = None
         try:
-            loop = asyncio.get_running_loop()
-            reply = await loop.run_in_executor(self._pool, self._handlers.handle, request)
-            if reply is None:
-                return
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.UserProperty = [(PROP_CONN, conn), (PROP_TOPIC, reply.topic)]
-            with contextlib.suppress(aiomqtt.MqttError):
-                await client.publish(REPLY_TOPIC, reply.payload, qos=0, properties=props)
+            reply = self._handlers.handle(request)
         finally:
-            self._limit.release()
+            self._done.append((link, conn, reply))
+            if not self._wake_scheduled:
+                self._wake_scheduled = True
+                assert self._loop is not None  # noqa: S101 - set before the first request
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to answer
+                    self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        self._wake_scheduled = False  # before draining: a reply queued after this wakes again
+        done = self._done
+        while done:
+            link, conn, reply = done.popleft()
+            self._in_hand -= 1
+            if reply is not None:
+                link.publish(
+                    REPLY_TOPIC, reply.payload, [(PROP_CONN, conn), (PROP_TOPIC, reply.topic)]
+                )
+        if self._link is not None and self._in_hand < self._limit:
+            self._link.resume_reading()
 
     def close(self) -> None:
         """Stop the pool and close the database connections."""
