@@ -5,11 +5,14 @@ is answered (``synchronous=FULL``, one fsync per commit). :class:`GroupCommitter
 writes of a worker's request threads on one connection in one thread: it takes every write
 waiting, runs each inside its own savepoint (a failing write undoes only itself and gets its
 own error), commits once, and then wakes the callers. One device alone pays one commit as
-before; eight at once share it. Within a worker no two writers ever wait on SQLite's lock.
+before; eight at once share it. A caller either blocks (:meth:`GroupCommitter.run`) or is
+called back (:meth:`GroupCommitter.submit`), so an event loop can keep many writes queued.
+Within a worker no two writers ever wait on SQLite's lock.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -20,13 +23,19 @@ from typing import Any, Generic, TypeVar
 from agent.registry.storage import SqliteRegistryStorage, SqliteRegistryTransaction
 from agent.store import Store
 
+_log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BATCH = 64
+
+
+#: Called in the committer's thread once a submitted write is durable (or failed).
+OnDone = Callable[[Any, BaseException | None], None]
 
 
 @dataclass
 class _Job(Generic[T]):
     fn: Callable[[SqliteRegistryTransaction], T]
+    on_done: OnDone | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: T | None = None
     error: BaseException | None = None
@@ -54,6 +63,14 @@ class GroupCommitter:
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
+
+    def submit(self, fn: Callable[[SqliteRegistryTransaction], Any], on_done: OnDone) -> None:
+        """Queue ``fn`` without waiting for it.
+
+        ``on_done(result, None)`` is called once it is committed, or ``on_done(None, error)``
+        (nothing of it written), in the committer's thread.
+        """
+        self._queue.put(_Job(fn, on_done))
 
     def _loop(self) -> None:
         while True:
@@ -88,6 +105,11 @@ class GroupCommitter:
             for job in jobs:
                 job.error = job.error or exc
         for job in jobs:
+            if job.on_done is not None:
+                try:
+                    job.on_done(job.result, job.error)
+                except Exception:  # noqa: BLE001 - the other callers must still be told
+                    _log.exception("a group-commit callback failed")
             job.done.set()
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ import logging
 import secrets
 import ssl
 import threading
+import typing
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -30,12 +31,12 @@ from agent.errors import ConfigError
 from agent.registry.broker_link import BrokerLink, LinkTarget, open_link
 from agent.registry.endpoint_trust import load_endpoint_trust
 from agent.registry.fleet import (
+    ClaimCertificates,
     FleetProvisioning,
     FleetReply,
     FleetRequest,
-    Format,
-    RejectedError,
-    encode,
+    Steps,
+    internal_failure,
 )
 from agent.registry.group_commit import GroupCommitter
 from agent.registry.register import Registry
@@ -46,6 +47,7 @@ from agent.registry.templates_store import TemplateStore
 from agent.store import Store
 
 _log = logging.getLogger(__name__)
+T = typing.TypeVar("T")
 
 REQUEST_TOPIC = "edge-registry/request"
 REPLY_TOPIC = "edge-registry/reply"
@@ -112,6 +114,16 @@ def request_from(pairs: list[tuple[str, str]], payload: bytes) -> tuple[str, Fle
     return conn, FleetRequest(topic, payload, claim, pem, props.get(PROP_CLIENT_ID, ""))
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Request:
+    """A request answered in the event loop, between its steps."""
+
+    link: BrokerLink
+    conn: str
+    request: FleetRequest
+    steps: Steps[FleetReply]
+
+
 class _Handlers:
     """One :class:`FleetProvisioning` (and database connection) per pool thread."""
 
@@ -132,10 +144,12 @@ class _Handlers:
             return handler.handle(request)
         except Exception:  # noqa: BLE001 - a device gets InternalFailure, the worker lives on
             _log.exception("fleet-provisioning request failed")
-            rejection = RejectedError(500, "InternalFailure", "the registry failed to process it")
-            fmt: Format = "cbor" if request.topic.endswith("cbor") else "json"
-            payload = encode(rejection.body(), fmt)
-            return FleetReply(request.topic + "/rejected", payload, accepted=False, body={})
+            return internal_failure(request)
+
+    def adopt(self, handler: FleetProvisioning) -> None:
+        """Close ``handler`` (made outside the pool) with the others."""
+        with self._lock:
+            self._all.append(handler)
 
     def close(self) -> None:
         with self._lock:
@@ -151,6 +165,7 @@ def fleet_factory(section: RegistrySection) -> Callable[[], FleetProvisioning]:
     """Builds the request handler of one worker thread from the ``[registry]`` section."""
     trust = load_endpoint_trust(section)
     ca = trust.signing_ca()
+    claims = ClaimCertificates(ca)
     policy = CsrPolicy.from_config(section)
     committer: list[GroupCommitter] = []
     lock = threading.Lock()
@@ -183,6 +198,7 @@ def fleet_factory(section: RegistrySection) -> Callable[[], FleetProvisioning]:
             csr_subject=section.csr_subject,
             max_request_bytes=section.max_request_bytes,
             committer=committer[0],
+            claims=claims,
         )
 
     build().storage.close()  # fail now (CA, database) rather than on the first device
@@ -192,10 +208,15 @@ def fleet_factory(section: RegistrySection) -> Callable[[], FleetProvisioning]:
 class RegistryWorker:
     """Serves fleet-provisioning requests from one broker until stopped.
 
-    Requests are parsed in the event loop as they arrive and answered in the thread pool;
-    the answers of a burst go back to the loop with one wake-up and out to the broker in one
-    socket write. At most ``threads * 4`` requests are in hand at once: beyond that the
-    worker stops reading from the broker until answers have gone out.
+    Requests are answered in the event loop as they arrive: everything but the durable
+    writes runs there, and each write goes to the group committer, which resumes the request
+    in the loop once it is durable (:meth:`FleetProvisioning.steps`), so the requests in hand
+    share commits and no thread hand-off happens per request. A request that may block on
+    more than the database (a template with a pre-provisioning hook) is answered in the
+    thread pool instead, so a slow hook holds up no other device. The answers and resumptions
+    of a burst come back to the loop with one wake-up, and the replies go out in one socket
+    write. At most ``threads * 4`` requests are in hand at once: beyond that the worker stops
+    reading from the broker until answers have gone out.
 
     Args:
         address: the broker.
@@ -223,9 +244,15 @@ class RegistryWorker:
         self._limit = threads * 4
         self._in_hand = 0
         self._ca_file = ca_file
-        self._done: collections.deque[tuple[BrokerLink, str, FleetReply | None]] = (
+        # Handed over by other threads: a write's outcome (committer) or a reply (pool).
+        self._resumed: collections.deque[tuple[_Request, object, BaseException | None]] = (
             collections.deque()
         )
+        self._answered: collections.deque[tuple[BrokerLink, str, FleetReply | None]] = (
+            collections.deque()
+        )
+        self._handler: FleetProvisioning | None = None
+        self._factory = factory
         self._wake_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._link: BrokerLink | None = None
@@ -277,38 +304,81 @@ class RegistryWorker:
         link = self._link
         if link is None:
             return
+        conn, request = forwarded
         self._in_hand += 1
         if self._in_hand >= self._limit:
             link.pause_reading()
-        self._pool.submit(self._answer, link, *forwarded)
+        if self._handler is None:
+            self._handler = self._factory()
+        handler = self._handler
+        try:
+            if handler.committer is None or handler.blocking(request):
+                self._pool.submit(self._answer, link, conn, request)
+                return
+            steps = handler.steps(request)
+        except Exception:  # noqa: BLE001 - a device gets InternalFailure, the worker lives on
+            _log.exception("fleet-provisioning request failed")
+            self._reply(link, conn, internal_failure(request))
+            return
+        if steps is None:
+            self._reply(link, conn, None)
+            return
+        self._advance(_Request(link, conn, request, steps), None, None)
+
+    def _advance(self, job: _Request, value: object, error: BaseException | None) -> None:
+        """In the loop: run the request's steps up to its next write, or to its reply."""
+        try:
+            write = job.steps.send(value) if error is None else job.steps.throw(error)
+        except StopIteration as stop:
+            self._reply(job.link, job.conn, stop.value)
+            return
+        except Exception:  # noqa: BLE001 - a device gets InternalFailure, the worker lives on
+            _log.exception("fleet-provisioning request failed")
+            self._reply(job.link, job.conn, internal_failure(job.request))
+            return
+        committer = self._handler.committer if self._handler is not None else None
+        assert committer is not None  # noqa: S101 - checked before the first step
+        committer.submit(
+            write, lambda result, exc: self._hand_over(self._resumed, (job, result, exc))
+        )
 
     def _answer(self, link: BrokerLink, conn: str, request: FleetRequest) -> None:
-        """In a pool thread: answer, then hand the reply to the loop (one wake-up a burst)."""
+        """In a pool thread: answer the whole request, blocking, then hand the reply over."""
         reply: FleetReply | None = None
         try:
             reply = self._handlers.handle(request)
         finally:
-            self._done.append((link, conn, reply))
-            if not self._wake_scheduled:
-                self._wake_scheduled = True
-                assert self._loop is not None  # noqa: S101 - set before the first request
-                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to answer
-                    self._loop.call_soon_threadsafe(self._deliver)
+            self._hand_over(self._answered, (link, conn, reply))
+
+    def _hand_over(self, queue: collections.deque[T], item: T) -> None:
+        """From a pool or the committer's thread: queue for the loop (one wake-up a burst)."""
+        queue.append(item)
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            assert self._loop is not None  # noqa: S101 - set before the first request
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to answer
+                self._loop.call_soon_threadsafe(self._deliver)
+
+    def _reply(self, link: BrokerLink, conn: str, reply: FleetReply | None) -> None:
+        self._in_hand -= 1
+        if reply is not None:
+            link.publish(REPLY_TOPIC, reply.payload, [(PROP_CONN, conn), (PROP_TOPIC, reply.topic)])
 
     def _deliver(self) -> None:
-        self._wake_scheduled = False  # before draining: a reply queued after this wakes again
-        done = self._done
-        while done:
-            link, conn, reply = done.popleft()
-            self._in_hand -= 1
-            if reply is not None:
-                link.publish(
-                    REPLY_TOPIC, reply.payload, [(PROP_CONN, conn), (PROP_TOPIC, reply.topic)]
-                )
+        self._wake_scheduled = False  # before draining: an item queued after this wakes again
+        resumed, answered = self._resumed, self._answered
+        while resumed or answered:
+            while resumed:
+                self._advance(*resumed.popleft())
+            while answered:
+                self._reply(*answered.popleft())
         if self._link is not None and self._in_hand < self._limit:
             self._link.resume_reading()
 
     def close(self) -> None:
         """Stop the pool and close the database connections."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._handler is not None:
+            self._handlers.adopt(self._handler)
+            self._handler = None
         self._handlers.close()
