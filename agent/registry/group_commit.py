@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -36,7 +36,7 @@ OnDone = Callable[[Any, BaseException | None], None]
 class _Job(Generic[T]):
     fn: Callable[[SqliteRegistryTransaction], T]
     on_done: OnDone | None = None
-    done: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event | None = None
     result: T | None = None
     error: BaseException | None = None
 
@@ -57,9 +57,10 @@ class GroupCommitter:
             BaseException: what ``fn`` raised (nothing of it was written), or the commit's
                 failure (nothing of the batch was written).
         """
-        job: _Job[T] = _Job(fn)
+        done = threading.Event()
+        job: _Job[T] = _Job(fn, done=done)
         self._queue.put(job)
-        job.done.wait()
+        done.wait()
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
@@ -110,7 +111,8 @@ class GroupCommitter:
                     job.on_done(job.result, job.error)
                 except Exception:  # noqa: BLE001 - the other callers must still be told
                     _log.exception("a group-commit callback failed")
-            job.done.set()
+            if job.done is not None:
+                job.done.set()
 
     def close(self) -> None:
         """Finish the queued writes and close the connection."""
