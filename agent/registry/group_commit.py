@@ -96,7 +96,9 @@ class GroupCommitter:
     def _commit(self, jobs: list[_Job[Any]]) -> None:
         try:
             with self._storage.transaction() as tx:
-                for job in jobs:
+                if len(jobs) == 1:  # alone: its failure rolls back the transaction, no savepoint
+                    jobs[0].result = jobs[0].fn(tx)
+                for job in jobs if len(jobs) > 1 else ():
                     try:
                         with tx.savepoint():
                             job.result = job.fn(tx)
