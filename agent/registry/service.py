@@ -308,10 +308,10 @@ class RegistryWorker:
         self._in_hand += 1
         if self._in_hand >= self._limit:
             link.pause_reading()
-        if self._handler is None:
-            self._handler = self._factory()
-        handler = self._handler
         try:
+            if self._handler is None:
+                self._handler = self._factory()
+            handler = self._handler
             if handler.committer is None or handler.blocking(request):
                 self._pool.submit(self._answer, link, conn, request)
                 return
