@@ -297,6 +297,7 @@ class FleetProvisioning:
         self.committer = committer
         self.claims = claims or ClaimCertificates(registry.ca)
         self._parsed: dict[str, Template] = {}
+        self._described: tuple[str, dict[str, Any]] | None = None
         fleet_store.migrate(storage.store)
 
     # --- entry point ---------------------------------------------------------------------
@@ -330,6 +331,7 @@ class FleetProvisioning:
         True for a RegisterThing of a template with a pre-provisioning hook: the hook is
         called, and its decision recorded, in the thread that advances the steps.
         """
+        self._described = None
         parsed = parse_topic(request.topic)
         if parsed is None or parsed[0] != "RegisterThing":
             return False
@@ -337,6 +339,8 @@ class FleetProvisioning:
             described = self.templates.describe(parsed[1])
         except AgentError:
             return False
+        # read once: the steps started next for this request take it (see _template)
+        self._described = (parsed[1], described)
         return bool(described.get("preProvisioningHook"))
 
     def _steps(
@@ -417,7 +421,9 @@ class FleetProvisioning:
             return cert_id, self._new_token(tx.db, request, cert_id)
 
         cert_id, token = yield from self._write(write)
-        pem = self._certificate_pem(cert_id)
+        # what was just written, unless another worker had answered a retry first
+        pem = issued.certificate_pem if cert_id == issued.certificate_id else None
+        pem = pem or self._certificate_pem(cert_id)
         return {
             "certificateOwnershipToken": token,
             "certificateId": cert_id,
@@ -490,8 +496,10 @@ class FleetProvisioning:
     # --- RegisterThing -------------------------------------------------------------------
 
     def _template(self, name: str) -> tuple[Template, str, PreProvisioningHook | None]:
+        memo, self._described = self._described, None
         try:
-            described = self.templates.describe(name)
+            described = memo[1] if memo is not None and memo[0] == name else None
+            described = described or self.templates.describe(name)
         except AgentError:
             raise RejectedError(
                 404, "ResourceNotFound", f"the provisioning template {name} does not exist"
