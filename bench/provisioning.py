@@ -54,6 +54,9 @@ from typing import Any
 from awscrt import mqtt
 from awsiot import iotidentity, mqtt_connection_builder
 
+# the endpoint and certificates come from the test helpers (run from the repository root)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from agent.registry.ca import generate_key, init_ca
 from agent.registry.register import Registry
 from agent.registry.storage import SqliteRegistryStorage
