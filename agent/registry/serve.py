@@ -45,7 +45,7 @@ GC_THRESHOLD = 20000
 #: OpenSSL settings of the private mosquitto: TLS 1.2 or newer and no session tickets. A
 #: device provisions once and never resumes a session, so the tickets OpenSSL would issue
 #: after every handshake (two per TLS 1.3 connection, each a serialised and encrypted copy
-#: of the session with the client's certificate) are work for nothing; full handshakes only.
+#: of the session with the client's certificate) are work for nothing.
 OPENSSL_CONF = """\
 openssl_conf = edge_registry_init
 [edge_registry_init]

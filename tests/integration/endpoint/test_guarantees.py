@@ -241,9 +241,7 @@ def test_a_claim_client_cannot_pose_as_the_registry(
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
-def test_full_handshakes_only_no_session_tickets(
-    endpoint: Endpoint, version: ssl.TLSVersion
-) -> None:
+def test_no_session_tickets_are_issued(endpoint: Endpoint, version: ssl.TLSVersion) -> None:
     claim = endpoint.pki.claim()
     context = ssl.create_default_context(cafile=str(endpoint.pki.ca_file))
     context.load_cert_chain(str(claim.cert), str(claim.key))

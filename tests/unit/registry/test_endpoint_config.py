@@ -64,7 +64,7 @@ def test_broker_files_are_private(tmp_path: Path) -> None:
     assert password == files.password
     assert len(password) >= 32
     assert password not in config
-    # mosquitto's OpenSSL: full handshakes only (no session tickets), TLS 1.2 or newer
+    # mosquitto's OpenSSL: no session tickets, TLS 1.2 or newer
     openssl_conf = files.openssl_conf.read_text().splitlines()
     for line in ("NumTickets = 0", "Options = -SessionTicket", "MinProtocol = TLSv1.2"):
         assert line in openssl_conf
