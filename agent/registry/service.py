@@ -5,9 +5,10 @@ An MQTT 5 client (:mod:`agent.registry.broker_link`) of the broker that loads
 subscription (``$share/registry/edge-registry/request``), so several workers share the load,
 answers each request through :class:`~agent.registry.fleet.FleetProvisioning` and publishes
 the answer on the internal reply topic with the connection id the plugin gave; the plugin
-delivers it to that one connection. Requests are answered in a small thread pool, each
-thread with its own database connection, so a slow pre-provisioning hook does not hold up
-other devices.
+delivers it to that one connection. Requests are answered in the worker's event loop, their
+durable writes shared through one group-commit thread; a RegisterThing whose template has a
+pre-provisioning hook is answered in a small thread pool (each thread with its own database
+connection), so a slow hook does not hold up other devices.
 """
 
 from __future__ import annotations
