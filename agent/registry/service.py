@@ -39,7 +39,7 @@ from agent.registry.fleet import (
     Steps,
     internal_failure,
 )
-from agent.registry.group_commit import GroupCommitter
+from agent.registry.group_commit import GroupCommitter, LoopCommitter
 from agent.registry.register import Registry
 from agent.registry.signing import CsrPolicy
 from agent.registry.storage import SqliteRegistryStorage
@@ -209,15 +209,15 @@ def fleet_factory(section: RegistrySection) -> Callable[[], FleetProvisioning]:
 class RegistryWorker:
     """Serves fleet-provisioning requests from one broker until stopped.
 
-    Requests are answered in the event loop as they arrive: everything but the durable
-    writes runs there, and each write goes to the group committer, which resumes the request
-    in the loop once it is durable (:meth:`FleetProvisioning.steps`), so the requests in hand
-    share commits and no thread hand-off happens per request. A request that may block on
-    more than the database (a template with a pre-provisioning hook) is answered in the
-    thread pool instead, so a slow hook holds up no other device. The answers and resumptions
-    of a burst come back to the loop with one wake-up, and the replies go out in one socket
-    write. At most ``threads * 4`` requests are in hand at once: beyond that the worker stops
-    reading from the broker until answers have gone out.
+    Requests are answered in the event loop as they arrive (:meth:`FleetProvisioning.steps`):
+    the writes of the requests handled in one loop iteration are committed together right
+    after it, in the loop's thread (:class:`LoopCommitter`), and each request resumes once
+    its write is durable; no thread hand-off happens per request. A request that may block
+    on more than the database (a template with a pre-provisioning hook) is answered in the
+    thread pool instead, committing through the pool's group-commit thread, so a slow hook
+    holds up no other device. The replies of a burst go out in one socket write. At most
+    ``threads * 4`` requests are in hand at once: beyond that the worker stops reading from
+    the broker until answers have gone out.
 
     Args:
         address: the broker.
@@ -245,10 +245,8 @@ class RegistryWorker:
         self._limit = threads * 4
         self._in_hand = 0
         self._ca_file = ca_file
-        # Handed over by other threads: a write's outcome (committer) or a reply (pool).
-        self._resumed: collections.deque[tuple[_Request, object, BaseException | None]] = (
-            collections.deque()
-        )
+        self._writes: LoopCommitter | None = None
+        # Replies made in the pool, handed over to the loop.
         self._answered: collections.deque[tuple[BrokerLink, str, FleetReply | None]] = (
             collections.deque()
         )
@@ -311,9 +309,9 @@ class RegistryWorker:
             link.pause_reading()
         try:
             if self._handler is None:
-                self._handler = self._factory()
+                self._handler = self._loop_handler()
             handler = self._handler
-            if handler.committer is None or handler.blocking(request):
+            if self._writes is None or handler.blocking(request):
                 self._pool.submit(self._answer, link, conn, request)
                 return
             steps = handler.steps(request)
@@ -337,11 +335,15 @@ class RegistryWorker:
             _log.exception("fleet-provisioning request failed")
             self._reply(job.link, job.conn, internal_failure(job.request))
             return
-        committer = self._handler.committer if self._handler is not None else None
-        assert committer is not None  # noqa: S101 - checked before the first step
-        committer.submit(
-            write, lambda result, exc: self._hand_over(self._resumed, (job, result, exc))
-        )
+        assert self._writes is not None  # noqa: S101 - made with the loop's handler
+        self._writes.submit(write, lambda result, exc: self._advance(job, result, exc))
+
+    def _loop_handler(self) -> FleetProvisioning:
+        """The loop's own handler, with a committer in the loop's thread."""
+        handler = self._factory()
+        if handler.committer is not None and self._loop is not None:
+            self._writes = LoopCommitter(handler.committer.path, self._loop)
+        return handler
 
     def _answer(self, link: BrokerLink, conn: str, request: FleetRequest) -> None:
         """In a pool thread: answer the whole request, blocking, then hand the reply over."""
@@ -352,7 +354,7 @@ class RegistryWorker:
             self._hand_over(self._answered, (link, conn, reply))
 
     def _hand_over(self, queue: collections.deque[T], item: T) -> None:
-        """From a pool or the committer's thread: queue for the loop (one wake-up a burst)."""
+        """From a pool thread: queue for the loop (one wake-up a burst)."""
         queue.append(item)
         if not self._wake_scheduled:
             self._wake_scheduled = True
@@ -364,21 +366,21 @@ class RegistryWorker:
         self._in_hand -= 1
         if reply is not None:
             link.publish(REPLY_TOPIC, reply.payload, [(PROP_CONN, conn), (PROP_TOPIC, reply.topic)])
+        if self._in_hand < self._limit and self._link is not None:
+            self._link.resume_reading()
 
     def _deliver(self) -> None:
         self._wake_scheduled = False  # before draining: an item queued after this wakes again
-        resumed, answered = self._resumed, self._answered
-        while resumed or answered:
-            while resumed:
-                self._advance(*resumed.popleft())
-            while answered:
-                self._reply(*answered.popleft())
-        if self._link is not None and self._in_hand < self._limit:
-            self._link.resume_reading()
+        answered = self._answered
+        while answered:
+            self._reply(*answered.popleft())
 
     def close(self) -> None:
         """Stop the pool and close the database connections."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._writes is not None:
+            self._writes.close()
+            self._writes = None
         if self._handler is not None:
             self._handlers.adopt(self._handler)
             self._handler = None
