@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -34,7 +34,13 @@ from agent.chains import ChainError
 from agent.errors import AgentError, ResourceNotFoundError
 from agent.jsonutil import loads_strict
 from agent.registry import fleet_store
-from agent.registry.ca import PrivateKey, generate_key, key_to_pem, signature_hash
+from agent.registry.ca import (
+    DeviceIssuer,
+    PrivateKey,
+    generate_key,
+    key_to_pem,
+    signature_hash,
+)
 from agent.registry.errors import CsrError, ProvisioningDeniedError
 from agent.registry.group_commit import GroupCommitter
 from agent.registry.hook import PreProvisioningHook
@@ -51,6 +57,12 @@ from agent.registry.templates_store import TemplateStore
 _log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
+#: A durable write: runs inside a transaction, returns what the request needs from it.
+WriteFn = Callable[[SqliteRegistryTransaction], Any]
+#: A request's work as a generator: it yields each write and is resumed with its result
+#: (or the write's exception thrown in) once the write is durable.
+Steps = Generator[WriteFn, Any, R]
 TOKEN_LIFETIME = dt.timedelta(hours=1)
 Format = Literal["json", "cbor"]
 Operation = Literal["CreateCertificateFromCsr", "CreateKeysAndCertificate", "RegisterThing"]
@@ -81,6 +93,56 @@ class RejectedError(Exception):
             "errorCode": self.error_code,
             "errorMessage": self.message,
         }
+
+
+class ClaimCertificates:
+    """Checks connections' claim certificates, remembering the ones already verified.
+
+    A device sends two or three requests over one connection, each with the same claim
+    certificate. Its chain, key usage and constraints do not change; only the time does. So
+    a certificate verified once is accepted again without the chain check while the time is
+    inside the validity windows of the certificate and its issuer; outside them, or for any
+    certificate not seen yet, the full check runs. Shared by a worker's threads.
+
+    Args:
+        issuer: the registry's claim issuer (None: every certificate is refused).
+        size: how many verified certificates to remember.
+    """
+
+    def __init__(self, issuer: DeviceIssuer | None, size: int = 4096) -> None:
+        self.issuer = issuer
+        self._size = size
+        self._known: dict[str, tuple[dt.datetime, dt.datetime, str]] = {}
+
+    def check(self, pem: str, at: dt.datetime) -> str:
+        """Verify ``pem`` as a claim certificate valid at ``at``; its common name ("" if none).
+
+        Raises:
+            RejectedError: 401 ``Unauthorized``, not a valid claim certificate.
+        """
+        known = self._known.get(pem)
+        if known is not None and known[0] <= at <= known[1]:
+            return known[2]
+        try:
+            if self.issuer is None:
+                raise ChainError("the registry has no claim issuer configured")
+            cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+            self.issuer.verify_claim_certificate(cert, at=at)
+        except (ValueError, UnicodeEncodeError) as exc:
+            _log.warning("refused a request from a non-claim certificate: %s", exc)
+            raise RejectedError(
+                401, "Unauthorized", "the connection's certificate is not a valid claim certificate"
+            ) from None
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        issuer_cert = self.issuer.claim_issuer_cert
+        if len(self._known) >= self._size:
+            self._known.clear()
+        self._known[pem] = (
+            max(cert.not_valid_before_utc, issuer_cert.not_valid_before_utc),
+            min(cert.not_valid_after_utc, issuer_cert.not_valid_after_utc),
+            str(names[0].value) if names else "",
+        )
+        return self._known[pem][2]
 
 
 def _invalid_token(message: str) -> RejectedError:
@@ -159,6 +221,30 @@ def _csr_pem(key: PrivateKey, common_name: str) -> str:
     return csr.sign(key, signature_hash(key)).public_bytes(Encoding.PEM).decode("ascii")
 
 
+def drive(steps: Steps[R], write: Callable[[WriteFn], Any]) -> R:
+    """Run ``steps`` to the end in this thread, each write with ``write`` (blocking)."""
+    value: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            fn = steps.send(value) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            result: R = stop.value
+            return result
+        try:
+            value, error = write(fn), None
+        except Exception as exc:  # noqa: BLE001 - thrown into the steps, as a direct call would
+            value, error = None, exc
+
+
+def internal_failure(request: FleetRequest) -> FleetReply:
+    """The reply to a request whose handling failed unexpectedly (500 InternalFailure)."""
+    rejection = RejectedError(500, "InternalFailure", "the registry failed to process it")
+    fmt: Format = "cbor" if request.topic.endswith("cbor") else "json"
+    payload = encode(rejection.body(), fmt)
+    return FleetReply(request.topic + "/rejected", payload, accepted=False, body={})
+
+
 def _rejection_for(exc: AgentError) -> RejectedError:
     if isinstance(exc, CsrError):
         return RejectedError(400, "InvalidCsr", exc.message)
@@ -184,6 +270,8 @@ class FleetProvisioning:
         clock: the current time.
         committer: shares durable commits between concurrent requests (default: each
             request commits its own transaction).
+        claims: the claim-certificate check, shared between a worker's threads (default:
+            this instance's own, with the registry's issuer).
     """
 
     def __init__(
@@ -197,6 +285,7 @@ class FleetProvisioning:
         max_request_bytes: int = 65536,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         committer: GroupCommitter | None = None,
+        claims: ClaimCertificates | None = None,
     ) -> None:
         self.registry = registry
         self.storage = storage
@@ -206,26 +295,66 @@ class FleetProvisioning:
         self.max_request_bytes = max_request_bytes
         self.clock = clock
         self.committer = committer
+        self.claims = claims or ClaimCertificates(registry.ca)
         self._parsed: dict[str, Template] = {}
+        self._described: tuple[str, dict[str, Any]] | None = None
         fleet_store.migrate(storage.store)
 
     # --- entry point ---------------------------------------------------------------------
 
     def handle(self, request: FleetRequest) -> FleetReply | None:
-        """Answer one request; None when the topic is not a fleet-provisioning request."""
+        """Answer one request; None when the topic is not a fleet-provisioning request.
+
+        Blocks until the request's writes are durable.
+        """
+        steps = self.steps(request)
+        if steps is None:
+            return None
+        return drive(steps, self._write_now)
+
+    def steps(self, request: FleetRequest) -> Steps[FleetReply] | None:
+        """The work of one request (see :data:`Steps`); None for a topic not answered here.
+
+        Everything but the writes runs when the generator is advanced, in the caller's
+        thread, on this instance's database connection; each yielded write must run in a
+        durable transaction (:meth:`GroupCommitter.submit` or its own) before the generator
+        is resumed.
+        """
         parsed = parse_topic(request.topic)
         if parsed is None:
             return None
-        operation, template_name, fmt = parsed
+        return self._steps(request, *parsed)
+
+    def blocking(self, request: FleetRequest) -> bool:
+        """Whether answering may wait on more than the database.
+
+        True for a RegisterThing of a template with a pre-provisioning hook: the hook is
+        called, and its decision recorded, in the thread that advances the steps.
+        """
+        self._described = None
+        parsed = parse_topic(request.topic)
+        if parsed is None or parsed[0] != "RegisterThing":
+            return False
+        try:
+            described = self.templates.describe(parsed[1])
+        except AgentError:
+            return False
+        # read once: the steps started next for this request take it (see _template)
+        self._described = (parsed[1], described)
+        return bool(described.get("preProvisioningHook"))
+
+    def _steps(
+        self, request: FleetRequest, operation: Operation, template_name: str, fmt: Format
+    ) -> Steps[FleetReply]:
         try:
             self._check_size(request)
             self._check_claim_certificate(request)
             if operation == "CreateCertificateFromCsr":
-                body = self._create_from_csr(request, fmt)
+                body = yield from self._create_from_csr(request, fmt)
             elif operation == "CreateKeysAndCertificate":
-                body = self._create_keys(request, fmt)
+                body = yield from self._create_keys(request, fmt)
             else:
-                body = self._register_thing(request, template_name, fmt)
+                body = yield from self._register_thing(request, template_name, fmt)
         except RejectedError as rejection:
             return self._reply(request.topic + "/rejected", rejection.body(), fmt, accepted=False)
         except AgentError as exc:
@@ -241,17 +370,7 @@ class FleetProvisioning:
         an operator's own, configured more loosely: only the claim issuer's certificates may
         provision, never a device certificate or one from another CA.
         """
-        issuer = self.registry.ca
-        try:
-            if issuer is None:
-                raise ChainError("the registry has no claim issuer configured")
-            cert = x509.load_pem_x509_certificate(request.claim_pem.encode("ascii"))
-            issuer.verify_claim_certificate(cert, at=self.clock())
-        except (ValueError, UnicodeEncodeError) as exc:
-            _log.warning("refused a request from a non-claim certificate: %s", exc)
-            raise RejectedError(
-                401, "Unauthorized", "the connection's certificate is not a valid claim certificate"
-            ) from None
+        self.claims.check(request.claim_pem, self.clock())
 
     def _check_size(self, request: FleetRequest) -> None:
         if len(request.payload) > self.max_request_bytes:
@@ -266,14 +385,9 @@ class FleetProvisioning:
     # --- CreateCertificateFromCsr / CreateKeysAndCertificate -----------------------------
 
     def _claim_common_name(self, request: FleetRequest) -> str:
-        try:
-            cert = x509.load_pem_x509_certificate(request.claim_pem.encode("ascii"))
-            names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        except ValueError:
-            names = []
-        return str(names[0].value) if names else ""
+        return self.claims.check(request.claim_pem, self.clock())
 
-    def _create_from_csr(self, request: FleetRequest, fmt: Format) -> dict[str, Any]:
+    def _create_from_csr(self, request: FleetRequest, fmt: Format) -> Steps[dict[str, Any]]:
         data = decode(request.payload, fmt)
         csr = data.get("certificateSigningRequest")
         if not isinstance(csr, str) or not csr:
@@ -284,7 +398,7 @@ class FleetProvisioning:
         db = self.storage.store.db
         existing = fleet_store.find_csr(db, request.claim_sha256, csr_sha256)
         if existing is not None:
-            return self._reissue_token(request, existing)
+            return (yield from self._reissue_token(request, existing))
         issued = self.registry.sign_csr(csr)
         if self.csr_subject == "claim":
             wanted = self._claim_common_name(request)
@@ -306,15 +420,17 @@ class FleetProvisioning:
                 fleet_store.record_csr(tx.db, request.claim_sha256, csr_sha256, cert_id)
             return cert_id, self._new_token(tx.db, request, cert_id)
 
-        cert_id, token = self._write(write)
-        pem = self._certificate_pem(cert_id)
+        cert_id, token = yield from self._write(write)
+        # what was just written, unless another worker had answered a retry first
+        pem = issued.certificate_pem if cert_id == issued.certificate_id else None
+        pem = pem or self._certificate_pem(cert_id)
         return {
             "certificateOwnershipToken": token,
             "certificateId": cert_id,
             "certificatePem": pem,
         }
 
-    def _create_keys(self, request: FleetRequest, fmt: Format) -> dict[str, Any]:
+    def _create_keys(self, request: FleetRequest, fmt: Format) -> Steps[dict[str, Any]]:
         decode(request.payload, fmt, allow_empty=True)
         key = generate_key("ec-p256")
         name = self._claim_common_name(request) or "device"
@@ -324,7 +440,7 @@ class FleetProvisioning:
             self._put_pending(tx, issued)
             return self._new_token(tx.db, request, issued.certificate_id)
 
-        token = self._write(write)
+        token = yield from self._write(write)
         return {
             "certificateId": issued.certificate_id,
             "certificatePem": issued.certificate_pem,
@@ -332,7 +448,13 @@ class FleetProvisioning:
             "certificateOwnershipToken": token,
         }
 
-    def _write(self, fn: Callable[[SqliteRegistryTransaction], T]) -> T:
+    @staticmethod
+    def _write(fn: Callable[[SqliteRegistryTransaction], T]) -> Steps[T]:
+        """Yield ``fn`` to whoever drives the steps; its result once durable."""
+        result: T = yield fn
+        return result
+
+    def _write_now(self, fn: WriteFn) -> Any:
         """Run ``fn`` in a durable transaction (shared with other requests when grouped)."""
         if self.committer is not None:
             return self.committer.run(fn)
@@ -357,8 +479,8 @@ class FleetProvisioning:
         )
         return token
 
-    def _reissue_token(self, request: FleetRequest, certificate_id: str) -> dict[str, Any]:
-        token = self._write(lambda tx: self._new_token(tx.db, request, certificate_id))
+    def _reissue_token(self, request: FleetRequest, certificate_id: str) -> Steps[dict[str, Any]]:
+        token = yield from self._write(lambda tx: self._new_token(tx.db, request, certificate_id))
         return {
             "certificateOwnershipToken": token,
             "certificateId": certificate_id,
@@ -374,8 +496,10 @@ class FleetProvisioning:
     # --- RegisterThing -------------------------------------------------------------------
 
     def _template(self, name: str) -> tuple[Template, str, PreProvisioningHook | None]:
+        memo, self._described = self._described, None
         try:
-            described = self.templates.describe(name)
+            described = memo[1] if memo is not None and memo[0] == name else None
+            described = described or self.templates.describe(name)
         except AgentError:
             raise RejectedError(
                 404, "ResourceNotFound", f"the provisioning template {name} does not exist"
@@ -410,7 +534,9 @@ class FleetProvisioning:
             raise _invalid_token("the certificate ownership token has expired")
         return record
 
-    def _register_thing(self, request: FleetRequest, name: str, fmt: Format) -> dict[str, Any]:
+    def _register_thing(
+        self, request: FleetRequest, name: str, fmt: Format
+    ) -> Steps[dict[str, Any]]:
         data = decode(request.payload, fmt)
         token = data.get("certificateOwnershipToken")
         if token is None or token == "":
@@ -459,7 +585,7 @@ class FleetProvisioning:
             fleet_store.count_registration(tx.db, request.claim_sha256, outcome.thing_name or "")
             return body
 
-        body = self._write(write)
+        body = yield from self._write(write)
         _log.info("registered thing %s through fleet provisioning", body["thingName"])
         return body
 

@@ -50,6 +50,7 @@ from agent.registry.signing import (
     CsrSigner,
     IssuedCertificate,
     describe_certificate,
+    describe_certificate_pem,
 )
 from agent.registry.storage import (
     CertificateRecord,
@@ -486,9 +487,7 @@ class Registry:
                 reason="CERTIFICATE_NOT_FOUND",
                 fields=[FieldProblem("certificateId", "no such certificate")],
             )
-        return describe_certificate(
-            x509.load_pem_x509_certificate(record.certificate_pem.encode("ascii"))
-        )
+        return describe_certificate_pem(record.certificate_pem)
 
     def _resolve_certificate(
         self,

@@ -106,6 +106,33 @@ def describe_certificate(cert: x509.Certificate) -> IssuedCertificate:
     )
 
 
+_DESCRIBED: dict[str, IssuedCertificate] = {}
+_DESCRIBED_MAX = 4096
+
+
+def _remember(issued: IssuedCertificate) -> IssuedCertificate:
+    if len(_DESCRIBED) >= _DESCRIBED_MAX:
+        _DESCRIBED.clear()
+    _DESCRIBED[issued.certificate_pem] = issued
+    return issued
+
+
+def describe_certificate_pem(certificate_pem: str) -> IssuedCertificate:
+    """:func:`describe_certificate` of a stored PEM, remembered for the PEMs seen recently.
+
+    A certificate issued here is described again at RegisterThing (the device names it by
+    its ownership token); the PEM determines everything described, so it is the key.
+
+    Raises:
+        ValueError: not a PEM certificate.
+    """
+    found = _DESCRIBED.get(certificate_pem)
+    if found is None:
+        cert = x509.load_pem_x509_certificate(certificate_pem.encode("ascii"))
+        found = _remember(describe_certificate(cert))
+    return found
+
+
 def _csr_problem(message: str, reason: str, path: str) -> CsrError:
     return CsrError(message, reason=reason, fields=[FieldProblem(path, message)])
 
@@ -250,7 +277,7 @@ class CsrSigner:
             lifetime=self.policy.lifetime,
             extra_subject=extra,
         )
-        return describe_certificate(cert)
+        return _remember(describe_certificate(cert))
 
     def verify_issued(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -237,3 +238,24 @@ def test_a_claim_client_cannot_pose_as_the_registry(
         client.loop_stop()
         client.disconnect()
     assert getattr(reason, "is_failure", False), reason
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+def test_no_session_tickets_are_issued(endpoint: Endpoint, version: ssl.TLSVersion) -> None:
+    claim = endpoint.pki.claim()
+    context = ssl.create_default_context(cafile=str(endpoint.pki.ca_file))
+    context.load_cert_chain(str(claim.cert), str(claim.key))
+    context.minimum_version = context.maximum_version = version
+    with (
+        socket.create_connection(("127.0.0.1", endpoint.port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        client_id = b"tickets"
+        body = b"\x00\x04MQTT\x04\x02\x00\x1e" + len(client_id).to_bytes(2, "big") + client_id
+        tls.sendall(bytes([0x10, len(body)]) + body)
+        assert tls.recv(4) == b"\x20\x02\x00\x00"  # CONNACK, accepted: TLS 1.3 tickets came first
+        assert tls.version() == {"TLSv1_3": "TLSv1.3", "TLSv1_2": "TLSv1.2"}[version.name]
+        session = tls.session
+        assert session is not None
+        assert not session.has_ticket
+        tls.sendall(b"\xe0\x00")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
 
 import pytest
 
@@ -66,13 +64,12 @@ def test_broker_files_are_private(tmp_path: Path) -> None:
     assert password == files.password
     assert len(password) >= 32
     assert password not in config
-    for name in ("registry.pw", "mosquitto.conf", "claim-ca.pem", "tls-ca.pem"):
+    # mosquitto's OpenSSL: no session tickets, TLS 1.2 or newer
+    openssl_conf = files.openssl_conf.read_text().splitlines()
+    for line in ("NumTickets = 0", "Options = -SessionTicket", "MinProtocol = TLSv1.2"):
+        assert line in openssl_conf
+    for name in ("registry.pw", "mosquitto.conf", "claim-ca.pem", "tls-ca.pem", "openssl.cnf"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
-
-
-def _message(pairs: list[tuple[str, str]] | None, payload: Any = b"{}") -> Any:
-    props = None if pairs is None else SimpleNamespace(UserProperty=pairs)
-    return cast("Any", SimpleNamespace(properties=props, payload=payload))
 
 
 def test_forwarded_requests_need_every_property() -> None:
@@ -83,13 +80,13 @@ def test_forwarded_requests_need_every_property() -> None:
         ("edge-claim-pem", "PEM"),
         ("edge-client-id", "a/#+"),
     ]
-    forwarded = request_from(_message(full))
+    forwarded = request_from(full, b"{}")
     assert forwarded is not None
     conn, request = forwarded
     assert conn == "c1"
     assert (request.topic, request.payload, request.client_id) == (
         "$aws/certificates/create/json", b"{}", "a/#+"
     )  # fmt: skip
-    assert request_from(_message(None)) is None
+    assert request_from([], b"{}") is None
     for missing in range(4):
-        assert request_from(_message(full[:missing] + full[missing + 1 :])) is None
+        assert request_from(full[:missing] + full[missing + 1 :], b"{}") is None

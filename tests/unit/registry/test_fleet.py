@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from agent.registry.ca import CertificateAuthority, cert_to_pem, generate_key, init_ca
-from agent.registry.fleet import FleetProvisioning, FleetReply, FleetRequest, parse_topic
+from agent.registry.fleet import (
+    FleetProvisioning,
+    FleetReply,
+    FleetRequest,
+    RejectedError,
+    parse_topic,
+)
 from agent.registry.register import Registry
 from agent.registry.storage import SqliteRegistryStorage
 from agent.registry.template import validate_template_body
@@ -453,3 +460,97 @@ def test_group_commit_shares_transactions_and_isolates_failures(world: World) ->
         committer.close()
         for storage in opened:
             storage.close()
+
+
+def test_a_claim_certificate_verified_once_is_still_refused_outside_its_validity(
+    world: World,
+) -> None:
+    claim = world.claim()  # valid for one day from five minutes ago
+    token = create(world, claim)["certificateOwnershipToken"]  # verified, remembered
+    world.clock.now += dt.timedelta(days=1)
+    rejected(register(world, claim, token), 401, "Unauthorized")
+    world.clock.now -= dt.timedelta(days=1, minutes=10)  # before its notBefore
+    rejected(answer(world, claim.request(KEYS_TOPIC, {})), 401, "Unauthorized")
+    world.clock.now += dt.timedelta(minutes=10)
+    assert register(world, claim, token).accepted
+    assert world.storage.count_things() == 1
+
+
+def test_a_certificate_of_another_issuer_is_refused_even_with_a_known_fingerprint(
+    world: World, tmp_path: Path
+) -> None:
+    claim = world.claim()
+    create(world, claim)
+    other = init_ca(tmp_path / "other").claim_issuer
+    key = generate_key("ec-p256")
+    cert = other.issue(
+        common_name=claim.name,
+        public_key=key.public_key(),
+        not_before=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5),
+        lifetime=dt.timedelta(days=1),
+    )
+    forged = Claim(claim.name, cert_to_pem(cert).decode(), claim.fingerprint)
+    rejected(answer(world, forged.request(KEYS_TOPIC, {})), 401, "Unauthorized")
+
+
+def test_steps_yield_each_write_and_take_its_result_when_durable(world: World) -> None:
+    """The event-loop path: the caller runs the writes (here through ``submit``)."""
+    from agent.registry.fleet import drive
+    from agent.registry.group_commit import GroupCommitter
+
+    committer = GroupCommitter(world.tmp / "registry.db")
+    try:
+        claim = world.claim()
+        csr = make_csr(claim.name)
+        steps = world.fleet.steps(claim.request(CSR_TOPIC, {"certificateSigningRequest": csr}))
+        assert steps is not None
+        write = next(steps)  # signed, nothing written yet
+        assert world.count("registry_certificates") == 0
+        outcome: list[tuple[object, BaseException | None]] = []
+        done = threading.Event()
+
+        def on_done(result: object, error: BaseException | None) -> None:
+            outcome.append((result, error))
+            done.set()
+
+        committer.submit(write, on_done)
+        assert done.wait(10)
+        assert world.count("registry_certificates") == 1  # durable before the steps resume
+        (result, error) = outcome[0]
+        assert error is None
+        with pytest.raises(StopIteration) as finished:
+            steps.send(result)
+        reply: FleetReply = finished.value.value
+        assert reply.accepted
+        token = reply.body["certificateOwnershipToken"]
+
+        # a write that fails is thrown into the steps: a rejection, nothing written
+        world.fleet.claim_registrations = 1
+        steps = world.fleet.steps(claim.request(REGISTER.format("edge-fleet", "json"), {
+            "certificateOwnershipToken": token, "parameters": {"SerialNumber": "1"}
+        }))  # fmt: skip
+        assert steps is not None
+        next(steps)  # checked and evaluated; the write is not run: it fails, as if refused
+        with pytest.raises(StopIteration) as finished:
+            steps.throw(RejectedError(403, "ClaimCertificateAlreadyUsed", "used"))
+        rejected(finished.value.value, 403, "ClaimCertificateAlreadyUsed")
+        assert world.storage.count_things() == 0
+        # driven to the end with a blocking writer, the same request registers
+        steps = world.fleet.steps(claim.request(REGISTER.format("edge-fleet", "json"), {
+            "certificateOwnershipToken": token, "parameters": {"SerialNumber": "1"}
+        }))  # fmt: skip
+        assert steps is not None
+        assert drive(steps, committer.run).accepted
+        assert world.storage.count_things() == 1
+    finally:
+        committer.close()
+
+
+def test_only_hooked_registrations_are_blocking(world: World) -> None:
+    deny = write_hook(world.tmp, "deny.py", 'print(json.dumps({"allowProvisioning": False}))')
+    world.template("hooked", preProvisioningHook={"targetArn": str(deny)})
+    claim = world.claim()
+    assert world.fleet.blocking(claim.request(REGISTER.format("hooked", "json"), {}))
+    assert not world.fleet.blocking(claim.request(REGISTER.format("edge-fleet", "json"), {}))
+    assert not world.fleet.blocking(claim.request(REGISTER.format("missing", "json"), {}))
+    assert not world.fleet.blocking(claim.request(KEYS_TOPIC, {}))
