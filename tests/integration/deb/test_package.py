@@ -15,57 +15,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from agent.config import load_config
-from tests.helpers.env import need_binary, need_root
+from tests.helpers.debpkg import REPO, VERSION, Package, arch, clean_env, in_namespace
+from tests.helpers.env import need_binary
 
-REPO = Path(__file__).resolve().parents[2]
-VERSION = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+PLUGIN = "usr/lib/edge-agent/edge_registry_plugin.so"
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass(frozen=True)
-class Package:
-    deb: Path
-    tree: Path  # dpkg-deb -x
-    control: Path  # dpkg-deb -e
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory: pytest.TempPathFactory) -> Package:
-    for tool in ("dpkg-deb", "git", "make", "gcc"):
-        need_binary(tool)
-    out = tmp_path_factory.mktemp("deb")
-    done = subprocess.run(
-        [str(REPO / "packaging" / "build-deb"), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    deb = Path(done.stdout.strip().splitlines()[-1])
-    assert deb.name == f"edge-agent_{VERSION}_{_arch()}.deb"
-    tree = out / "tree"
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True, timeout=120)
-    control = out / "control"
-    subprocess.run(["dpkg-deb", "-e", str(deb), str(control)], check=True, timeout=60)
-    return Package(deb, tree, control)
-
-
-def _arch() -> str:
-    return subprocess.run(
-        ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 def _field(package: Package, name: str) -> str:
@@ -93,7 +55,7 @@ def _contents(package: Package) -> dict[str, str]:
 def test_control_fields(package: Package) -> None:
     assert _field(package, "Package") == "edge-agent"
     assert _field(package, "Version") == VERSION
-    assert _field(package, "Architecture") == _arch()
+    assert _field(package, "Architecture") == arch()
     depends = [d.strip() for d in _field(package, "Depends").split(",")]
     python = f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert f"python3 (>= {python})" in depends
@@ -167,7 +129,7 @@ def test_example_configuration_loads(package: Package) -> None:
 def test_extracted_agent_runs_from_its_own_environment(package: Package, tmp_path: Path) -> None:
     python = package.tree / "opt/edge-agent/bin/python"
     script = package.tree / "opt/edge-agent/bin/edge-agent"
-    env = _clean_env()
+    env = clean_env()
     where = subprocess.run(
         [str(python), "-c", "import agent, aiohttp; print(agent.__file__, agent.__version__)"],
         cwd=tmp_path,
@@ -210,20 +172,6 @@ def test_extracted_agent_runs_from_its_own_environment(package: Package, tmp_pat
 
 
 # --- the package over / in a private mount namespace --------------------------------------
-
-OVERLAY = r"""
-set -e
-pkg=$1; work=$2; shift 2
-mount -t overlay overlay -o "lowerdir=$pkg/usr:/usr" /usr
-mount -t overlay overlay -o "lowerdir=$pkg/opt:/opt" /opt
-layer() {  # layer LOWER... TARGET NAME: writable, its changes in $work/NAME
-  mount -t overlay overlay -o "lowerdir=$1,upperdir=$work/$3/upper,workdir=$work/$3/work" "$2"
-}
-layer "$pkg/etc:/etc" /etc etc
-layer /var /var var
-mount -t tmpfs tmpfs /run
-exec "$@"
-"""
 
 #: Runs inside the namespace as the service manager would start the service (system python,
 #: standard library only): the unit's capability bounding set, no_new_privs,
@@ -281,55 +229,6 @@ print(json.dumps(report))
 """
 
 
-@pytest.fixture(scope="module")
-def overlay(package: Package, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A work directory whose writable /etc and /var layers have seen the postinst run."""
-    need_root("overlay mounts in a private mount namespace need root")
-    for tool in ("unshare", "setpriv", "systemd-sysusers", "systemd-tmpfiles"):
-        need_binary(tool)
-    work = tmp_path_factory.mktemp("overlay")
-    # dpkg follows Debian 12's /lib -> usr/lib link; the overlay of /usr does the same
-    merged = work / "pkg"
-    shutil.copytree(package.tree, merged, symlinks=True)
-    shutil.copytree(merged / "lib", merged / "usr" / "lib", symlinks=True, dirs_exist_ok=True)
-    shutil.rmtree(merged / "lib")
-    for layer in ("etc", "var"):
-        for part in ("upper", "work"):
-            (work / layer / part).mkdir(parents=True)
-    (work / "overlay.sh").write_text(OVERLAY, encoding="utf-8")
-    env = _clean_env(DPKG_MAINTSCRIPT_PACKAGE="edge-agent", DPKG_MAINTSCRIPT_NAME="postinst")
-    done = _in_namespace(work, ["sh", str(package.control / "postinst"), "configure", ""], env=env)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return work
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without what points into the checkout."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"PYTHONPATH", "VIRTUAL_ENV"} and not k.startswith("EDGE_AGENT_")
-    }
-    return {**env, **extra}
-
-
-def _in_namespace(
-    work: Path, command: list[str], env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            *("unshare", "--mount", "--propagation", "private", "--"),
-            *("sh", str(work / "overlay.sh"), str(work / "pkg"), str(work), *command),
-        ],
-        cwd=work,  # not the checkout, whose agent/ would shadow the installed one
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=env if env is not None else _clean_env(),
-    )
-
-
 def _lines(path: Path) -> dict[str, list[str]]:
     return {line.split(":")[0]: line.split(":") for line in path.read_text().splitlines()}
 
@@ -354,7 +253,7 @@ def test_postinst_makes_users_directories_and_enables_the_agent(overlay: Path) -
 
 def test_installed_units_verify_at_their_installed_paths(overlay: Path) -> None:
     need_binary("systemd-analyze")
-    done = _in_namespace(
+    done = in_namespace(
         overlay,
         [
             "systemd-analyze",
@@ -366,7 +265,7 @@ def test_installed_units_verify_at_their_installed_paths(overlay: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
-    where = _in_namespace(
+    where = in_namespace(
         overlay,
         [
             "/opt/edge-agent/bin/python",
@@ -381,7 +280,7 @@ def test_installed_service_runs_with_the_units_capabilities(overlay: Path) -> No
     """READY=1, the API socket handed to the edge-agent group without CAP_CHOWN, a clean stop."""
     (overlay / "driver.py").write_text(SERVICE_DRIVER, encoding="utf-8")
     caps = "+net_admin,+net_raw,+dac_override"  # the unit's CapabilityBoundingSet=
-    done = _in_namespace(overlay, ["python3", str(overlay / "driver.py"), caps])
+    done = in_namespace(overlay, ["python3", str(overlay / "driver.py"), caps])
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert any("READY=1" in m.splitlines() for m in report["messages"]), report
