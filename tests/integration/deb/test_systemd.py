@@ -79,6 +79,11 @@ for path in /etc /usr /var/lib /run /etc/edge-agent /var/lib/edge-agent /run/edg
   try "write:$path" sh -c ": > '$f' && rm -f '$f'"
 done
 try "see:/home" sh -c '[ -z "$(ls -A /home)" ]'
+# Inaccessible paths are empty nodes of mode 0 (which CAP_DAC_OVERRIDE may open): content?
+try "content:/etc/passwd" test -s /etc/passwd
+try "content:/etc/shadow" test -s /etc/shadow
+registry_ca=/var/lib/edge-agent-registry/ca
+try "content:$registry_ca" sh -c "[ -n \"\$(ls -A $registry_ca)\" ]"
 for dev in /dev/loop0 /dev/vda /dev/zram0; do
   [ -e "$dev" ] || continue
   try "open:$dev" sh -c "exec 3<'$dev'"
@@ -345,6 +350,10 @@ def test_agent_runs_in_its_sandbox(machine: Machine) -> None:
     assert seen["write:/run/systemd/network"] == "yes"
     assert seen["write:/tmp"] == "yes"  # its private /tmp
     assert seen["see:/home"] == "yes"  # empty
+    # CAP_DAC_OVERRIDE reads what it sees; the secrets of others are not there to see
+    assert seen["content:/etc/passwd"] == "yes"
+    assert seen["content:/etc/shadow"] == "no"
+    assert seen["content:/var/lib/edge-agent-registry/ca"] == "no"
     assert seen["open:/dev/null"] == "yes"
     blocked = [key for key in seen if key.startswith("open:/dev/") and key != "open:/dev/null"]
     assert blocked, seen  # at least one non-SCSI block device exists here
