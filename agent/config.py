@@ -203,6 +203,9 @@ class ApiSection:
     socket: Path | None = None
     #: Group that owns the 0660 socket (its members may use the API); empty: root's group.
     group: str = ""
+    #: Serve the registry's operations (templates, RegisterThing, bulk tasks) on the socket,
+    #: on the ``[registry]`` database; off on an appliance that is not a registry host.
+    registry: bool = False
 
     def socket_path(self, agent: AgentSection) -> Path:
         """The socket, resolved against the runtime directory."""

@@ -26,7 +26,7 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -43,6 +43,9 @@ from agent.errors import (
 )
 from agent.provisioning.service import ProvisioningService
 from agent.sdnotify import Notifier
+
+if TYPE_CHECKING:
+    from agent.registry.api import RegistryApi
 
 _log = logging.getLogger(__name__)
 
@@ -75,6 +78,7 @@ class Daemon:
                 web.get("/devices/{id}", self._get_device),
             ]
         )
+        self.registry_api = _registry_api(self) if config.api.registry else None
 
     def status(self) -> dict[str, Any]:
         """What ``GET /status`` answers."""
@@ -176,6 +180,8 @@ class Daemon:
             async with ProvisioningService(self.config, on_status=self._status_line) as service:
                 self.provisioning = service
                 await self.api.start()
+                if self.registry_api is not None:
+                    await self.registry_api.start()
                 if self._notifier.watchdog_seconds:
                     self._feed_watchdog(self._notifier.watchdog_seconds / 2)
                 self._notifier.ready("running")
@@ -188,10 +194,21 @@ class Daemon:
             if self._watchdog is not None:
                 self._watchdog.cancel()
             await self.api.stop()
+            if self.registry_api is not None:
+                await self.registry_api.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             self._notifier.close()
         return EXIT_OK
+
+
+def _registry_api(daemon: Daemon) -> RegistryApi:
+    """The registry's routes (``[api] registry = true``), mounted on the daemon's API."""
+    from agent.registry.api import RegistryApi  # noqa: PLC0415 - only on registry hosts
+
+    registry_api = RegistryApi(lambda: daemon.config)
+    daemon.api.add_routes(registry_api.routes())
+    return registry_api
 
 
 def register(sub: Any) -> None:

@@ -8,10 +8,11 @@ anchor and compare the key pair. The ratio is the agent's overhead on top (ZIP s
 checks, manifest schema, hashes, the ledger, durable writes with fsync).
 
 A durable install cannot be faster than its fsyncs, so the run also measures the fsync
-floor: the number of fsyncs one install makes (counted: files and directories through
-``os.fsync``, plus one WAL fsync per SQLite commit at ``synchronous=FULL``), done on the
-same file system with nothing else (a small file written and fsynced, a directory
-fsynced). Install is then compared with raw checks + that floor: the agent's own overhead.
+floor: the fsyncs one install makes (counted: files and directories through ``os.fsync``,
+and SQLite's own syncs under strace), done on the same file system with bare system calls
+(:func:`fsync_floor`: small files written and fsynced, log appends with ``fdatasync``, each
+directory fsync after a change to that directory). Install is then compared with raw checks
++ that floor: the agent's own overhead.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import zipfile
 from collections.abc import Iterator
 from io import BytesIO
@@ -136,24 +138,43 @@ def traced_syncs(archive: Path, anchor: Path, state: Path, now: dt.datetime) -> 
     return sum(1 for entry in log.read_text().splitlines() if "sync(" in entry)
 
 
-def fsync_floor(directory: Path, files: int, dirs: int) -> float:
-    """Seconds for ``files`` small-file fsyncs and ``dirs`` directory fsyncs, nothing else."""
-    directory.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    for i in range(files):
-        fd = os.open(directory / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, b"x" * 1024)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_floor(directory: Path, files: int, sqlite_syncs: int, dirs: int) -> float:
+    """Seconds for the durable writes of one install done with bare system calls.
+
+    In a fresh directory: ``files`` small files written and fsynced, ``sqlite_syncs``
+    appends to one log file each followed by ``fdatasync`` (a WAL commit), and ``dirs``
+    directory fsyncs, each after a rename in that directory (an install fsyncs a directory
+    because it changed it; an unchanged directory's fsync costs nothing and would make the
+    floor too low). Setting up and removing the directory are not timed.
+    """
+    work = directory / uuid.uuid4().hex
+    work.mkdir(parents=True)
     try:
-        for _ in range(dirs):
-            os.fsync(dfd)
+        start = time.perf_counter()
+        for i in range(files):
+            fd = os.open(work / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, b"x" * 1024)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        log = os.open(work / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for _ in range(sqlite_syncs):
+                os.write(log, b"w" * 4096)
+                os.fdatasync(log)
+        finally:
+            os.close(log)
+        dfd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for i in range(dirs):
+                (work / ("log" if i == 0 else f"r{i - 1}")).rename(work / f"r{i}")
+                os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return time.perf_counter() - start
     finally:
-        os.close(dfd)
-    return time.perf_counter() - start
+        shutil.rmtree(work)
 
 
 def main() -> None:  # noqa: PLR0915 - one linear measurement script
@@ -187,8 +208,6 @@ def main() -> None:  # noqa: PLR0915 - one linear measurement script
             install_archive(probe_verified, probe_state)
         # SQLite syncs with fdatasync, unseen by os.fsync: strace counts them when present.
         sqlite_syncs = traced - counts["file"] - counts["dir"] if traced is not None else 1
-        floor_files = counts["file"] + sqlite_syncs
-        floor_dirs = counts["dir"]
 
         state = root / "state"
         floor_ms: list[float] = []
@@ -207,7 +226,8 @@ def main() -> None:  # noqa: PLR0915 - one linear measurement script
             end = time.perf_counter()
             validate_ms.append((mid - start) * 1000)
             total_ms.append((end - start) * 1000)
-            floor_ms.append(fsync_floor(state / "floor", floor_files, floor_dirs) * 1000)
+            floor = fsync_floor(root / "floor", counts["file"], sqlite_syncs, counts["dir"])
+            floor_ms.append(floor * 1000)
 
     def line(label: str, values: list[float]) -> str:
         return (

@@ -23,7 +23,7 @@ from agent.errors import EXIT_OK, EXIT_RUNTIME, InvalidRequestError
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
-    from agent.registry.bulk import BulkTasks, Registrar
+    from agent.registry.bulk import BulkTasks
     from agent.registry.templates_store import TemplateStore
     from agent.store import Store
 
@@ -44,49 +44,21 @@ def _config(args: argparse.Namespace) -> AgentConfig:
 
 
 def _open_store(config: AgentConfig) -> Store:
-    from agent.fsutil import ensure_dir
-    from agent.registry.wiring import registry_db_path
-    from agent.store import Store
+    from agent.registry.wiring import open_registry_store
 
-    path = registry_db_path(config)
-    ensure_dir(path.parent)
-    return Store(path)
+    return open_registry_store(config)
 
 
 def _templates(config: AgentConfig, store: Store) -> TemplateStore:
-    from agent.registry.templates_store import TemplateStore
-    from agent.registry.wiring import template_body_validator
+    from agent.registry.wiring import template_store
 
-    return TemplateStore(
-        store,
-        region=config.registry.region,
-        account=config.registry.account,
-        body_validator=template_body_validator(config),
-    )
-
-
-def bulk_reports_dir(config: AgentConfig) -> Path:
-    """Where task reports go: ``bulk-reports/`` beside the registry database."""
-    return config.registry.database.parent / "bulk-reports"
+    return template_store(config, store)
 
 
 def _bulk(config: AgentConfig, store: Store) -> BulkTasks:
-    from agent.registry.bulk import BulkTasks
-    from agent.registry.wiring import bulk_registrar_factory
+    from agent.registry.wiring import bulk_tasks
 
-    def registrar(body: str) -> Registrar:
-        # built on first use: describe, cancel and reports never touch the registry tables
-        return bulk_registrar_factory(config, store)(body)
-
-    return BulkTasks(
-        store,
-        bulk_root=config.registry.bulk_root,
-        # registry output stays beside the registry's own files, whatever [agent] says
-        reports_dir=bulk_reports_dir(config),
-        registrar_factory=registrar,
-        # RegisterThing checks everything before its first write: a refused line wrote nothing
-        line_savepoints=False,
-    )
+    return bulk_tasks(config, store)
 
 
 def _print_templates(args: argparse.Namespace, call: Callable[[TemplateStore], Any]) -> int:

@@ -6,7 +6,9 @@ issuer, the plugin, and a Unix-socket listener for the worker) into a fresh 0700
 starts mosquitto, attaches the worker, prints one ready line and supervises both: SIGTERM
 stops them cleanly; mosquitto dying ends the command with a clear message and exit 3.
 With ``--broker`` only the worker runs, attached to an operator's mosquitto that loads the
-plugin.
+plugin. With ``--api-socket`` either mode also serves the registry's HTTP routes
+(:mod:`agent.registry.api`, the local API's) on that Unix socket, for the registry host's
+operators.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiomqtt
 
@@ -34,6 +37,9 @@ from agent.registry.endpoint_trust import load_endpoint_trust
 from agent.registry.fleet import FleetProvisioning
 from agent.registry.service import BrokerAddress, RegistryWorker, fleet_factory
 from agent.sdnotify import Notifier
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
 
 _log = logging.getLogger(__name__)
 
@@ -194,6 +200,36 @@ async def _run_worker(worker: RegistryWorker, stop: asyncio.Event, *, retry: boo
             await asyncio.sleep(0.5)
 
 
+@dataclass(frozen=True)
+class HttpApi:
+    """The registry's HTTP routes on a Unix socket (0660, owned by ``group`` when set)."""
+
+    socket: Path
+    config: AgentConfig
+    group: str = ""
+
+
+@contextlib.asynccontextmanager
+async def _http_api(api: HttpApi | None) -> AsyncIterator[None]:
+    """Serve the registry routes for the duration of the block (nothing when ``api`` is None)."""
+    if api is None:
+        yield
+        return
+    from agent.api import LocalApi  # noqa: PLC0415 - only with --api-socket
+    from agent.registry.api import RegistryApi  # noqa: PLC0415
+
+    local = LocalApi(api.socket, group=api.group)
+    routes = RegistryApi(lambda: api.config)
+    local.add_routes(routes.routes())
+    try:
+        await local.start()
+        await routes.start()
+        yield
+    finally:
+        await local.stop()
+        await routes.close()
+
+
 def serve_local(
     section: RegistrySection,
     *,
@@ -201,6 +237,7 @@ def serve_local(
     server_cert: Path,
     server_key: Path,
     threads: int = 4,
+    api: HttpApi | None = None,
 ) -> int:
     """Run mosquitto with the plugin and the worker until SIGTERM; the exit code.
 
@@ -230,7 +267,7 @@ def serve_local(
             plugin=plugin,
         )
         return asyncio.run(
-            _run_local(mosquitto, files, factory, host=host, port=port, threads=threads)
+            _run_local(mosquitto, files, factory, host=host, port=port, threads=threads, api=api)
         )
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -244,6 +281,7 @@ async def _run_local(
     host: str,
     port: int,
     threads: int,
+    api: HttpApi | None,
 ) -> int:
     broker = await asyncio.create_subprocess_exec(
         mosquitto,
@@ -258,7 +296,10 @@ async def _run_local(
         env={k: v for k, v in os.environ.items() if k not in _NOTIFY_VARIABLES},
     )
     try:
-        return await _supervise(broker, files, factory, host=host, port=port, threads=threads)
+        async with _http_api(api):
+            return await _supervise(
+                broker, files, factory, host=host, port=port, threads=threads, api=api
+            )
     finally:
         if broker.returncode is None:
             broker.terminate()
@@ -277,6 +318,7 @@ async def _supervise(
     host: str,
     port: int,
     threads: int,
+    api: HttpApi | None,
 ) -> int:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + READY_TIMEOUT
@@ -306,7 +348,7 @@ async def _supervise(
         if subscribed not in done:
             subscribed.cancel()
             return await _broker_failed(broker, files, "did not accept the registry worker")
-        _ready({"ready": True, "listen": f"{host}:{port}", "pid": os.getpid()})
+        _ready({"ready": True, "listen": f"{host}:{port}", "pid": os.getpid(), **_api_field(api)})
         done, _ = await asyncio.wait(set(tasks.values()), return_when=asyncio.FIRST_COMPLETED)
         if tasks["broker"] in done:
             return await _broker_failed(broker, files, "exited")
@@ -324,6 +366,10 @@ async def _supervise(
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
         worker.close()
+
+
+def _api_field(api: HttpApi | None) -> dict[str, object]:
+    return {} if api is None else {"api": str(api.socket)}
 
 
 async def _broker_failed(broker: asyncio.subprocess.Process, files: BrokerFiles, what: str) -> int:
@@ -351,6 +397,7 @@ def serve_broker(
     password_file: Path,
     ca_file: Path | None,
     threads: int = 4,
+    api: HttpApi | None = None,
 ) -> int:
     """Run only the worker against an operator's broker until SIGTERM; the exit code.
 
@@ -367,10 +414,15 @@ def serve_broker(
         ) from None
     factory = fleet_factory(section)
     worker = RegistryWorker(address, password, factory, threads=threads, ca_file=ca_file)
-    return asyncio.run(_run_broker(worker, broker))
+    return asyncio.run(_run_broker(worker, broker, api))
 
 
-async def _run_broker(worker: RegistryWorker, broker: str) -> int:
+async def _run_broker(worker: RegistryWorker, broker: str, api: HttpApi | None) -> int:
+    async with _http_api(api):
+        return await _attach(worker, broker, api)
+
+
+async def _attach(worker: RegistryWorker, broker: str, api: HttpApi | None) -> int:
     stop = asyncio.Event()
     signal_task = asyncio.create_task(_until_signal(stop))
     worker_task = asyncio.create_task(_run_worker(worker, stop, retry=False))
@@ -389,7 +441,7 @@ async def _run_broker(worker: RegistryWorker, broker: str) -> int:
                 flush=True,
             )
             return 3
-        _ready({"ready": True, "broker": broker, "pid": os.getpid()})
+        _ready({"ready": True, "broker": broker, "pid": os.getpid(), **_api_field(api)})
         done, _ = await asyncio.wait(
             {signal_task, worker_task}, return_when=asyncio.FIRST_COMPLETED
         )

@@ -7,6 +7,8 @@
 * :func:`bulk_registrar_factory`: each bulk line is prepared by the registry outside any
   transaction (CSR signing, evaluation) and committed inside the bulk task's open
   transaction, so registrations and task progress commit together.
+* :func:`open_registry_store`, :func:`template_store`, :func:`bulk_tasks`: the objects the
+  CLI (``edge-agent template|bulk ...``) and the local API both run their requests on.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig
-from agent.registry.bulk import Registrar, RegistrarFactory
+from agent.fsutil import ensure_dir
+from agent.registry.bulk import BulkTasks, Registrar, RegistrarFactory
 from agent.registry.register import PreparedRegistration, Registry
 from agent.registry.storage import SqliteRegistryStorage, SqliteRegistryTransaction
 from agent.registry.template import Template, parse_template, validate_template_body
-from agent.registry.templates_store import BodyValidator
+from agent.registry.templates_store import BodyValidator, TemplateStore
 from agent.store import Store
 
 
@@ -72,3 +75,43 @@ def bulk_registrar_factory(config: AgentConfig, store: Store) -> RegistrarFactor
     """The registrar factory for bulk tasks on ``store`` (the registry's database)."""
     storage = SqliteRegistryStorage(store)
     return registrar_factory(Registry.from_config(config.registry, storage=storage))
+
+
+def open_registry_store(config: AgentConfig) -> Store:
+    """Open (creating its directory if needed) the registry's database."""
+    path = registry_db_path(config)
+    ensure_dir(path.parent)
+    return Store(path)
+
+
+def template_store(config: AgentConfig, store: Store) -> TemplateStore:
+    """The provisioning-template store on ``store``, with the engine's body check."""
+    return TemplateStore(
+        store,
+        region=config.registry.region,
+        account=config.registry.account,
+        body_validator=template_body_validator(config),
+    )
+
+
+def bulk_reports_dir(config: AgentConfig) -> Path:
+    """Where task reports go: ``bulk-reports/`` beside the registry database."""
+    return config.registry.database.parent / "bulk-reports"
+
+
+def bulk_tasks(config: AgentConfig, store: Store) -> BulkTasks:
+    """Thing registration tasks on ``store``, registering through the registry."""
+
+    def registrar(body: str) -> Registrar:
+        # built on first use: describe, cancel and reports never touch the registry tables
+        return bulk_registrar_factory(config, store)(body)
+
+    return BulkTasks(
+        store,
+        bulk_root=config.registry.bulk_root,
+        # registry output stays beside the registry's own files, whatever [agent] says
+        reports_dir=bulk_reports_dir(config),
+        registrar_factory=registrar,
+        # RegisterThing checks everything before its first write: a refused line wrote nothing
+        line_savepoints=False,
+    )

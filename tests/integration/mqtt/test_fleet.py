@@ -23,9 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.archive.install import current_credentials
-from agent.config import MqttSection
 from agent.fsutil import PRIVATE_FILE, PUBLIC_FILE
-from agent.mqtt.agent_link import ApplianceMqtt
 from agent.mqtt.client import Endpoint
 from agent.mqtt.credentials import install_set
 from agent.mqtt.fleet import (
@@ -42,6 +40,7 @@ from agent.registry.ca import CertificateAuthority, cert_to_pem, generate_key, i
 from agent.registry.register import Registry
 from agent.registry.signing import CsrPolicy
 from agent.registry.storage import SqliteRegistryStorage
+from tests.helpers.fleet_report import report_provisioned
 from tests.helpers.fleet_responder import Responder
 from tests.helpers.mosquitto import Broker, Pki, Watcher
 from tests.integration.mqtt.conftest import validate
@@ -219,18 +218,7 @@ def test_full_flow_then_events_with_the_permanent_identity(
                 "RegisterThing",
             ]
         assert result.endpoint == Endpoint("localhost", world.operational.port)
-        async with ApplianceMqtt(state, MqttSection(), endpoint=result.endpoint) as mqtt:
-            outbox = mqtt.require_outbox()
-            await outbox.publish(
-                "FLEET_PROVISIONED",
-                {
-                    "thingName": result.thing_name,
-                    "certificateId": result.certificate_id,
-                    "endpoint": str(result.endpoint),
-                    "deviceConfiguration": result.device_configuration,
-                },
-            )
-            await asyncio.wait_for(outbox.drained(), 15)
+        await report_provisioned(state, result)
         return result.to_json()
 
     try:

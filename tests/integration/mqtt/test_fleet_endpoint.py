@@ -26,14 +26,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.archive.install import current_credentials
-from agent.config import MqttSection
 from agent.fsutil import PRIVATE_FILE, PUBLIC_FILE
-from agent.mqtt.agent_link import ApplianceMqtt
 from agent.mqtt.client import Endpoint, MqttConnectionError
 from agent.mqtt.credentials import install_set
 from agent.mqtt.fleet import FleetOptions, FleetProvisioningError, Format, KeyKind, Mode, provision
 from agent.registry.ca import cert_to_pem, generate_key, key_to_pem
 from tests.helpers.endpoint import EndpointPki, Serve, add_template, serve, write_config
+from tests.helpers.fleet_report import report_provisioned
 from tests.helpers.mosquitto import Broker, Pki, Watcher
 from tests.helpers.registry import example_template, write_hook
 from tests.integration.endpoint.conftest import need_endpoint
@@ -187,18 +186,7 @@ def test_full_flow_then_events_with_the_permanent_identity(
         )
         assert result.endpoint == Endpoint("localhost", world.operational.port)
         assert result.thing_name == thing
-        async with ApplianceMqtt(state, MqttSection(), endpoint=result.endpoint) as mqtt:
-            outbox = mqtt.require_outbox()
-            await outbox.publish(
-                "FLEET_PROVISIONED",
-                {
-                    "thingName": result.thing_name,
-                    "certificateId": result.certificate_id,
-                    "endpoint": str(result.endpoint),
-                    "deviceConfiguration": result.device_configuration,
-                },
-            )
-            await asyncio.wait_for(outbox.drained(), 15)
+        await report_provisioned(state, result)
         return result.to_json()
 
     try:

@@ -126,6 +126,23 @@ def add_rich_state(lab: Lab) -> None:
         sh("ip", "-n", lab.ns, *args)
 
 
+def kill_during_trial(lab: Lab) -> None:
+    """Start ``net apply`` of gateways that never answer and SIGKILL it mid-trial."""
+    proc = lab.start(
+        lab.agent_argv("net", "apply", str(lab.payload_file(DEAD_GATEWAYS)), "--probe-timeout",
+                       "120"),
+        "apply",
+    )  # fmt: skip
+    wait_for(lab.marker_row, 30, "the durable trial marker")
+    wait_for(
+        lambda: "198.18.2.30" in sh("ip", "-n", lab.ns, "addr", "show", "eth1").stdout,
+        30,
+        "the trial address",
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
 def test_revert_restores_complete_state_and_the_dhcp_client(lab: Lab) -> None:
     start_dnsmasq(lab, 1)
     result = apply(lab, {"Ethernet1": {"ConnectionType": "DHCP"}}, "--probe-timeout", "60")
@@ -155,19 +172,7 @@ def test_revert_restores_complete_state_and_the_dhcp_client(lab: Lab) -> None:
 def test_revert_goes_on_past_a_failing_step_and_ends_the_trial(lab: Lab) -> None:
     add_rich_state(lab)
     before = dumps(lab)
-    proc = lab.start(
-        lab.agent_argv("net", "apply", str(lab.payload_file(DEAD_GATEWAYS)), "--probe-timeout",
-                       "120"),
-        "apply",
-    )  # fmt: skip
-    wait_for(lab.marker_row, 30, "the durable trial marker")
-    wait_for(
-        lambda: "198.18.2.30" in sh("ip", "-n", lab.ns, "addr", "show", "eth1").stdout,
-        30,
-        "the trial address",
-    )
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
+    kill_during_trial(lab)
     # while the box was down, IPv6 went away on eth0: its addresses cannot be restored
     sh("ip", "netns", "exec", lab.ns, "sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1")
     result = lab.agent("net", "recover", "--json")
@@ -333,19 +338,7 @@ def test_symlinked_resolv_conf_stays_a_link(lab: Lab) -> None:
 def test_recover_puts_back_ipv6_and_policy_routes_lost_during_the_trial(lab: Lab) -> None:
     add_rich_state(lab)
     before = dumps(lab)
-    proc = lab.start(
-        lab.agent_argv("net", "apply", str(lab.payload_file(DEAD_GATEWAYS)), "--probe-timeout",
-                       "120"),
-        "apply",
-    )  # fmt: skip
-    wait_for(lab.marker_row, 30, "the durable trial marker")
-    wait_for(
-        lambda: "198.18.2.30" in sh("ip", "-n", lab.ns, "addr", "show", "eth1").stdout,
-        30,
-        "the trial address",
-    )
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
+    kill_during_trial(lab)
     # meanwhile something else took IPv6 addresses and routes and table 100 away, and added
     # its own
     for args in (

@@ -121,34 +121,13 @@ def test_make_validate_install(
     assert len(summary["certificateFingerprint"]) == 64
 
     state = tmp_path / "state"
-    code, result = run(
-        capsys,
-        "archive",
-        "install",
-        str(archive),
-        "--trust",
-        trust,
-        "--state-dir",
-        str(state),
-        "--now",
-        T.now,
-    )
+    install = ("archive", "install", str(archive), "--trust", trust, "--state-dir", str(state))
+    code, result = run(capsys, *install, "--now", T.now)
     assert code == 0
     assert result["status"] == "INSTALLED"
     assert result["certificateFingerprint"] == summary["certificateFingerprint"]
 
-    code, error = run(
-        capsys,
-        "archive",
-        "install",
-        str(archive),
-        "--trust",
-        trust,
-        "--state-dir",
-        str(state),
-        "--now",
-        T.now,
-    )
+    code, error = run(capsys, *install, "--now", T.now)
     assert code == 1
     assert error["error"]["code"] == "ConflictException"
     assert error["error"]["reason"] == "ARCHIVE_ALREADY_USED"
