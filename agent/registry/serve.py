@@ -22,7 +22,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +36,7 @@ from agent.registry.broker_link import BrokerLinkError
 from agent.registry.endpoint_trust import load_endpoint_trust
 from agent.registry.fleet import FleetProvisioning
 from agent.registry.service import BrokerAddress, RegistryWorker, fleet_factory
+from agent.sdnotify import Notifier
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -47,6 +47,7 @@ PLUGIN_NAME = "edge_registry_plugin.so"
 PLUGIN_ENV = "EDGE_AGENT_REGISTRY_PLUGIN"
 PLUGIN_MAX_PAYLOAD = 131072  # AWS IoT's MQTT payload limit
 READY_TIMEOUT = 10.0
+_NOTIFY_VARIABLES = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
 GC_THRESHOLD = 20000
 #: OpenSSL settings of the private mosquitto: TLS 1.2 or newer and no session tickets. A
 #: device provisions once and never resumes a session, so the tickets OpenSSL would issue
@@ -204,11 +205,10 @@ async def _port_open(host: str, port: int) -> bool:
 
 def _ready(payload: dict[str, object]) -> None:
     print(json.dumps(payload), flush=True)  # noqa: T201 - the ready line on stdout
-    notify = os.environ.get("NOTIFY_SOCKET")
-    if notify:
-        address = "\0" + notify[1:] if notify.startswith("@") else notify
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(b"READY=1", address)
+    where = payload.get("listen") or payload.get("broker")
+    notifier = Notifier()
+    notifier.ready(f"serving fleet provisioning on {where}")
+    notifier.close()
 
 
 async def _until_signal(stop: asyncio.Event) -> None:
@@ -216,6 +216,9 @@ async def _until_signal(stop: asyncio.Event) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    notifier = Notifier()  # systemd (Type=notify) shows the unit as deactivating
+    notifier.stopping()
+    notifier.close()
 
 
 async def _run_worker(worker: RegistryWorker, stop: asyncio.Event, *, retry: bool) -> None:
@@ -322,7 +325,12 @@ async def _run_local(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
-        env={**os.environ, "OPENSSL_CONF": str(files.openssl_conf)},
+        # mosquitto speaks sd_notify itself: READY=1 is this process's to send, once the
+        # worker is subscribed too.
+        env={
+            **{k: v for k, v in os.environ.items() if k not in _NOTIFY_VARIABLES},
+            "OPENSSL_CONF": str(files.openssl_conf),
+        },
     )
     try:
         async with _http_api(api):
