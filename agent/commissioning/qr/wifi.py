@@ -39,16 +39,28 @@ def _tokens(body: str) -> dict[str, str]:
             i = semi + 1
             continue
         tag = body[i:colon]
-        value: list[str] = []
-        j = colon + 1
-        while j < n and body[j] != ";":
-            if body[j] == "\\" and j + 1 < n:
-                j += 1
-            value.append(body[j])
-            j += 1
-        fields.setdefault(tag.upper(), "".join(value))
+        j = body.find(";", colon + 1)
+        if j < 0:
+            j = n
+        if "\\" in body[colon + 1 : j]:
+            j, text = _escaped(body, colon + 1)
+        else:  # the common case: nothing escaped, the value ends at the next ';'
+            text = body[colon + 1 : j]
+        fields.setdefault(tag.upper(), text)
         i = j + 1
     return fields
+
+
+def _escaped(body: str, j: int) -> tuple[int, str]:
+    """A value with backslash escapes from ``j``: (index of its ending ';' or the end, text)."""
+    n = len(body)
+    value: list[str] = []
+    while j < n and body[j] != ";":
+        if body[j] == "\\" and j + 1 < n:
+            j += 1
+        value.append(body[j])
+        j += 1
+    return j, "".join(value)
 
 
 def parse_wifi(text: str) -> QrPayload:

@@ -3,18 +3,24 @@
 There is no Zigbee Alliance QR standard; vendors print one of a few de-facto layouts, kept
 here as data (:data:`FORMATS`). Each gives the device's EUI-64 and either an install code
 (6, 8, 12 or 16 bytes plus a CRC-16/X-25, little-endian) or, in Bosch's link-key form, the
-link key itself. The link key of an install code is its AES-MMO hash, computed by zigpy's
-``convert_install_code``. The CRC is checked strictly; with ``repair_crc`` a wrong CRC is
-replaced (as zigbee-herdsman does) and the result says so (``crcRepaired``).
+link key itself. The CRC is checked strictly; with ``repair_crc`` a wrong CRC is replaced
+(as zigbee-herdsman does) and the result says so (``crcRepaired``).
+
+The link key of an install code is its AES-MMO hash, computed by zigpy's
+``convert_install_code``. Parsing checks the install code (length and CRC, all that can make
+the hash fail) and leaves the hash to the first use of the key: the radio backend,
+``--show-secrets`` output, any read of :attr:`QrPayload.fields`. A redacted answer (every
+scan, every ``qr parse`` without ``--show-secrets``) never needs it.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.commissioning.qr.base import QrPayload, qr_error
+from agent.commissioning.qr.base import PENDING, QrPayload, qr_error
 
 _HEX = "[0-9A-Fa-f]"
 #: Install code lengths in bytes, CRC included.
@@ -143,12 +149,24 @@ def parse_zigbee(text: str, *, repair_crc: bool = False) -> QrPayload | None:
             fields["installCode"] = None
             fields["linkKey"] = groups["key"].upper()
             return _payload(fmt.name, fields, text)
-        fields.update(_install_code(groups["code"], repair_crc=repair_crc))
-        return _payload(fmt.name, fields, text)
+        code, repaired = _install_code(groups["code"], repair_crc=repair_crc)
+        fields["installCode"] = code.hex().upper()
+        fields["linkKey"] = PENDING  # derived when first needed: see the module's docstring
+        if repaired:
+            fields["crcRepaired"] = True
+        return _payload(fmt.name, fields, text, _link_key_of(code))
     return None
 
 
-def _install_code(hex_code: str, *, repair_crc: bool) -> dict[str, Any]:
+def _link_key_of(code: bytes) -> Callable[[], dict[str, Any]]:
+    def derive() -> dict[str, Any]:
+        return {"linkKey": link_key(code).hex().upper()}
+
+    return derive
+
+
+def _install_code(hex_code: str, *, repair_crc: bool) -> tuple[bytes, bool]:
+    """The install code as bytes (CRC checked, or repaired) and whether it was repaired."""
     if len(hex_code) % 2 or len(hex_code) // 2 not in INSTALL_CODE_SIZES:
         raise qr_error(
             "an install code is 6, 8, 12 or 16 bytes plus a 2-byte CRC", path="installCode"
@@ -162,20 +180,23 @@ def _install_code(hex_code: str, *, repair_crc: bool) -> dict[str, Any]:
             )
         code = code[:-2] + crc16_x25(code[:-2]).to_bytes(2, "little")
         repaired = True
-    fields: dict[str, Any] = {
-        "installCode": code.hex().upper(),
-        "linkKey": link_key(code).hex().upper(),
-    }
-    if repaired:
-        fields["crcRepaired"] = True
-    return fields
+    return code, repaired
 
 
-def _payload(fmt: str, fields: dict[str, Any], source: str) -> QrPayload:
+def _payload(
+    fmt: str,
+    fields: dict[str, Any],
+    source: str,
+    derive: Callable[[], dict[str, Any]] | None = None,
+) -> QrPayload:
     return QrPayload(
         authentication_material_type="ZIGBEE_QR_BAR_CODE",
         format=fmt,
         fields=fields,
-        secrets=frozenset({"installCode", "linkKey"}),
+        secrets=_SECRETS,
         source=source,
+        derive=derive,
     )
+
+
+_SECRETS = frozenset({"installCode", "linkKey"})

@@ -130,7 +130,7 @@ def _parse_strict(qr: str) -> QrPayload:
         raise qr_error(
             "the Z-Wave code checksum does not match", "QR_CHECKSUM_MISMATCH", "checksum"
         )
-    if any(int(b) > _UINT16_MAX for b in block_texts):
+    if max(block_texts) > "65535":  # five digits each: text order is number order
         raise qr_error("dsk is out of range", path="dsk")
     fields: dict[str, Any] = {
         "version": version,
@@ -149,13 +149,24 @@ def _parse_strict(qr: str) -> QrPayload:
     return _payload(fmt, fields, qr)
 
 
+def _classes_of(keys: int) -> tuple[int, ...] | None:
+    classes = [bit for bit in range(8) if keys >> bit & 1]
+    if any(bit not in _SECURITY_BITS for bit in classes):
+        return None
+    return tuple(_SECURITY_BITS[b] for b in classes)
+
+
+#: requested-keys byte → its security classes, or None when it names an unknown one.
+_CLASSES = tuple(_classes_of(keys) for keys in range(_UINT8_MAX + 1))
+
+
 def _security_classes(keys: int) -> list[int]:
     if keys > _UINT8_MAX:
         raise qr_error("requestedSecurityClasses is out of range", path="requestedSecurityClasses")
-    classes = [bit for bit in range(8) if keys >> bit & 1]
-    if any(bit not in _SECURITY_BITS for bit in classes):
+    classes = _CLASSES[keys]
+    if classes is None:
         raise qr_error("unknown security class requested", path="requestedSecurityClasses")
-    return [_SECURITY_BITS[b] for b in classes]
+    return list(classes)
 
 
 def _parse_tlv(qr: str, offset: int, fields: dict[str, Any], seen: set[int]) -> int:
@@ -175,6 +186,8 @@ def _parse_tlv(qr: str, offset: int, fields: dict[str, Any], seen: set[int]) -> 
 
 
 def _tlv_data(kind: int, data: str, fields: dict[str, Any]) -> bool:  # noqa: PLR0911 - one per type
+    if kind <= _TYPE_PRODUCT_ID and _product_fast(kind, data, fields):
+        return True
     if kind == _TYPE_PRODUCT_TYPE:
         classes = _number(data, 0, 5, _UINT16_MAX, "genericDeviceClass")
         fields["genericDeviceClass"] = classes >> 8
@@ -206,6 +219,29 @@ def _tlv_data(kind: int, data: str, fields: dict[str, Any]) -> bool:  # noqa: PL
         fields["supportedProtocols"] = [bit for bit in range(16) if mask >> bit & 1]
         return True
     return False
+
+
+def _product_fast(kind: int, data: str, fields: dict[str, Any]) -> bool:
+    """ProductType / ProductId when every number is there and in range (the usual code).
+
+    False leaves the block to the field-by-field path, which names the field at fault.
+    """
+    if kind == _TYPE_PRODUCT_TYPE:
+        if len(data) < 10 or max(data[0:5], data[5:10]) > "65535":  # noqa: PLR2004
+            return False
+        classes = int(data[0:5])
+        fields["genericDeviceClass"] = classes >> 8
+        fields["specificDeviceClass"] = classes & 0xFF
+        fields["installerIconType"] = int(data[5:10])
+        return True
+    if len(data) < 20 or max(data[0:5], data[5:10], data[10:15], data[15:20]) > "65535":  # noqa: PLR2004
+        return False
+    version = int(data[15:20])
+    fields["manufacturerId"] = int(data[0:5])
+    fields["productType"] = int(data[5:10])
+    fields["productId"] = int(data[10:15])
+    fields["applicationVersion"] = f"{version >> 8}.{version & 0xFF}"
+    return True
 
 
 def _boundaries(candidate: str) -> list[int]:
