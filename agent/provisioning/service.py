@@ -52,12 +52,18 @@ class ProvisioningService:
     Args:
         config: the running configuration.
         on_status: called with a one-line description of what is happening (``STATUS=``).
+        operations: the MQTT command operations the operational link answers.
     """
 
     def __init__(
-        self, config: AgentConfig, *, on_status: Callable[[str], None] | None = None
+        self,
+        config: AgentConfig,
+        *,
+        on_status: Callable[[str], None] | None = None,
+        operations: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
+        self._operations = operations
         self._on_status = on_status or (lambda _text: None)
         self.store = RunStore(config.agent.state_dir)
         self.provisioner = Provisioner(config, self.store, on_step=self._stepped)
@@ -125,6 +131,11 @@ class ProvisioningService:
         """A reloaded configuration: the next run uses it (the stick source stays as started)."""
         self.config = config
         self.provisioner.config = config
+
+    @property
+    def outbox(self) -> Any:
+        """The operational link's outbox, or None while there is no link."""
+        return self._mqtt.outbox if self._mqtt is not None else None
 
     # --- status --------------------------------------------------------------------------
 
@@ -274,6 +285,7 @@ class ProvisioningService:
                     self.config.agent.state_dir,
                     self.config.mqtt,
                     endpoint=Endpoint.parse(identity[1]),
+                    operations=self._operations,
                 )
             )
         except AgentError as exc:
