@@ -21,6 +21,7 @@ import zigpy.types as t
 
 from agent.commissioning.backend import RadioBackend
 from agent.commissioning.runtime import CommissioningService
+from agent.commissioning.scanner import ScanHandler
 from agent.commissioning.zigbee import ZigbeeBackend
 from agent.config import AgentConfig, CommissioningSection, MqttSection
 from agent.fsutil import PRIVATE_FILE, PUBLIC_FILE
@@ -39,7 +40,8 @@ INSTALL_CODE = "0102030405060708090A0B0C0D0E0F1090FD"
 LINK_KEY = "F7DB70E028B72B3F67D90A54F6916FF4"
 ZIGBEE = f"Z:0102030405060708$I:{INSTALL_CODE}"
 ZWAVE_DSK = "51525-35455-41424-34445-31323-33435-21222-32425"
-SECRETS = (INSTALL_CODE, LINK_KEY, ZWAVE_DSK, ZIGBEE)
+WIFI = "WIFI:T:WPA;S:edge-uplink;P:correct-horse-battery;;"
+SECRETS = (INSTALL_CODE, LINK_KEY, ZWAVE_DSK, ZIGBEE, "correct-horse-battery")
 LIFECYCLE = ["UNASSOCIATED", "PRE_ASSOCIATED", "DISCOVERED", "ACTIVATED"]
 
 
@@ -221,6 +223,10 @@ def test_commands_and_lifecycle_events_in_order(
                 for suffix in ("cmd/+/accepted", "cmd/+/rejected"):
                     await session.subscribe(f"edge/{THING}/{suffix}", replies.put_nowait)
                 created, zwave = await _commands(Operator(session, replies), app)
+                # scan answers go out too: one rejected, one accepted (no password in either)
+                scans = ScanHandler(service.things, service.reporter)
+                assert not scans.handle("/dev/ttyACM0", "WIFI:T:WPA;S:;P:x;;").accepted
+                assert scans.handle("/dev/ttyACM0", WIFI).accepted
             await asyncio.wait_for(mqtt.require_outbox().drained(), 10)
             zwave_status = service.things.status(zwave["Id"])
             assert zwave_status == "FAILED"
@@ -247,6 +253,13 @@ def test_commands_and_lifecycle_events_in_order(
         assert seqs == sorted(seqs)
         changes = [e["body"]["changeId"] for e in events if e["type"] == "MANAGED_THING_STATUS"]
         assert changes == sorted(changes)
+        scans = [e["body"] for e in events if e["type"] == "COMMISSIONING_SCAN"]
+        assert [(b["accepted"], b.get("reason")) for b in scans] == [
+            (False, "QR_FIELD_MISSING"),
+            (True, None),
+        ]
+        assert scans[1]["format"] == "wifi"
+        assert scans[1]["device"] == "ssid=edge-uplink"
         _no_secrets(watcher.payloads())
     finally:
         watcher.close()
