@@ -35,6 +35,7 @@ class _Pending:
 
 #: The placeholder of a derived field (see :class:`QrPayload`).
 PENDING: Any = _Pending()
+_SET = object.__setattr__
 
 
 class QrPayload:
@@ -80,7 +81,7 @@ class QrPayload:
         source: str = "",
         derive: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
-        set_ = object.__setattr__
+        set_ = _SET
         set_(self, "authentication_material_type", authentication_material_type)
         set_(self, "format", format)
         set_(self, "_fields", fields)

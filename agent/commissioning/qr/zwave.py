@@ -32,6 +32,7 @@ _TYPE_PRODUCT_ID = 1
 _TYPE_MAX_INCLUSION_INTERVAL = 2
 _TYPE_UUID16 = 3
 _TYPE_SUPPORTED_PROTOCOLS = 4
+_REQUIRED_TLVS = frozenset({_TYPE_PRODUCT_TYPE, _TYPE_PRODUCT_ID})
 _LEVEL_MAX = 99
 _UINT8_MAX = 0xFF
 _UINT16_MAX = 0xFFFF
@@ -48,7 +49,7 @@ def parse_zwave(text: str) -> QrPayload:
     Raises:
         QrFormatError: no valid code in ``text``; the reason is that of the whole string.
     """
-    compact = "".join(text.split())
+    compact = text if text.isdigit() else "".join(text.split())
     try:
         return _parse_strict(compact)
     except QrFormatError as first:
@@ -83,13 +84,16 @@ def dsk_mask(dsk: str) -> str:
 
 def _payload(fmt: str, fields: dict[str, Any], source: str) -> QrPayload:
     return QrPayload(
-        authentication_material_type="ZWAVE_QR_BAR_CODE",
-        format=fmt,
-        fields=fields,
-        secrets=frozenset({"dsk"}),
-        masks={"dsk": dsk_mask(fields["dsk"])},
+        "ZWAVE_QR_BAR_CODE",
+        fmt,
+        fields,
+        secrets=_SECRETS,
+        masks={"dsk": "*****" + fields["dsk"][5:]},
         source=source,
     )
+
+
+_SECRETS = frozenset({"dsk"})
 
 
 def _number(qr: str, offset: int, width: int, limit: int, what: str) -> int:
@@ -137,16 +141,31 @@ def _parse_strict(qr: str) -> QrPayload:
         "requestedSecurityClasses": _security_classes(int(keys_text)),
         "dsk": "-".join(block_texts),
     }
-    offset = MIN_LENGTH
-    seen: set[int] = set()
-    while offset < len(qr):
-        offset = _parse_tlv(qr, offset, fields, seen)
-    if not {_TYPE_PRODUCT_TYPE, _TYPE_PRODUCT_ID} <= seen:
+    if not _tlvs(qr, fields) >= _REQUIRED_TLVS:
         raise qr_error(
             "a Z-Wave code must carry ProductType and ProductId", "QR_FIELD_MISSING", "productId"
         )
     fmt = "zwave-smartstart" if version == 1 else "zwave-s2"
     return _payload(fmt, fields, qr)
+
+
+def _tlvs(qr: str, fields: dict[str, Any]) -> set[int]:
+    """Read the TLV blocks after the DSK into ``fields``; return the types seen."""
+    offset, end = MIN_LENGTH, len(qr)
+    seen: set[int] = set()
+    while offset < end:  # TLV blocks: type<<1|critical (2 digits), length (2), value
+        if end - offset < 4:  # noqa: PLR2004 - type and length, 2 digits each
+            raise qr_error("incomplete TLV block", path="tlv")
+        type_critical = int(qr[offset : offset + 2])
+        start = offset + 4
+        offset = start + int(qr[offset + 2 : start])
+        if offset > end:
+            raise qr_error("incomplete TLV block", path="tlv")
+        kind = type_critical >> 1
+        if not _tlv_data(kind, qr[start:offset], fields) and type_critical & 1:
+            raise qr_error(f"unsupported critical TLV block {kind}", path="tlv")
+        seen.add(kind)
+    return seen
 
 
 def _classes_of(keys: int) -> tuple[int, ...] | None:
@@ -167,22 +186,6 @@ def _security_classes(keys: int) -> list[int]:
     if classes is None:
         raise qr_error("unknown security class requested", path="requestedSecurityClasses")
     return list(classes)
-
-
-def _parse_tlv(qr: str, offset: int, fields: dict[str, Any], seen: set[int]) -> int:
-    if len(qr) - offset < 4:  # noqa: PLR2004 - type and length, 2 digits each
-        raise qr_error("incomplete TLV block", path="tlv")
-    type_critical = int(qr[offset : offset + 2])
-    kind, critical = type_critical >> 1, bool(type_critical & 1)
-    length = int(qr[offset + 2 : offset + 4])
-    start = offset + 4
-    if len(qr) - start < length:
-        raise qr_error("incomplete TLV block", path="tlv")
-    data = qr[start : start + length]
-    if not _tlv_data(kind, data, fields) and critical:
-        raise qr_error(f"unsupported critical TLV block {kind}", path="tlv")
-    seen.add(kind)
-    return start + length
 
 
 def _tlv_data(kind: int, data: str, fields: dict[str, Any]) -> bool:  # noqa: PLR0911 - one per type
