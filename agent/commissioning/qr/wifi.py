@@ -51,16 +51,16 @@ def _tokens(body: str) -> dict[str, str]:
     return fields
 
 
+#: A value up to its unescaped ';' (or the end; a lone final backslash is kept as it is).
+_ESCAPED_VALUE = re.compile(r"(?:[^;\\]|\\.)*(?:\\\Z)?", re.DOTALL)
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
+
 def _escaped(body: str, j: int) -> tuple[int, str]:
     """A value with backslash escapes from ``j``: (index of its ending ';' or the end, text)."""
-    n = len(body)
-    value: list[str] = []
-    while j < n and body[j] != ";":
-        if body[j] == "\\" and j + 1 < n:
-            j += 1
-        value.append(body[j])
-        j += 1
-    return j, "".join(value)
+    match = _ESCAPED_VALUE.match(body, j)
+    assert match is not None  # noqa: S101 - the pattern matches the empty string
+    return match.end(), _ESCAPE.sub(r"\1", match.group())
 
 
 def parse_wifi(text: str) -> QrPayload:
