@@ -186,6 +186,7 @@ class Daemon:
                     self.config,
                     on_status=self._status_line,
                     operations=self.commissioning.operations(),
+                    on_link=self.commissioning.reporter.wake,
                 ) as service,
                 self.commissioning,
             ):

@@ -7,7 +7,8 @@ moves those rows into the durable outbox (:mod:`agent.mqtt.outbox`) as
 ``MANAGED_THING_STATUS`` events, oldest first, and deletes each row once the outbox has
 committed its event. So no change is lost to a crash, a broker outage or an appliance that
 has no operational link yet: the rows wait, and go out when the next change, the next
-start or :meth:`OutboxReporter.wake` finds an outbox. A crash between the outbox's commit
+start or :meth:`OutboxReporter.wake` (the daemon calls it when the link opens) finds an
+outbox. A crash between the outbox's commit
 and the row's deletion sends that change again (its ``changeId`` is the same, its
 ``eventId`` new).
 

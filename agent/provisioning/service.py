@@ -53,6 +53,7 @@ class ProvisioningService:
         config: the running configuration.
         on_status: called with a one-line description of what is happening (``STATUS=``).
         operations: the MQTT command operations the operational link answers.
+        on_link: called each time the operational link (and its outbox) opens.
     """
 
     def __init__(
@@ -61,9 +62,11 @@ class ProvisioningService:
         *,
         on_status: Callable[[str], None] | None = None,
         operations: dict[str, Any] | None = None,
+        on_link: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self._operations = operations
+        self._on_link = on_link
         self._on_status = on_status or (lambda _text: None)
         self.store = RunStore(config.agent.state_dir)
         self.provisioner = Provisioner(config, self.store, on_step=self._stepped)
@@ -295,6 +298,8 @@ class ProvisioningService:
         self._mqtt_stack = stack
         _log.info("operational MQTT link for %s to %s", identity[0], identity[1])
         self._report_wake.set()
+        if self._on_link is not None:
+            self._on_link()
 
     async def _close_link(self) -> None:
         if self._mqtt_stack is not None:
