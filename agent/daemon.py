@@ -70,7 +70,11 @@ class Daemon:
         self._watchdog: asyncio.TimerHandle | None = None
         self.api = LocalApi(config.api.socket_path(config.agent), group=config.api.group)
         self.provisioning: ProvisioningService | None = None
-        self.commissioning = CommissioningService(config, outbox=self._outbox)
+        self.commissioning = CommissioningService(
+            config,
+            outbox=self._outbox,
+            led=lambda: self.provisioning.led if self.provisioning is not None else None,
+        )
         self.api.add_routes(commissioning_api.routes(self.commissioning))
         self.api.add_routes(
             [

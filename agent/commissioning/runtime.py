@@ -23,7 +23,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from agent.commissioning.backend import Commissioner, RadioBackend
-from agent.commissioning.notify import FanOutNotifier, JournalNotifier
+from agent.commissioning.notify import (
+    CommissioningNotifier,
+    FanOutNotifier,
+    JournalNotifier,
+    LedNotifier,
+    ScanEvent,
+    ThingEvent,
+)
 from agent.commissioning.reporting import OutboxReporter
 from agent.commissioning.scanner import ScanHandler, SerialScanSource
 from agent.commissioning.service import open_backends, scan_source
@@ -35,6 +42,7 @@ from agent.store import Store
 
 if TYPE_CHECKING:
     from agent.mqtt.outbox import Outbox
+    from agent.status.led import StatusLed
 
 _log = logging.getLogger(__name__)
 
@@ -63,6 +71,42 @@ def configured_backends(section: CommissioningSection) -> list[str]:
     return names
 
 
+class _LedAnswers:
+    """Scan answers and outcomes on the status LED the daemon has now (any thread)."""
+
+    def __init__(self, led: Callable[[], StatusLed | None]) -> None:
+        self._led = led
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _show(self, action: Callable[[LedNotifier], None]) -> None:
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+
+        def run() -> None:
+            led = self._led()
+            if led is not None:
+                action(LedNotifier(led))
+
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            run()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(run)
+
+    def thing_changed(self, event: ThingEvent) -> None:
+        """ACTIVATED: steady on; FAILED: fast blink."""
+        self._show(lambda notifier: notifier.thing_changed(event))
+
+    def scan_answered(self, event: ScanEvent) -> None:
+        """Accepted: slow blink; rejected: fast blink."""
+        self._show(lambda notifier: notifier.scan_answered(event))
+
+
 def _scanner_port(section: CommissioningSection) -> str:
     """The serial scanner the daemon reads (``stdin`` is for ``edge-agent scan`` only)."""
     return "" if section.scanner == "stdin" else section.scanner
@@ -75,6 +119,7 @@ class CommissioningService:
         config: the running configuration.
         outbox: the MQTT outbox now, or ``None`` (no operational link yet).
         radios: starts the configured backends (:func:`~agent.commissioning.service.open_backends`).
+        led: the status LED now, or ``None`` (answers and outcomes are shown on it).
     """
 
     def __init__(
@@ -83,9 +128,11 @@ class CommissioningService:
         *,
         outbox: Callable[[], Outbox | None] | None = None,
         radios: Radios = open_backends,
+        led: Callable[[], StatusLed | None] | None = None,
     ) -> None:
         self.config = config
         self._radios = radios
+        self._led = _LedAnswers(led or (lambda: None))
         section = config.commissioning
         self.wanted = configured_backends(section)
         self.scanner_port = _scanner_port(section)
@@ -108,6 +155,7 @@ class CommissioningService:
 
     async def __aenter__(self) -> Self:
         self._loop = asyncio.get_running_loop()
+        self._led.loop = self._loop
         section = self.config.commissioning
         try:
             database = self.config.commissioning_database()
@@ -158,6 +206,7 @@ class CommissioningService:
         self._things = None
         self._commissioner = None
         self._loop = None
+        self._led.loop = None
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -170,15 +219,18 @@ class CommissioningService:
             store,
             region=self.config.registry.region,
             account=self.config.registry.account,
-            notifier=FanOutNotifier(JournalNotifier(), self.reporter),
+            notifier=self._notifier(),
             repair_zigbee_crc=self.config.commissioning.zigbee_crc == "repair",
         )
+
+    def _notifier(self) -> CommissioningNotifier:
+        return FanOutNotifier(JournalNotifier(), self.reporter, self._led)
 
     async def _scan(self, source: SerialScanSource) -> None:
         things, commissioner = self.things, self._commissioner
         handler = ScanHandler(
             things,
-            FanOutNotifier(JournalNotifier(), self.reporter),
+            self._notifier(),
             commissioner=commissioner,
             repair_zigbee_crc=self.config.commissioning.zigbee_crc == "repair",
         )

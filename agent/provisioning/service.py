@@ -136,6 +136,11 @@ class ProvisioningService:
         self.provisioner.config = config
 
     @property
+    def led(self) -> SysfsLed | NullLed:
+        """The board's status LED (a NullLed on a board without one)."""
+        return self._led
+
+    @property
     def outbox(self) -> Any:
         """The operational link's outbox, or None while there is no link."""
         return self._mqtt.outbox if self._mqtt is not None else None

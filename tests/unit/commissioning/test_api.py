@@ -17,6 +17,7 @@ from agent.commissioning.runtime import CommissioningService
 from agent.commissioning.zigbee import ZigbeeBackend
 from agent.config import AgentConfig, CommissioningSection
 from agent.daemon import api_request
+from agent.status.led import SysfsLed
 from tests.helpers.zigbee import StubRadioApp, make_app, nwk
 
 ZIGBEE = "Z:0102030405060708$I:0102030405060708090A0B0C0D0E0F1090FD"
@@ -80,9 +81,11 @@ def stub_radios(app: StubRadioApp) -> Callable[[CommissioningSection], Any]:
 
 @contextlib.asynccontextmanager
 async def serving(
-    tmp_path: Path, agent_config: AgentConfig, radios: Any = None
+    tmp_path: Path, agent_config: AgentConfig, radios: Any = None, led: Any = None
 ) -> AsyncIterator[tuple[Client, CommissioningService]]:
-    kwargs = {"radios": radios} if radios is not None else {}
+    kwargs: dict[str, Any] = {"radios": radios} if radios is not None else {}
+    if led is not None:
+        kwargs["led"] = led
     service = CommissioningService(agent_config, **kwargs)
     api = LocalApi(tmp_path / "api.sock")
     api.add_routes(commissioning_api.routes(service))
@@ -244,3 +247,66 @@ def test_stopping_fails_unfinished_things(tmp_path: Path) -> None:
             assert service.status()["enabled"] is False
 
     run(after)
+
+
+def test_outcomes_on_the_status_led(tmp_path: Path) -> None:
+    led_dir = tmp_path / "leds" / "ACT"
+    led_dir.mkdir(parents=True)
+    for name, value in (
+        ("trigger", "none [mmc0] timer"),
+        ("brightness", "0"),
+        ("max_brightness", "1"),
+        ("delay_on", "0"),
+        ("delay_off", "0"),
+    ):
+        (led_dir / name).write_text(value + "\n")
+
+    def led_state() -> tuple[str, str, str]:
+        trigger, delay_on, brightness = (
+            (led_dir / a).read_text().strip() for a in ("trigger", "delay_on", "brightness")
+        )
+        return trigger, delay_on, brightness
+
+    async def until(thing: str, status: str, call: Client) -> None:
+        for _ in range(200):
+            if (await call("GET", f"/managed-things/{thing}"))[1]["ProvisioningStatus"] == status:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{thing} never became {status}")
+
+    async def scenario() -> list[tuple[str, str, str]]:
+        import zigpy.types as t
+
+        seen = []
+        app = make_app()
+        async with SysfsLed("ACT", root=tmp_path / "leds") as led:
+            agent_config = config(tmp_path, zigbee_radio="znp")
+            async with serving(tmp_path, agent_config, stub_radios(app), lambda: led) as (
+                call,
+                _service,
+            ):
+                _, zwave = await call(
+                    "POST",
+                    "/managed-things",
+                    body(
+                        AuthenticationMaterial="zws2dsk:51525-35455-41424-34445-31323-33435-21222-32425",
+                        AuthenticationMaterialType="ZWAVE_QR_BAR_CODE",
+                    ),
+                )
+                await until(zwave["Id"], "FAILED", call)  # no Z-Wave radio
+                await asyncio.sleep(0.05)  # the LED is set from the loop
+                seen.append(led_state())
+                _, zigbee = await call("POST", "/managed-things", body())
+                await asyncio.wait_for(app.permit_started.wait(), 5)
+                ieee = t.EUI64.convert("01:02:03:04:05:06:07:08")
+                app.handle_join(nwk(0x2345), ieee, nwk(0))
+                app.device_initialized(app.get_device(ieee=ieee))
+                await until(zigbee["Id"], "ACTIVATED", call)
+                await asyncio.sleep(0.05)
+                seen.append(led_state())
+        return seen
+
+    failed, activated = asyncio.run(scenario())
+    assert failed[:2] == ("timer", "100")  # fast blink
+    assert activated[0] == "none"
+    assert activated[2] == "1"  # steady on
