@@ -162,6 +162,8 @@ class Daemon:
                 _log.warning("reload: [agent] and [api] changes take effect at the next start")
             if new.usb != self.config.usb:
                 _log.warning("reload: [usb] changes take effect at the next start")
+            if new.commissioning != self.config.commissioning:
+                _log.warning("reload: [commissioning] changes take effect at the next start")
             self.config = new
             if self.provisioning is not None:
                 self.provisioning.reconfigure(new)
