@@ -5,12 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.commissioning.errors import QrFormatError
 from agent.commissioning.qr import parse
 from agent.commissioning.qr.base import PENDING
 from agent.commissioning.qr.matter import base38_decode
-from agent.commissioning.qr.zigbee import crc16_x25, install_code_crc_valid, link_key
+from agent.commissioning.qr.zigbee import (
+    crc16_x25,
+    crc16_x25_reference,
+    install_code_crc_valid,
+    link_key,
+)
 from tests.unit.commissioning.vectors import load_vectors, vector_id
 
 VECTORS = load_vectors()
@@ -192,3 +199,8 @@ def test_link_key_is_derived_on_first_use_only() -> None:
         == link_key(bytes.fromhex(payload.fields["installCode"])).hex().upper()
     )
     assert payload == parse(good["input"])  # equality derives on both sides
+
+
+@given(st.binary(max_size=64))
+def test_crc_matches_its_table_definition(data: bytes) -> None:
+    assert crc16_x25(data) == crc16_x25_reference(data)
