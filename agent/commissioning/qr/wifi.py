@@ -53,14 +53,33 @@ def _tokens(body: str) -> dict[str, str]:
 
 #: A value up to its unescaped ';' (or the end; a lone final backslash is kept as it is).
 _ESCAPED_VALUE = re.compile(r"(?:[^;\\]|\\.)*(?:\\\Z)?", re.DOTALL)
-_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 
 
 def _escaped(body: str, j: int) -> tuple[int, str]:
     """A value with backslash escapes from ``j``: (index of its ending ';' or the end, text)."""
     match = _ESCAPED_VALUE.match(body, j)
     assert match is not None  # noqa: S101 - the pattern matches the empty string
-    return match.end(), _ESCAPE.sub(r"\1", match.group())
+    return match.end(), _unescape(match.group())
+
+
+def _unescape(raw: str) -> str:
+    r"""``\x`` → ``x``; a lone final backslash stays (split on the backslashes: no regex)."""
+    parts = raw.split("\\")
+    out = [parts[0]]
+    i, last = 1, len(parts) - 1
+    while i <= last:
+        part = parts[i]
+        if part:  # its first character was escaped: it is literal, as the rest
+            out.append(part)
+            i += 1
+        elif i < last:  # an escaped backslash, then what follows the next one
+            out.append("\\")
+            out.append(parts[i + 1])
+            i += 2
+        else:  # a lone backslash at the very end
+            out.append("\\")
+            i += 1
+    return "".join(out)
 
 
 def parse_wifi(text: str) -> QrPayload:
