@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from agent.commissioning.backend import Commissioner, RadioBackend
+from agent.commissioning.errors import CommissioningUnavailableError
 from agent.commissioning.notify import (
     CommissioningNotifier,
     FanOutNotifier,
@@ -150,6 +151,7 @@ class CommissioningService:
         self._source: SerialScanSource | None = None
         self._scanner_state: dict[str, Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._failure: dict[str, Any] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -162,6 +164,14 @@ class CommissioningService:
             ensure_dir(database.parent)
             self._store = Store(database)
             self._things = self.open_things(self._store)
+        except AgentError as exc:
+            # The provisioning side must not go down with the managed things.
+            _log.error("commissioning is unavailable: %s", exc.message)
+            self._failure = exc.to_dict()["error"]
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+            return self
         except BaseException:
             if self._store is not None:
                 self._store.close()
@@ -269,6 +279,10 @@ class CommissioningService:
     def things(self) -> ManagedThings:
         """The managed things (while running)."""
         if self._things is None:
+            if self._failure is not None:
+                raise CommissioningUnavailableError(
+                    f"managed things are unavailable: {self._failure['message']}"
+                )
             raise StateError("commissioning is not running", reason="AGENT_NOT_READY")
         return self._things
 
@@ -293,14 +307,17 @@ class CommissioningService:
         """The commissioning part of ``GET /status``."""
         up = {b.name for b in self._backends}
         things = self._things
-        return {
-            "enabled": self.enabled,
+        out: dict[str, Any] = {
+            "enabled": self.enabled and self._failure is None,
             "backends": {name: UP if name in up else UNAVAILABLE for name in self.wanted},
             "scanner": dict(self._scanner_state) if self._scanner_state else None,
             "commissioning": self._commissioner.running if self._commissioner else 0,
             "things": things.counts() if things else {},
             "unreportedChanges": things.pending_count() if things else 0,
         }
+        if self._failure is not None:
+            out["error"] = self._failure
+        return out
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

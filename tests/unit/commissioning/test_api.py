@@ -310,3 +310,21 @@ def test_outcomes_on_the_status_led(tmp_path: Path) -> None:
     assert failed[:2] == ("timer", "100")  # fast blink
     assert activated[0] == "none"
     assert activated[2] == "1"  # steady on
+
+
+def test_unusable_database_leaves_the_api_answering_503(tmp_path: Path) -> None:
+    (tmp_path / "things.db").mkdir()  # a directory where the database should be
+
+    async def scenario() -> None:
+        async with serving(tmp_path, config(tmp_path)) as (call, service):
+            code, err = await call("POST", "/managed-things", body())
+            assert code == 503
+            assert err["error"]["code"] == "ServiceUnavailableException"
+            assert err["error"]["reason"] == "COMMISSIONING_UNAVAILABLE"
+            code, _ = await call("GET", "/managed-things")
+            assert code == 503
+            status = service.status()
+            assert status["enabled"] is False
+            assert status["error"]["code"]
+
+    run(scenario)
