@@ -149,10 +149,40 @@ def _parse_strict(qr: str) -> QrPayload:
     return _payload(fmt, fields, qr)
 
 
+#: ProductType then ProductId, non-critical, right after the DSK: how codes are printed.
+_PRODUCT_BLOCKS = re.compile(
+    r"0010([0-9]{5})([0-9]{5})0220([0-9]{5})([0-9]{5})([0-9]{5})([0-9]{5})"
+)
+
+
+def _product_blocks(qr: str, fields: dict[str, Any]) -> int:
+    """Read the usual ProductType and ProductId blocks at once; return where they end (or 0).
+
+    Anything else (another order, a critical bit, a number out of range) is left to the
+    block-by-block reading.
+    """
+    match = _PRODUCT_BLOCKS.match(qr, MIN_LENGTH)
+    if match is None or max(match.groups()) > "65535":
+        return 0
+    classes, icon, manufacturer, product_type, product_id, version = map(int, match.groups())
+    fields["genericDeviceClass"] = classes >> 8
+    fields["specificDeviceClass"] = classes & 0xFF
+    fields["installerIconType"] = icon
+    fields["manufacturerId"] = manufacturer
+    fields["productType"] = product_type
+    fields["productId"] = product_id
+    fields["applicationVersion"] = f"{version >> 8}.{version & 0xFF}"
+    return match.end()
+
+
 def _tlvs(qr: str, fields: dict[str, Any]) -> set[int]:
     """Read the TLV blocks after the DSK into ``fields``; return the types seen."""
-    offset, end = MIN_LENGTH, len(qr)
-    seen: set[int] = set()
+    end = len(qr)
+    offset = _product_blocks(qr, fields)
+    if offset:
+        seen = {_TYPE_PRODUCT_TYPE, _TYPE_PRODUCT_ID}
+    else:
+        offset, seen = MIN_LENGTH, set()
     while offset < end:  # TLV blocks: type<<1|critical (2 digits), length (2), value
         if end - offset < 4:  # noqa: PLR2004 - type and length, 2 digits each
             raise qr_error("incomplete TLV block", path="tlv")
