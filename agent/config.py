@@ -163,7 +163,9 @@ class RegistrySection:
 class CommissioningSection:
     """QR commissioning of Zigbee, Z-Wave and Wi-Fi devices (owned by agent.commissioning)."""
 
-    #: SQLite database of managed things (ARNs use ``registry.region``/``registry.account``).
+    #: SQLite database of managed things (ARNs use ``registry.region``/``registry.account``);
+    #: left at this default, it is ``<agent.state_dir>/commissioning.db``
+    #: (:meth:`AgentConfig.commissioning_database`).
     database: Path = Path("/var/lib/edge-agent/commissioning.db")
     #: ``strict`` refuses a Zigbee install code with a wrong CRC; ``repair`` replaces the CRC
     #: (the parse result then says ``crcRepaired``).
@@ -285,6 +287,13 @@ class AgentConfig:
     usb: UsbSection = field(default_factory=UsbSection)
     status: StatusSection = field(default_factory=StatusSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
+
+    def commissioning_database(self) -> Path:
+        """``commissioning.database``, or ``<agent.state_dir>/commissioning.db`` by default."""
+        configured = self.commissioning.database
+        if configured == CommissioningSection().database:
+            return self.agent.state_dir / "commissioning.db"
+        return configured
 
 
 T = TypeVar("T")

@@ -32,6 +32,8 @@ from aiohttp import web
 
 import agent
 from agent.api import LocalApi, json_response, read_json
+from agent.commissioning import api as commissioning_api
+from agent.commissioning.runtime import CommissioningService
 from agent.config import AgentConfig, load_config
 from agent.errors import (
     EXIT_OK,
@@ -71,6 +73,12 @@ class Daemon:
         self._watchdog: asyncio.TimerHandle | None = None
         self.api = LocalApi(config.api.socket_path(config.agent), group=config.api.group)
         self.provisioning: ProvisioningService | None = None
+        self.commissioning = CommissioningService(
+            config,
+            outbox=self._outbox,
+            led=lambda: self.provisioning.led if self.provisioning is not None else None,
+        )
+        self.api.add_routes(commissioning_api.routes(self.commissioning))
         self.api.add_routes(
             [
                 web.get("/status", self._get_status),
@@ -94,7 +102,11 @@ class Daemon:
             body["configReloadError"] = self._reload_error
         if self.provisioning is not None:
             body["provisioning"] = self.provisioning.status()
+        body["commissioning"] = self.commissioning.status()
         return body
+
+    def _outbox(self) -> Any:
+        return self.provisioning.outbox if self.provisioning is not None else None
 
     async def _get_status(self, _request: web.Request) -> web.Response:
         return json_response(self.status())
@@ -154,6 +166,8 @@ class Daemon:
                 _log.warning("reload: [agent] and [api] changes take effect at the next start")
             if new.usb != self.config.usb:
                 _log.warning("reload: [usb] changes take effect at the next start")
+            if new.commissioning != self.config.commissioning:
+                _log.warning("reload: [commissioning] changes take effect at the next start")
             self.config = new
             if self.provisioning is not None:
                 self.provisioning.reconfigure(new)
@@ -177,7 +191,15 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
-            async with ProvisioningService(self.config, on_status=self._status_line) as service:
+            async with (
+                ProvisioningService(
+                    self.config,
+                    on_status=self._status_line,
+                    operations=self.commissioning.operations(),
+                    on_link=self.commissioning.reporter.wake,
+                ) as service,
+                self.commissioning,
+            ):
                 self.provisioning = service
                 await self.api.start()
                 if self.registry_api is not None:

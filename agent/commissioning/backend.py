@@ -152,6 +152,9 @@ class Commissioner:
         async def run() -> None:
             try:
                 await self.commission(thing_id)
+            except asyncio.CancelledError:
+                self._interrupted(thing_id)
+                raise
             except Exception:  # noqa: BLE001 - top of a background job: log and report
                 _log.exception("commissioning %s crashed", thing_id)
                 try:
@@ -165,6 +168,31 @@ class Commissioner:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def _interrupted(self, thing_id: str) -> None:
+        try:
+            status = self._things.status(thing_id)
+            if status not in (ACTIVATED, FAILED):
+                self._things.transition(
+                    thing_id,
+                    FAILED,
+                    reason="AGENT_STOPPED",
+                    message="the agent stopped while the device was being commissioned",
+                )
+        except AgentError:
+            _log.exception("could not record the interruption of %s", thing_id)
+
+    async def stop(self) -> None:
+        """Cancel every background commissioning (each unfinished thing: ``AGENT_STOPPED``)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def running(self) -> int:
+        """Commissionings in progress."""
+        return len(self._tasks)
 
     async def drain(self) -> None:
         """Wait for every background commissioning to end."""

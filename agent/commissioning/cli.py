@@ -82,7 +82,7 @@ def _open_store(args: argparse.Namespace) -> Store:
     from agent.fsutil import ensure_dir
     from agent.store import Store
 
-    path = args.database or load_config(args.config).commissioning.database
+    path = args.database or load_config(args.config).commissioning_database()
     ensure_dir(path.parent)
     return Store(path)
 

@@ -47,3 +47,12 @@ class RadioUnavailableError(RadioError):
 
     retryable = True
     default_reason = "RADIO_UNAVAILABLE"
+
+
+class CommissioningUnavailableError(AgentError):
+    """Managed things cannot be served now (their database could not be opened)."""
+
+    code = "ServiceUnavailableException"
+    status_code = 503
+    retryable = True
+    default_reason = "COMMISSIONING_UNAVAILABLE"

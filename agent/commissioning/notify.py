@@ -8,11 +8,13 @@ secrets: codes are described by their format and device identity only.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from agent.mqtt.events import utc_timestamp
 from agent.status.led import LedPattern, StatusLed
 
 _log = logging.getLogger(__name__)
@@ -41,6 +43,21 @@ class ThingEvent:
             "Reason": self.reason,
             "Message": self.message,
         }
+
+    def body(self) -> dict[str, Any]:
+        """The body of its ``MANAGED_THING_STATUS`` MQTT event (camelCase, as events are)."""
+        out: dict[str, Any] = {
+            "thingId": self.thing_id,
+            "arn": self.arn,
+            "status": self.status,
+            "previousStatus": self.previous,
+            "at": utc_timestamp(dt.datetime.fromtimestamp(self.at, dt.UTC)),
+        }
+        if self.reason is not None:
+            out["reason"] = self.reason
+        if self.message is not None:
+            out["message"] = self.message
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,9 @@ A thing is created ``UNASSOCIATED`` from a validated request whose
 then moves it ``PRE_ASSOCIATED`` (the code is handed to the radio), ``DISCOVERED`` (the
 device joined) and ``ACTIVATED`` (it is set up). A failure moves it to ``FAILED`` with a
 reason and a message; a failed thing may be tried again (``PRE_ASSOCIATED``). Every change is
-committed to SQLite before the notifier hears of it.
+committed to SQLite before the notifier hears of it, together with a row in
+``managed_thing_changes`` that stays until the change is in the MQTT outbox
+(:mod:`agent.commissioning.reporting`).
 
 ``ClientToken``: the same token with the same body returns the first answer again; the same
 token with another body is a ``ConflictException``. One device (same IEEE, DSK, SSID or DPP
@@ -14,6 +16,7 @@ key hash) is managed once.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import hashlib
 import json
@@ -60,7 +63,15 @@ MIGRATIONS: Final = (
         response     TEXT NOT NULL
     );
     """,
+    """
+    CREATE TABLE managed_thing_changes (
+        seq  INTEGER PRIMARY KEY AUTOINCREMENT,
+        body TEXT NOT NULL
+    );
+    """,
 )
+#: Unreported changes kept at most (the oldest go first when nothing reports them).
+MAX_PENDING_CHANGES = 10_000
 
 UNASSOCIATED = "UNASSOCIATED"
 PRE_ASSOCIATED = "PRE_ASSOCIATED"
@@ -200,7 +211,9 @@ class ManagedThings:
                     "INSERT INTO managed_thing_tokens VALUES (?,?,?,?)",
                     (token, digest, thing_id, json.dumps(response)),
                 )
-        self._notifier.thing_changed(ThingEvent(thing_id, response["Arn"], UNASSOCIATED, None, now))
+            event = ThingEvent(thing_id, response["Arn"], UNASSOCIATED, None, now)
+            _record_change(db, event)
+        self._notifier.thing_changed(event)
         return CreateResult(CREATED_STATUS, response, replayed=False)
 
     def _row(self, thing_id: str) -> sqlite3.Row:
@@ -218,6 +231,10 @@ class ManagedThings:
         out = _describe(self._row(thing_id), show_secrets=show_secrets)
         out["Device"] = self.payload(thing_id).to_dict(show_secrets=show_secrets)
         return out
+
+    def status(self, thing_id: str) -> str:
+        """A thing's ``ProvisioningStatus``."""
+        return str(self._row(thing_id)["status"])
 
     def payload(self, thing_id: str) -> QrPayload:
         """The parsed code of a thing (for its radio backend)."""
@@ -289,9 +306,48 @@ class ManagedThings:
                     thing_id,
                 ),
             )
-        event = ThingEvent(thing_id, row["arn"], status, previous, now, reason, message)
+            event = ThingEvent(thing_id, row["arn"], status, previous, now, reason, message)
+            _record_change(db, event)
         self._notifier.thing_changed(event)
         return event
+
+    def counts(self) -> dict[str, int]:
+        """How many things have each status."""
+        rows = self._store.db.execute(
+            "SELECT status, COUNT(*) AS n FROM managed_things GROUP BY status ORDER BY status"
+        ).fetchall()
+        return {str(row["status"]): int(row["n"]) for row in rows}
+
+    def pending_count(self) -> int:
+        """Changes not yet handed to the MQTT outbox."""
+        return int(
+            self._store.db.execute("SELECT COUNT(*) FROM managed_thing_changes").fetchone()[0]
+        )
+
+    def pending_changes(self, limit: int = 500) -> builtins.list[tuple[int, dict[str, Any]]]:
+        """Changes not yet handed to the MQTT outbox, oldest first: (change id, event body)."""
+        rows = self._store.db.execute(
+            "SELECT seq, body FROM managed_thing_changes ORDER BY seq LIMIT ?", (limit,)
+        ).fetchall()
+        return [(int(row["seq"]), json.loads(row["body"])) for row in rows]
+
+    def changes_reported(self, change_ids: builtins.list[int]) -> None:
+        """Forget changes the outbox holds durably now."""
+        with self._store.transaction() as db:
+            db.executemany(
+                "DELETE FROM managed_thing_changes WHERE seq = ?", [(i,) for i in change_ids]
+            )
+
+
+def _record_change(db: sqlite3.Connection, event: ThingEvent) -> None:
+    """Queue a change for MQTT in the transaction that makes it (so none is ever lost)."""
+    cursor = db.execute(
+        "INSERT INTO managed_thing_changes (body) VALUES (?)", (json.dumps(event.body()),)
+    )
+    db.execute(
+        "DELETE FROM managed_thing_changes WHERE seq <= ?",
+        ((cursor.lastrowid or 0) - MAX_PENDING_CHANGES,),
+    )
 
 
 def _summary(row: sqlite3.Row) -> dict[str, Any]:

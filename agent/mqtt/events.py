@@ -37,6 +37,8 @@ EVENT_TYPES: dict[str, Priority] = {
     "COMMAND_RESULT": Priority.LOW,
     "OUTBOX_HIGH_WATER": Priority.HIGH,
     "OUTBOX_DROPPED": Priority.HIGH,
+    "MANAGED_THING_STATUS": Priority.HIGH,
+    "COMMISSIONING_SCAN": Priority.LOW,
 }
 
 SCHEMA_FILES = (
@@ -46,6 +48,7 @@ SCHEMA_FILES = (
     "describe-device.schema.json",
     "registration-task.schema.json",
     "fleet-provisioning.schema.json",
+    "managed-thing.schema.json",
 )
 
 

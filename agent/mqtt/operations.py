@@ -7,25 +7,40 @@
 * ``StartThingRegistrationTask``: the seed's request; the task is recorded, then run in a
   background thread; the reply is ``{"taskId"}`` at once.
 * ``DescribeThingRegistrationTask``: ``{"taskId"}`` → the task's description.
+* ``CreateManagedThing``: the seed's body (as ``POST /managed-things``) → ``{Arn, CreatedAt,
+  Id}``; the thing is then commissioned as the daemon commissions every new thing.
+* ``GetManagedThing`` (``{"Identifier"}``), ``ListManagedThings``
+  (``{"ProvisioningStatus"?}``), ``DeleteManagedThing`` (``{"Identifier"}``): as
+  ``GET``/``DELETE /managed-things``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from agent.archive.install import current_credentials
-from agent.errors import AgentError, FieldProblem, InvalidRequestError, ResourceNotFoundError
+from agent.errors import (
+    AgentError,
+    FieldProblem,
+    InvalidRequestError,
+    ResourceNotFoundError,
+    ValidationError,
+)
 from agent.mqtt.commands import Operation
 from agent.registry.bulk import BulkTasks
 from agent.store import Store
+
+if TYPE_CHECKING:
+    from agent.commissioning.things import ManagedThings
 
 _log = logging.getLogger(__name__)
 
@@ -118,3 +133,77 @@ def _run(open_tasks: Callable[[], tuple[BulkTasks, Store]], task_id: str) -> Non
         _log.warning("thing registration task %s: %s", task_id, exc)
     finally:
         store.close()
+
+
+def _identifier(request: dict[str, Any], operation: str) -> str:
+    _no_fields(request, ("Identifier",), operation)
+    value = request.get("Identifier")
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
+        raise ValidationError(
+            "Identifier is required: 1-64 of [a-zA-Z0-9:_-]",
+            reason="FIELD_VALIDATION_FAILED",
+            fields=[FieldProblem("Identifier", "must match [a-zA-Z0-9:_-]{1,64}")],
+        )
+    return value
+
+
+_IDENTIFIER = re.compile(r"[a-zA-Z0-9:_-]{1,64}")
+
+
+def managed_thing_operations(
+    open_things: Callable[[], tuple[ManagedThings, Store]],
+    *,
+    on_created: Callable[[str], None] | None = None,
+) -> dict[str, Operation]:
+    """``CreateManagedThing``, ``GetManagedThing``, ``ListManagedThings``, ``DeleteManagedThing``.
+
+    Args:
+        open_things: opens the managed things on a fresh store connection (each command
+            runs in a worker thread on its own connection).
+        on_created: called (from the worker thread) with the id of each new thing.
+    """
+
+    def run(action: Callable[[ManagedThings], dict[str, Any]]) -> dict[str, Any]:
+        things, store = open_things()
+        try:
+            return action(things)
+        finally:
+            store.close()
+
+    def create(request: dict[str, Any]) -> dict[str, Any]:
+        result = run(lambda things: {"result": things.create(request)})["result"]
+        if not result.replayed and on_created is not None:
+            on_created(result.body["Id"])
+        body: dict[str, Any] = result.body
+        return body
+
+    def get(request: dict[str, Any]) -> dict[str, Any]:
+        thing_id = _identifier(request, "GetManagedThing")
+        return run(lambda things: things.describe(thing_id))
+
+    def listing(request: dict[str, Any]) -> dict[str, Any]:
+        _no_fields(request, ("ProvisioningStatus",), "ListManagedThings")
+        status = request.get("ProvisioningStatus")
+        if status is not None and not isinstance(status, str):
+            raise ValidationError(
+                "ProvisioningStatus must be a string",
+                reason="FIELD_VALIDATION_FAILED",
+                fields=[FieldProblem("ProvisioningStatus", "must be a string")],
+            )
+        return run(lambda things: {"Items": things.list(status=status)})
+
+    def delete(request: dict[str, Any]) -> dict[str, Any]:
+        thing_id = _identifier(request, "DeleteManagedThing")
+
+        def forget(things: ManagedThings) -> dict[str, Any]:
+            things.delete(thing_id)
+            return {"Id": thing_id, "Deleted": True}
+
+        return run(forget)
+
+    return {
+        "CreateManagedThing": create,
+        "GetManagedThing": get,
+        "ListManagedThings": listing,
+        "DeleteManagedThing": delete,
+    }

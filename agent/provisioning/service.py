@@ -52,12 +52,21 @@ class ProvisioningService:
     Args:
         config: the running configuration.
         on_status: called with a one-line description of what is happening (``STATUS=``).
+        operations: the MQTT command operations the operational link answers.
+        on_link: called each time the operational link (and its outbox) opens.
     """
 
     def __init__(
-        self, config: AgentConfig, *, on_status: Callable[[str], None] | None = None
+        self,
+        config: AgentConfig,
+        *,
+        on_status: Callable[[str], None] | None = None,
+        operations: dict[str, Any] | None = None,
+        on_link: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        self._operations = operations
+        self._on_link = on_link
         self._on_status = on_status or (lambda _text: None)
         self.store = RunStore(config.agent.state_dir)
         self.provisioner = Provisioner(config, self.store, on_step=self._stepped)
@@ -125,6 +134,16 @@ class ProvisioningService:
         """A reloaded configuration: the next run uses it (the stick source stays as started)."""
         self.config = config
         self.provisioner.config = config
+
+    @property
+    def led(self) -> SysfsLed | NullLed:
+        """The board's status LED (a NullLed on a board without one)."""
+        return self._led
+
+    @property
+    def outbox(self) -> Any:
+        """The operational link's outbox, or None while there is no link."""
+        return self._mqtt.outbox if self._mqtt is not None else None
 
     # --- status --------------------------------------------------------------------------
 
@@ -274,6 +293,7 @@ class ProvisioningService:
                     self.config.agent.state_dir,
                     self.config.mqtt,
                     endpoint=Endpoint.parse(identity[1]),
+                    operations=self._operations,
                 )
             )
         except AgentError as exc:
@@ -283,6 +303,8 @@ class ProvisioningService:
         self._mqtt_stack = stack
         _log.info("operational MQTT link for %s to %s", identity[0], identity[1])
         self._report_wake.set()
+        if self._on_link is not None:
+            self._on_link()
 
     async def _close_link(self) -> None:
         if self._mqtt_stack is not None:

@@ -20,6 +20,10 @@ from agent.commissioning.qr.base import QrPayload, qr_error
 PREFIX = "MT:"
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ-."
 _VALUES = {c: i for i, c in enumerate(ALPHABET)}
+#: Two base-38 digits (least significant first) → their value.
+_PAIRS = {a + b: _VALUES[a] + 38 * _VALUES[b] for a in ALPHABET for b in ALPHABET}
+_BASE2 = 38**2
+_BASE4 = 38**4
 _CHUNK_BYTES = {5: 3, 4: 2, 2: 1}
 _FIXED_BYTES = 11
 _PASSCODE_MAX = 99999998
@@ -35,17 +39,22 @@ def base38_decode(text: str) -> bytes:
             whose value does not fit its bytes.
     """
     out = bytearray()
+    pairs, values = _PAIRS, _VALUES
     for start in range(0, len(text), 5):
         chunk = text[start : start + 5]
         size = _CHUNK_BYTES.get(len(chunk))
         if size is None:
             raise qr_error("the Matter payload has an invalid length", path="payload")
-        value = 0
-        for char in reversed(chunk):
-            digit = _VALUES.get(char)
-            if digit is None:
-                raise qr_error("the Matter payload has a character outside base-38", path="payload")
-            value = value * 38 + digit
+        try:  # least significant digit first: two digits per look-up
+            value = pairs[chunk[0:2]]
+            if size > 1:
+                value += pairs[chunk[2:4]] * _BASE2
+            if size > 2:  # noqa: PLR2004 - a full chunk: 5 digits, 3 bytes
+                value += values[chunk[4]] * _BASE4
+        except KeyError:
+            raise qr_error(
+                "the Matter payload has a character outside base-38", path="payload"
+            ) from None
         if value >= 1 << (8 * size):
             raise qr_error("the Matter payload has an out-of-range chunk", path="payload")
         out += value.to_bytes(size, "little")

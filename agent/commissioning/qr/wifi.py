@@ -39,16 +39,47 @@ def _tokens(body: str) -> dict[str, str]:
             i = semi + 1
             continue
         tag = body[i:colon]
-        value: list[str] = []
-        j = colon + 1
-        while j < n and body[j] != ";":
-            if body[j] == "\\" and j + 1 < n:
-                j += 1
-            value.append(body[j])
-            j += 1
-        fields.setdefault(tag.upper(), "".join(value))
+        j = body.find(";", colon + 1)
+        if j < 0:
+            j = n
+        if "\\" in body[colon + 1 : j]:
+            j, text = _escaped(body, colon + 1)
+        else:  # the common case: nothing escaped, the value ends at the next ';'
+            text = body[colon + 1 : j]
+        fields.setdefault(tag.upper(), text)
         i = j + 1
     return fields
+
+
+#: A value up to its unescaped ';' (or the end; a lone final backslash is kept as it is).
+_ESCAPED_VALUE = re.compile(r"(?:[^;\\]|\\.)*(?:\\\Z)?", re.DOTALL)
+
+
+def _escaped(body: str, j: int) -> tuple[int, str]:
+    """A value with backslash escapes from ``j``: (index of its ending ';' or the end, text)."""
+    match = _ESCAPED_VALUE.match(body, j)
+    assert match is not None  # noqa: S101 - the pattern matches the empty string
+    return match.end(), _unescape(match.group())
+
+
+def _unescape(raw: str) -> str:
+    r"""``\x`` → ``x``; a lone final backslash stays (split on the backslashes: no regex)."""
+    parts = raw.split("\\")
+    out = [parts[0]]
+    i, last = 1, len(parts) - 1
+    while i <= last:
+        part = parts[i]
+        if part:  # its first character was escaped: it is literal, as the rest
+            out.append(part)
+            i += 1
+        elif i < last:  # an escaped backslash, then what follows the next one
+            out.append("\\")
+            out.append(parts[i + 1])
+            i += 2
+        else:  # a lone backslash at the very end
+            out.append("\\")
+            i += 1
+    return "".join(out)
 
 
 def parse_wifi(text: str) -> QrPayload:

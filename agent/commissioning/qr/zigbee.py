@@ -3,18 +3,25 @@
 There is no Zigbee Alliance QR standard; vendors print one of a few de-facto layouts, kept
 here as data (:data:`FORMATS`). Each gives the device's EUI-64 and either an install code
 (6, 8, 12 or 16 bytes plus a CRC-16/X-25, little-endian) or, in Bosch's link-key form, the
-link key itself. The link key of an install code is its AES-MMO hash, computed by zigpy's
-``convert_install_code``. The CRC is checked strictly; with ``repair_crc`` a wrong CRC is
-replaced (as zigbee-herdsman does) and the result says so (``crcRepaired``).
+link key itself. The CRC is checked strictly; with ``repair_crc`` a wrong CRC is replaced
+(as zigbee-herdsman does) and the result says so (``crcRepaired``).
+
+The link key of an install code is its AES-MMO hash, computed by zigpy's
+``convert_install_code``. Parsing checks the install code (length and CRC, all that can make
+the hash fail) and leaves the hash to the first use of the key: the radio backend,
+``--show-secrets`` output, any read of :attr:`QrPayload.fields`. A redacted answer (every
+scan, every ``qr parse`` without ``--show-secrets``) never needs it.
 """
 
 from __future__ import annotations
 
+import binascii
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.commissioning.qr.base import QrPayload, qr_error
+from agent.commissioning.qr.base import PENDING, QrPayload, qr_error
 
 _HEX = "[0-9A-Fa-f]"
 #: Install code lengths in bytes, CRC included.
@@ -24,11 +31,15 @@ _LINK_KEY_BYTES = 16
 
 @dataclass(frozen=True, slots=True)
 class ZigbeeFormat:
-    """One vendor layout: a regex with the named groups ``ieee`` and ``code`` or ``key``."""
+    """One vendor layout: a regex with the named groups ``ieee`` and ``code`` or ``key``.
+
+    ``hint`` is a literal every match contains (tested first: far cheaper than the regex).
+    """
 
     name: str
     pattern: re.Pattern[str]
     anchored: bool
+    hint: str
 
 
 FORMATS: tuple[ZigbeeFormat, ...] = (
@@ -38,35 +49,41 @@ FORMATS: tuple[ZigbeeFormat, ...] = (
         "zigbee-z",
         re.compile(rf"(?:^|%)Z:(?P<ieee>{_HEX}{{16}})\$I:(?P<code>{_HEX}+)(?=$|[$%])"),
         anchored=False,
+        hint="Z:",
     ),
     # eui|code, or |eui|code| (Müller-Licht, Schneider, Innr, frient).
     ZigbeeFormat(
         "zigbee-pipe",
         re.compile(rf"(?P<bar>\|?)(?P<ieee>{_HEX}{{16}})\|(?P<code>{_HEX}+)(?P=bar)"),
         anchored=True,
+        hint="|",
     ),
     # Aqara: G$M:…%Z$A:<eui64>$I:<code>, also without the leading record.
     ZigbeeFormat(
         "zigbee-aqara",
         re.compile(rf"(?:^|%)Z\$A:(?P<ieee>{_HEX}{{16}})\$I:(?P<code>{_HEX}+)(?=$|[$%])"),
         anchored=False,
+        hint="Z$A:",
     ),
     # Bosch: RB01SG<34 hex><eui64>DLK<install code (36 hex)> or <link key (32 hex)>.
     ZigbeeFormat(
         "zigbee-bosch",
         re.compile(rf"RB01SG{_HEX}{{34}}(?P<ieee>{_HEX}{{16}})DLK(?P<code>{_HEX}{{36}})"),
         anchored=True,
+        hint="RB01SG",
     ),
     ZigbeeFormat(
         "zigbee-bosch-link-key",
         re.compile(rf"RB01SG{_HEX}{{34}}(?P<ieee>{_HEX}{{16}})DLK(?P<key>{_HEX}{{32}})"),
         anchored=True,
+        hint="RB01SG",
     ),
     # Philips Hue: HUE:Z:<code> M:<eui64> and further space-separated records.
     ZigbeeFormat(
         "zigbee-hue",
         re.compile(rf"^HUE:Z:(?P<code>{_HEX}+) M:(?P<ieee>{_HEX}{{16}})(?=$| )"),
         anchored=False,
+        hint="HUE:Z:",
     ),
 )
 
@@ -84,12 +101,26 @@ def _crc_table() -> tuple[int, ...]:
 _CRC_TABLE = _crc_table()
 
 
-def crc16_x25(data: bytes) -> int:
-    """CRC-16/X-25 (reflected 0x1021, init and xorout 0xFFFF); ``123456789`` → 0x906E."""
+def crc16_x25_reference(data: bytes) -> int:
+    """CRC-16/X-25 byte by byte from its table (the definition :func:`crc16_x25` matches)."""
     crc = 0xFFFF
     for byte in data:
         crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ byte) & 0xFF]
     return crc ^ 0xFFFF
+
+
+#: Each byte with its bits in reverse order.
+_REFLECT = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
+
+
+def crc16_x25(data: bytes) -> int:
+    """CRC-16/X-25 (reflected 0x1021, init and xorout 0xFFFF); ``123456789`` → 0x906E.
+
+    The reflected CRC is the plain CRC-CCITT (``binascii.crc_hqx``, in C) of the bytes with
+    their bits reversed, its result reversed (the init 0xFFFF reads the same both ways).
+    """
+    crc = binascii.crc_hqx(data.translate(_REFLECT), 0xFFFF)
+    return ((_REFLECT[crc & 0xFF] << 8) | _REFLECT[crc >> 8]) ^ 0xFFFF
 
 
 def install_code_crc_valid(code: bytes) -> bool:
@@ -130,6 +161,8 @@ def parse_zigbee(text: str, *, repair_crc: bool = False) -> QrPayload | None:
         QrFormatError: a layout matches but the code's length or CRC is wrong.
     """
     for fmt in FORMATS:
+        if fmt.hint not in text:
+            continue
         match = fmt.pattern.fullmatch(text) if fmt.anchored else fmt.pattern.search(text)
         if match is None:
             continue
@@ -143,12 +176,24 @@ def parse_zigbee(text: str, *, repair_crc: bool = False) -> QrPayload | None:
             fields["installCode"] = None
             fields["linkKey"] = groups["key"].upper()
             return _payload(fmt.name, fields, text)
-        fields.update(_install_code(groups["code"], repair_crc=repair_crc))
-        return _payload(fmt.name, fields, text)
+        code, repaired = _install_code(groups["code"], repair_crc=repair_crc)
+        fields["installCode"] = code.hex().upper()
+        fields["linkKey"] = PENDING  # derived when first needed: see the module's docstring
+        if repaired:
+            fields["crcRepaired"] = True
+        return _payload(fmt.name, fields, text, _link_key_of(code))
     return None
 
 
-def _install_code(hex_code: str, *, repair_crc: bool) -> dict[str, Any]:
+def _link_key_of(code: bytes) -> Callable[[], dict[str, Any]]:
+    def derive() -> dict[str, Any]:
+        return {"linkKey": link_key(code).hex().upper()}
+
+    return derive
+
+
+def _install_code(hex_code: str, *, repair_crc: bool) -> tuple[bytes, bool]:
+    """The install code as bytes (CRC checked, or repaired) and whether it was repaired."""
     if len(hex_code) % 2 or len(hex_code) // 2 not in INSTALL_CODE_SIZES:
         raise qr_error(
             "an install code is 6, 8, 12 or 16 bytes plus a 2-byte CRC", path="installCode"
@@ -162,20 +207,23 @@ def _install_code(hex_code: str, *, repair_crc: bool) -> dict[str, Any]:
             )
         code = code[:-2] + crc16_x25(code[:-2]).to_bytes(2, "little")
         repaired = True
-    fields: dict[str, Any] = {
-        "installCode": code.hex().upper(),
-        "linkKey": link_key(code).hex().upper(),
-    }
-    if repaired:
-        fields["crcRepaired"] = True
-    return fields
+    return code, repaired
 
 
-def _payload(fmt: str, fields: dict[str, Any], source: str) -> QrPayload:
+def _payload(
+    fmt: str,
+    fields: dict[str, Any],
+    source: str,
+    derive: Callable[[], dict[str, Any]] | None = None,
+) -> QrPayload:
     return QrPayload(
         authentication_material_type="ZIGBEE_QR_BAR_CODE",
         format=fmt,
         fields=fields,
-        secrets=frozenset({"installCode", "linkKey"}),
+        secrets=_SECRETS,
         source=source,
+        derive=derive,
     )
+
+
+_SECRETS = frozenset({"installCode", "linkKey"})

@@ -32,6 +32,7 @@ _TYPE_PRODUCT_ID = 1
 _TYPE_MAX_INCLUSION_INTERVAL = 2
 _TYPE_UUID16 = 3
 _TYPE_SUPPORTED_PROTOCOLS = 4
+_REQUIRED_TLVS = frozenset({_TYPE_PRODUCT_TYPE, _TYPE_PRODUCT_ID})
 _LEVEL_MAX = 99
 _UINT8_MAX = 0xFF
 _UINT16_MAX = 0xFFFF
@@ -48,7 +49,7 @@ def parse_zwave(text: str) -> QrPayload:
     Raises:
         QrFormatError: no valid code in ``text``; the reason is that of the whole string.
     """
-    compact = "".join(text.split())
+    compact = text if text.isdigit() else "".join(text.split())
     try:
         return _parse_strict(compact)
     except QrFormatError as first:
@@ -83,13 +84,16 @@ def dsk_mask(dsk: str) -> str:
 
 def _payload(fmt: str, fields: dict[str, Any], source: str) -> QrPayload:
     return QrPayload(
-        authentication_material_type="ZWAVE_QR_BAR_CODE",
-        format=fmt,
-        fields=fields,
-        secrets=frozenset({"dsk"}),
-        masks={"dsk": dsk_mask(fields["dsk"])},
+        "ZWAVE_QR_BAR_CODE",
+        fmt,
+        fields,
+        secrets=_SECRETS,
+        masks={"dsk": "*****" + fields["dsk"][5:]},
         source=source,
     )
+
+
+_SECRETS = frozenset({"dsk"})
 
 
 def _number(qr: str, offset: int, width: int, limit: int, what: str) -> int:
@@ -130,18 +134,14 @@ def _parse_strict(qr: str) -> QrPayload:
         raise qr_error(
             "the Z-Wave code checksum does not match", "QR_CHECKSUM_MISMATCH", "checksum"
         )
-    if any(int(b) > _UINT16_MAX for b in block_texts):
+    if max(block_texts) > "65535":  # five digits each: text order is number order
         raise qr_error("dsk is out of range", path="dsk")
     fields: dict[str, Any] = {
         "version": version,
         "requestedSecurityClasses": _security_classes(int(keys_text)),
         "dsk": "-".join(block_texts),
     }
-    offset = MIN_LENGTH
-    seen: set[int] = set()
-    while offset < len(qr):
-        offset = _parse_tlv(qr, offset, fields, seen)
-    if not {_TYPE_PRODUCT_TYPE, _TYPE_PRODUCT_ID} <= seen:
+    if not _tlvs(qr, fields) >= _REQUIRED_TLVS:
         raise qr_error(
             "a Z-Wave code must carry ProductType and ProductId", "QR_FIELD_MISSING", "productId"
         )
@@ -149,32 +149,78 @@ def _parse_strict(qr: str) -> QrPayload:
     return _payload(fmt, fields, qr)
 
 
+#: ProductType then ProductId, non-critical, right after the DSK: how codes are printed.
+_PRODUCT_BLOCKS = re.compile(
+    r"0010([0-9]{5})([0-9]{5})0220([0-9]{5})([0-9]{5})([0-9]{5})([0-9]{5})"
+)
+
+
+def _product_blocks(qr: str, fields: dict[str, Any]) -> int:
+    """Read the usual ProductType and ProductId blocks at once; return where they end (or 0).
+
+    Anything else (another order, a critical bit, a number out of range) is left to the
+    block-by-block reading.
+    """
+    match = _PRODUCT_BLOCKS.match(qr, MIN_LENGTH)
+    if match is None or max(match.groups()) > "65535":
+        return 0
+    classes, icon, manufacturer, product_type, product_id, version = map(int, match.groups())
+    fields["genericDeviceClass"] = classes >> 8
+    fields["specificDeviceClass"] = classes & 0xFF
+    fields["installerIconType"] = icon
+    fields["manufacturerId"] = manufacturer
+    fields["productType"] = product_type
+    fields["productId"] = product_id
+    fields["applicationVersion"] = f"{version >> 8}.{version & 0xFF}"
+    return match.end()
+
+
+def _tlvs(qr: str, fields: dict[str, Any]) -> set[int]:
+    """Read the TLV blocks after the DSK into ``fields``; return the types seen."""
+    end = len(qr)
+    offset = _product_blocks(qr, fields)
+    if offset:
+        seen = {_TYPE_PRODUCT_TYPE, _TYPE_PRODUCT_ID}
+    else:
+        offset, seen = MIN_LENGTH, set()
+    while offset < end:  # TLV blocks: type<<1|critical (2 digits), length (2), value
+        if end - offset < 4:  # noqa: PLR2004 - type and length, 2 digits each
+            raise qr_error("incomplete TLV block", path="tlv")
+        type_critical = int(qr[offset : offset + 2])
+        start = offset + 4
+        offset = start + int(qr[offset + 2 : start])
+        if offset > end:
+            raise qr_error("incomplete TLV block", path="tlv")
+        kind = type_critical >> 1
+        if not _tlv_data(kind, qr[start:offset], fields) and type_critical & 1:
+            raise qr_error(f"unsupported critical TLV block {kind}", path="tlv")
+        seen.add(kind)
+    return seen
+
+
+def _classes_of(keys: int) -> tuple[int, ...] | None:
+    classes = [bit for bit in range(8) if keys >> bit & 1]
+    if any(bit not in _SECURITY_BITS for bit in classes):
+        return None
+    return tuple(_SECURITY_BITS[b] for b in classes)
+
+
+#: requested-keys byte → its security classes, or None when it names an unknown one.
+_CLASSES = tuple(_classes_of(keys) for keys in range(_UINT8_MAX + 1))
+
+
 def _security_classes(keys: int) -> list[int]:
     if keys > _UINT8_MAX:
         raise qr_error("requestedSecurityClasses is out of range", path="requestedSecurityClasses")
-    classes = [bit for bit in range(8) if keys >> bit & 1]
-    if any(bit not in _SECURITY_BITS for bit in classes):
+    classes = _CLASSES[keys]
+    if classes is None:
         raise qr_error("unknown security class requested", path="requestedSecurityClasses")
-    return [_SECURITY_BITS[b] for b in classes]
-
-
-def _parse_tlv(qr: str, offset: int, fields: dict[str, Any], seen: set[int]) -> int:
-    if len(qr) - offset < 4:  # noqa: PLR2004 - type and length, 2 digits each
-        raise qr_error("incomplete TLV block", path="tlv")
-    type_critical = int(qr[offset : offset + 2])
-    kind, critical = type_critical >> 1, bool(type_critical & 1)
-    length = int(qr[offset + 2 : offset + 4])
-    start = offset + 4
-    if len(qr) - start < length:
-        raise qr_error("incomplete TLV block", path="tlv")
-    data = qr[start : start + length]
-    if not _tlv_data(kind, data, fields) and critical:
-        raise qr_error(f"unsupported critical TLV block {kind}", path="tlv")
-    seen.add(kind)
-    return start + length
+    return list(classes)
 
 
 def _tlv_data(kind: int, data: str, fields: dict[str, Any]) -> bool:  # noqa: PLR0911 - one per type
+    if kind <= _TYPE_PRODUCT_ID and _product_fast(kind, data, fields):
+        return True
     if kind == _TYPE_PRODUCT_TYPE:
         classes = _number(data, 0, 5, _UINT16_MAX, "genericDeviceClass")
         fields["genericDeviceClass"] = classes >> 8
@@ -206,6 +252,29 @@ def _tlv_data(kind: int, data: str, fields: dict[str, Any]) -> bool:  # noqa: PL
         fields["supportedProtocols"] = [bit for bit in range(16) if mask >> bit & 1]
         return True
     return False
+
+
+def _product_fast(kind: int, data: str, fields: dict[str, Any]) -> bool:
+    """ProductType / ProductId when every number is there and in range (the usual code).
+
+    False leaves the block to the field-by-field path, which names the field at fault.
+    """
+    if kind == _TYPE_PRODUCT_TYPE:
+        if len(data) < 10 or max(data[0:5], data[5:10]) > "65535":  # noqa: PLR2004
+            return False
+        classes = int(data[0:5])
+        fields["genericDeviceClass"] = classes >> 8
+        fields["specificDeviceClass"] = classes & 0xFF
+        fields["installerIconType"] = int(data[5:10])
+        return True
+    if len(data) < 20 or max(data[0:5], data[5:10], data[10:15], data[15:20]) > "65535":  # noqa: PLR2004
+        return False
+    version = int(data[15:20])
+    fields["manufacturerId"] = int(data[0:5])
+    fields["productType"] = int(data[5:10])
+    fields["productId"] = int(data[10:15])
+    fields["applicationVersion"] = f"{version >> 8}.{version & 0xFF}"
+    return True
 
 
 def _boundaries(candidate: str) -> list[int]:

@@ -134,3 +134,22 @@ def test_cli_plain_output(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "ssid: home" in out
     assert "authenticationMaterialType: WIFI_SETUP_QR_BAR_CODE" in out
+
+
+def _unescaped_by_hand(body: str, j: int) -> tuple[int, str]:
+    """ZXing's reading, character by character: ``\\x`` is ``x``; ``;`` ends the value."""
+    value: list[str] = []
+    while j < len(body) and body[j] != ";":
+        if body[j] == "\\" and j + 1 < len(body):
+            j += 1
+        value.append(body[j])
+        j += 1
+    return j, "".join(value)
+
+
+@given(st.text("ab;\\:\n ", max_size=16), st.integers(0, 16))
+def test_wifi_escapes_read_as_zxing_does(body: str, start: int) -> None:
+    from agent.commissioning.qr.wifi import _escaped
+
+    start = min(start, len(body))
+    assert _escaped(body, start) == _unescaped_by_hand(body, start)

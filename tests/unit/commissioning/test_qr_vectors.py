@@ -5,11 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.commissioning.errors import QrFormatError
 from agent.commissioning.qr import parse
+from agent.commissioning.qr.base import PENDING
 from agent.commissioning.qr.matter import base38_decode
-from agent.commissioning.qr.zigbee import crc16_x25, install_code_crc_valid, link_key
+from agent.commissioning.qr.zigbee import (
+    crc16_x25,
+    crc16_x25_reference,
+    install_code_crc_valid,
+    link_key,
+)
 from tests.unit.commissioning.vectors import load_vectors, vector_id
 
 VECTORS = load_vectors()
@@ -171,3 +179,28 @@ def test_matter_optional_tlv() -> None:
         parse("MT:" + _base38(header + tlv[:-1]))  # not closed
     with pytest.raises(QrFormatError):
         parse("MT:" + _base38(header + bytes([0x15, 0x2C, 0x00, 0x09]) + b"x"))  # cut short
+
+
+def test_link_key_is_derived_on_first_use_only() -> None:
+    """A redacted answer never runs the AES-MMO hash; the first use gives zigpy's key."""
+    good = next(
+        v
+        for v in WHOLE
+        if v["format"] == "zigbee" and "expected" in v and v["expected"].get("install_code")
+    )
+    payload = parse(good["input"])
+    redacted = payload.to_dict()
+    assert redacted["linkKey"] == "<redacted>"
+    assert payload._fields["linkKey"] is PENDING  # the hash has not run
+    assert list(redacted) == list(payload.to_dict(show_secrets=True))  # same keys, same order
+    assert payload.fields["linkKey"] == good["expected"]["link_key"]
+    assert (
+        payload.fields["linkKey"]
+        == link_key(bytes.fromhex(payload.fields["installCode"])).hex().upper()
+    )
+    assert payload == parse(good["input"])  # equality derives on both sides
+
+
+@given(st.binary(max_size=64))
+def test_crc_matches_its_table_definition(data: bytes) -> None:
+    assert crc16_x25(data) == crc16_x25_reference(data)

@@ -1,4 +1,5 @@
-"""Generated valid codes through the whole scan path: no secret in answers, events or logs."""
+"""Generated valid codes through the whole scan path: no secret in answers, events (MQTT
+bodies and the queued changes included) or logs."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from agent.commissioning.notify import FanOutNotifier, JournalNotifier, RecordingNotifier
 from agent.commissioning.qr import parse
 from agent.commissioning.qr.zigbee import crc16_x25
+from agent.commissioning.reporting import scan_body
 from agent.commissioning.scanner import ScanHandler
 from agent.commissioning.things import ManagedThings
 from agent.store import Store
@@ -69,7 +71,10 @@ def test_scan_path_keeps_secrets(code: str, caplog: pytest.LogCaptureFixture) ->
         event = ScanHandler(things, notifier).handle("test", code)
         assert event.accepted, event
         described = str(things.describe(event.thing_id or ""))
+        queued = str(things.pending_changes())  # what goes to MQTT
+    mqtt = str([scan_body(e) for e in recorder.scans] + [e.body() for e in recorder.things])
     shown = caplog.text + str([e.to_dict() for e in recorder.scans + recorder.things])
+    shown += queued + mqtt
     for secret in secrets:
         assert secret not in shown
         assert secret not in described
