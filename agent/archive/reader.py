@@ -88,6 +88,11 @@ def read_entries(raw: bytes, limits: Limits) -> dict[str, bytes]:
         ) from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as exc:
         raise _corrupt(str(exc)) from None
+    except NotImplementedError as exc:  # an entry needs a newer ZIP version than zipfile reads
+        raise UnsafeEntryError(
+            f"the archive uses an unsupported ZIP feature ({exc})",
+            reason="UNSUPPORTED_COMPRESSION",
+        ) from None
     with archive:
         infos = archive.infolist()
         _check_layout(infos, limits)

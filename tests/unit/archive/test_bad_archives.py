@@ -303,6 +303,13 @@ CASES: list[Case] = [
         ),
     ),
     Case(
+        "future-zip-version",
+        "UNSUPPORTED_COMPRESSION",
+        lambda c: c.parts_zip(
+            lambda p: _swap_name(p, "root-ca.pem", info("root-ca.pem", extract_version=99))
+        ),
+    ),
+    Case(
         "entry-too-large",
         "ENTRY_TOO_LARGE",
         lambda c: c.forge.but(tamper={"root-ca.pem": bytes(range(256)) * 1200}).write(c.dir),
