@@ -30,12 +30,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from agent.archive.clock import Clock, SystemClock
-from agent.archive.install import install_archive, ledger_has, open_store
+from agent.archive.install import (
+    discard_unrecorded,
+    install_archive,
+    ledger_has,
+    open_store,
+)
 from agent.archive.manifest import Manifest, parse_manifest
 from agent.archive.reader import Limits
 from agent.archive.verify import Policy, check_window, load_trust_anchors, verify_archive
 from agent.config import AgentConfig
 from agent.errors import AgentError, InternalError, StateError
+from agent.faults import crash_point
 from agent.netconf.base import TimeSyncError
 from agent.provisioning.store import RunRecord, RunStore
 from agent.status.result import RunResult, Timings
@@ -76,6 +82,16 @@ def policy_from_config(config: AgentConfig) -> tuple[Policy, SystemClock]:
         clock_skew=dt.timedelta(seconds=section.clock_skew_seconds),
     )
     return policy, SystemClock(section.build_time_floor, section.require_synchronized_clock)
+
+
+def _install_crash_point(step: str) -> None:
+    if step in ("staged", "activated", "recorded"):
+        crash_point(f"install.{step}")
+
+
+def _fleet_crash_point(step: str) -> None:
+    if step in ("certificate", "registered", "installed"):
+        crash_point(f"fleet.{step}")
 
 
 @dataclass(slots=True)
@@ -178,14 +194,21 @@ class Provisioner:
             thing_name=verified.manifest.iot_thing_name,
             fingerprint=verified.fingerprint,
         )
+        crash_point("validate.done")
         self._step(ctx, "install")
         with ctx.timings.step("install"):
-            await asyncio.to_thread(install_archive, verified, self.state_dir)
+            await asyncio.to_thread(
+                install_archive, verified, self.state_dir, on_step=_install_crash_point
+            )
         await self._after_install(ctx, network=True)
 
     async def _resume(self, ctx: RunContext) -> None:
         record = ctx.record
         if record.fingerprint is None or not self._installed(record.fingerprint):
+            if record.fingerprint is not None:
+                undone = discard_unrecorded(self.state_dir, record.fingerprint)
+                if undone:
+                    _log.warning("run %s: %s", ctx.run_id, "; ".join(undone))
             raise RunInterruptedError(
                 f"the run stopped at step {record.step} before its credentials were installed; "
                 "nothing was applied: insert the stick again"
@@ -201,16 +224,24 @@ class Provisioner:
             (directory / "certificate.pem").read_bytes()
         )
         ctx.time_check = self._ledger_time_check(record.fingerprint)
+        if self._fleet_step(record.fingerprint) == "registered":
+            # RegisterThing was answered: the claim has done its work, what is left of the
+            # exchange is local, so neither the network nor the claim's window is looked at
+            await self._after_install(ctx, network=False, time_check=False)
+            return
         await self._after_install(ctx, network=record.step in ("validate", "install", "network"))
 
-    async def _after_install(self, ctx: RunContext, *, network: bool) -> None:
+    async def _after_install(
+        self, ctx: RunContext, *, network: bool, time_check: bool = True
+    ) -> None:
         if network:
             self._step(ctx, "network")
             with ctx.timings.step("network"):
                 await self._network(ctx)
-        self._step(ctx, "time-check")
-        with ctx.timings.step("time-check"):
-            await self._time_check(ctx)
+        if time_check:
+            self._step(ctx, "time-check")
+            with ctx.timings.step("time-check"):
+                await self._time_check(ctx)
         self._step(ctx, "fleet")
         with ctx.timings.step("fleet"):
             await self._fleet(ctx)
@@ -237,6 +268,7 @@ class Provisioner:
         from agent.provisioning.network import apply_payload  # noqa: PLC0415 - pyroute2 lazily
 
         outcome = await asyncio.to_thread(apply_payload, self.config, payload, budget)
+        crash_point("network.committed")
         _log.info("network: %s", outcome)
 
     async def _time_check(self, ctx: RunContext) -> None:
@@ -258,6 +290,7 @@ class Provisioner:
             "claim certificate window checked against the %s clock",
             "synchronised" if ctx.time_check == "deferred" else "trusted",
         )
+        crash_point("time-check.done")
 
     async def _fleet(self, ctx: RunContext) -> None:
         from agent.mqtt.fleet import FleetOptions, provision  # noqa: PLC0415 - aiomqtt lazily
@@ -279,7 +312,9 @@ class Provisioner:
             protocol=section.protocol,
         )
         try:
-            result = await asyncio.wait_for(provision(self.state_dir, options), left)
+            result = await asyncio.wait_for(
+                provision(self.state_dir, options, on_step=_fleet_crash_point), left
+            )
         except TimeoutError:
             from agent.mqtt.fleet import FleetTimeoutError  # noqa: PLC0415
 
@@ -295,6 +330,7 @@ class Provisioner:
     # --- the end -------------------------------------------------------------------------
 
     def _end(self, ctx: RunContext, error: AgentError | None) -> RunResult:
+        crash_point("report.outcome")
         record = self.store.get(ctx.run_id)
         if error is None:
             result = RunResult.succeeded(

@@ -171,6 +171,8 @@ class Appliance:
     extra: str = ""
     #: A datagram socket path the daemon's sd_notify messages go to (NOTIFY_SOCKET).
     notify: Path | None = None
+    #: Extra environment of the next start (``EDGE_AGENT_CRASH_AT``...).
+    environment: dict[str, str] = field(default_factory=dict)
 
     @property
     def sticks(self) -> Path:
@@ -235,6 +237,7 @@ fleet_step_timeout_seconds = 10
                 **os.environ,
                 "PYTHONUNBUFFERED": "1",
                 **({"NOTIFY_SOCKET": str(self.notify)} if self.notify else {}),
+                **self.environment,
             },
             start_new_session=True,
         )
@@ -267,6 +270,16 @@ fleet_step_timeout_seconds = 10
                 self.process.kill()
                 self.process.wait()
         code = self.process.returncode
+        self.process = None
+        return code
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        """Wait for the daemon to exit by itself (a crash point); its return code."""
+        assert self.process is not None
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the agent is still running: {self.log()[-3000:]}") from None
         self.process = None
         return code
 
