@@ -16,6 +16,7 @@ same claim and ownership token).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -104,6 +105,9 @@ class RunContext:
     manifest: Manifest | None = None
     certificate: x509.Certificate | None = None
     time_check: str = "passed"
+    #: The network step's NTP wait: None (none ran), True synchronised, False not.
+    time_synced: bool | None = None
+    ntp_waited: float = 0.0
 
     @property
     def run_id(self) -> str:
@@ -134,6 +138,8 @@ class Provisioner:
         self.store = store
         self._on_step = on_step or (lambda _run, _step: None)
         self._clock = clock
+        self._aborts: dict[str, asyncio.Event] = {}
+        self._abort_errors: dict[str, AgentError] = {}
 
     def _policy(self) -> tuple[Policy, Clock]:
         policy, clock = policy_from_config(self.config)
@@ -151,6 +157,25 @@ class Provisioner:
         ctx = RunContext(record, dt.datetime.now(dt.UTC), Timings())
         return await self._guarded(ctx, lambda: self._from_archive(ctx, archive))
 
+    def abort(self, run_id: str, error: AgentError) -> bool:
+        """Stop run ``run_id`` at its next step boundary with ``error`` (its stick was pulled).
+
+        The step in progress finishes first (an install, a network trial and the fleet
+        exchange are each all or nothing), so the run ends with nothing half-applied; a wait
+        for the clock ends at once. Returns False when the run is not working here.
+        """
+        event = self._aborts.get(run_id)
+        if event is None:
+            return False
+        self._abort_errors.setdefault(run_id, error)
+        event.set()
+        return True
+
+    def _check_abort(self, ctx: RunContext) -> None:
+        error = self._abort_errors.get(ctx.run_id)
+        if error is not None:
+            raise error
+
     async def resume(self, record: RunRecord) -> RunResult:
         """Resume (or end cleanly) a run a crash interrupted."""
         started = dt.datetime.fromisoformat(record.started_at)
@@ -166,6 +191,7 @@ class Provisioner:
     # --- the steps -----------------------------------------------------------------------
 
     async def _guarded(self, ctx: RunContext, body: Callable[[], Any]) -> RunResult:
+        self._aborts[ctx.run_id] = asyncio.Event()
         try:
             await body()
         except AgentError as exc:
@@ -173,9 +199,13 @@ class Provisioner:
         except Exception as exc:  # noqa: BLE001 - the top of a run: it ends ERROR, logged
             _log.exception("run %s failed unexpectedly", ctx.run_id)
             return self._end(ctx, InternalError(f"unexpected failure: {type(exc).__name__}"))
+        finally:
+            self._aborts.pop(ctx.run_id, None)
+            self._abort_errors.pop(ctx.run_id, None)
         return self._end(ctx, None)
 
     def _step(self, ctx: RunContext, step: str, **facts: str | None) -> None:
+        self._check_abort(ctx)
         self.store.step(ctx.run_id, step, **facts)
         self._on_step(ctx.run_id, step)
         _log.info("run %s: %s", ctx.run_id, step)
@@ -194,6 +224,9 @@ class Provisioner:
             thing_name=verified.manifest.iot_thing_name,
             fingerprint=verified.fingerprint,
         )
+        if ctx.time_check != "deferred":
+            # too little of the window left to finish: refused before anything is installed
+            self._left(ctx, "install")
         crash_point("validate.done")
         self._step(ctx, "install")
         with ctx.timings.step("install"):
@@ -267,24 +300,37 @@ class Provisioner:
         budget = min(self.config.network.probe_timeout_seconds, self._left(ctx, "network"))
         from agent.provisioning.network import apply_payload  # noqa: PLC0415 - pyroute2 lazily
 
-        outcome = await asyncio.to_thread(apply_payload, self.config, payload, budget)
+        outcome, sync = await asyncio.to_thread(apply_payload, self.config, payload, budget)
         crash_point("network.committed")
         _log.info("network: %s", outcome)
+        if sync is not None:
+            ctx.time_synced = sync.trusted
+            ctx.ntp_waited = sync.waited_seconds
+            _log.info(
+                "NTP %s after %.1f s: %s",
+                "synchronised" if sync.trusted else "not synchronised",
+                sync.waited_seconds,
+                sync.status.detail,
+            )
 
     async def _time_check(self, ctx: RunContext) -> None:
         assert ctx.certificate is not None  # noqa: S101 - set before this step
         policy, clock = self._policy()
-        if ctx.time_check == "deferred":
-            budget = min(self.config.ntp.sync_timeout_seconds, self._left(ctx, "time-check"))
-            deadline = time.monotonic() + budget
+        if ctx.time_check == "deferred" and not ctx.time_synced:
+            # the network step's bounded wait for NTP counts against the same budget
+            total = self.config.ntp.sync_timeout_seconds
+            budget = min(total - ctx.ntp_waited, self._left(ctx, "time-check"))
+            deadline = time.monotonic() + max(budget, 0.0)
             while not clock.trusted():
+                self._check_abort(ctx)
                 if time.monotonic() >= deadline:
                     raise TimeSyncError(
-                        f"the clock was not synchronised within {budget:.0f} s; the claim "
+                        f"the clock was not synchronised within {total:.0f} s; the claim "
                         "certificate's window cannot be checked",
                         reason="CLOCK_NOT_SYNCHRONIZED",
                     )
-                await asyncio.sleep(0.25)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._aborts[ctx.run_id].wait(), 0.25)
         check_window(ctx.certificate, clock.now(), policy.clock_skew)
         _log.info(
             "claim certificate window checked against the %s clock",

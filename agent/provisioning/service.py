@@ -33,7 +33,7 @@ from agent.status.led import LedPattern, NullLed, SysfsLed, open_led
 from agent.status.result import DeviceStatus, RunResult
 from agent.status.runlog import RunLog
 from agent.usb.base import StickEvent, StickInserted, StickRemoved, StickSource
-from agent.usb.errors import MediaError
+from agent.usb.errors import MediaError, StickRemovedError
 from agent.usb.factory import media_settings, open_source
 from agent.usb.media import StickMedia
 
@@ -70,6 +70,12 @@ class ProvisioningService:
         self._mqtt: Any = None
         self._mqtt_stack: contextlib.AsyncExitStack | None = None
         self._report_wake = asyncio.Event()
+        #: Sticks pulled while their run was working (no write-back to them).
+        self._pulled: set[str] = set()
+        #: The stick of the latest run before this start (stick id → run id), until seen.
+        self._still_in: dict[str, str] = {}
+        self._ended = asyncio.Event()
+        self._resumed: set[str] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -86,8 +92,13 @@ class ProvisioningService:
         )
         await self._open_link()
         self._spawn(self._reporter(), "provisioning-reporter")
+        last = self.store.last()
+        if last is not None and last.origin == "stick" and last.stick_id:
+            # that stick may still be in: its first insertion is not a new stick
+            self._still_in[last.stick_id] = last.run_id
         for record in self.store.unfinished():
             self._begin(record.run_id)
+            self._resumed.add(record.run_id)
             self._spawn(self._resume(record), f"resume-{record.run_id}")
         source = open_source(self.config.usb, board.profile.usb)
         self._source = await self._stack.enter_async_context(source)
@@ -161,6 +172,7 @@ class ProvisioningService:
     def _done(self, result: RunResult) -> None:
         self.current = None
         self._idle.set()
+        self._ended.set()
         ok = result.status is DeviceStatus.SUCCEEDED
         self._led.show(LedPattern.SUCCESS if ok else LedPattern.FAILURE)
         self._on_status(f"idle; last run {result.status}")
@@ -190,6 +202,10 @@ class ProvisioningService:
         async for event in source:
             if isinstance(event, StickInserted):
                 _log.info("stick %s inserted (%s)", event.stick.stick_id, event.stick.node)
+                earlier = self._still_in.pop(event.stick.stick_id, None)
+                if earlier is not None:
+                    self._spawn(self._still_present(earlier, event), f"still-in-{earlier}")
+                    continue
                 if self.current is not None:
                     self._spawn(self._refuse(event), f"refuse-{event.stick.stick_id}")
                     continue
@@ -200,6 +216,23 @@ class ProvisioningService:
                 self._spawn(self._stick_run(record, event), f"run-{record.run_id}")
             elif isinstance(event, StickRemoved):
                 _log.info("stick %s removed", event.stick_id)
+                self._stick_removed(event.stick_id)
+
+    def _stick_removed(self, stick_id: str) -> None:
+        """The stick of the working run was pulled: the run stops at its next boundary."""
+        record = self.store.find(self.current) if self.current else None
+        if record is None or record.stick_id != stick_id or record.finished:
+            return
+        self._pulled.add(stick_id)
+        error = StickRemovedError(
+            f"the stick was pulled during step {record.step}; the run stopped there with "
+            "nothing half-applied: insert a stick with a new archive"
+            if record.step not in ("read-archive", "validate")
+            else f"the stick was pulled during step {record.step}; nothing was applied: "
+            "insert it again",
+        )
+        if self.provisioner.abort(record.run_id, error):
+            _log.warning("run %s: its stick was pulled at step %s", record.run_id, record.step)
 
     async def _stick_run(self, record: RunRecord, event: StickInserted) -> None:
         with RunLog.capture() as run_log:
@@ -215,10 +248,42 @@ class ProvisioningService:
                         result = self.provisioner.fail(record, exc)
                     else:
                         result = await self.provisioner.run_archive(record, archive.path)
-                    await self._write_back(media, result, run_log)
+                    await self._write_back(media, result, run_log, event.stick.stick_id)
             except AgentError as exc:  # the stick could not even be opened
                 result = self.provisioner.fail(record, exc)
         await self._finished(result)
+
+    async def _still_present(self, run_id: str, event: StickInserted) -> None:
+        """The stick of the run before this start is still in: it is not run again.
+
+        A run the restart resumed writes its result to it once it ends; a run that had ended
+        leaves the stick as it is (its result is there already). Pulling the stick and
+        inserting it again runs it.
+        """
+        while not (record := self.store.get(run_id)).finished:
+            self._ended.clear()
+            await self._ended.wait()
+        if record.result is None:
+            return
+        if run_id not in self._resumed:
+            _log.info(
+                "stick %s is still in from run %s (%s): not run again; pull it and insert it "
+                "again to run its archive",
+                event.stick.stick_id,
+                run_id,
+                record.status,
+            )
+            return
+        result = (json.dumps(record.result, indent=2, ensure_ascii=False) + "\n").encode()
+        line = f"run {run_id} resumed after a restart: {record.status} {record.reason or ''}"
+        with contextlib.suppress(AgentError):
+            async with StickMedia(
+                event.stick.node,
+                media_settings(self.config.usb),
+                runtime_dir=self.config.agent.runtime_dir,
+            ) as media:
+                if await media.write_back(result, (line.rstrip() + "\n").encode()):
+                    _log.info("run %s: result written to its stick after the restart", run_id)
 
     async def _refuse(self, event: StickInserted) -> None:
         record = self.store.create(new_run_id(), origin="stick", stick_id=event.stick.stick_id)
@@ -233,10 +298,16 @@ class ProvisioningService:
                     media_settings(self.config.usb),
                     runtime_dir=self.config.agent.runtime_dir,
                 ) as media:
-                    await self._write_back(media, result, run_log)
+                    await self._write_back(media, result, run_log, event.stick.stick_id)
         self._report_wake.set()
 
-    async def _write_back(self, media: StickMedia, result: RunResult, run_log: RunLog) -> None:
+    async def _write_back(
+        self, media: StickMedia, result: RunResult, run_log: RunLog, stick_id: str
+    ) -> None:
+        if stick_id in self._pulled:
+            self._pulled.discard(stick_id)
+            _log.warning("the stick was pulled: the result is not written back (run record kept)")
+            return
         try:
             await media.write_back(result.to_json(), run_log.as_bytes())
         except MediaError as exc:

@@ -9,6 +9,7 @@ real FAT image holding an archive.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import secrets
@@ -23,7 +24,7 @@ from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from agent.archive.make import DeviceRequest, build_archive
+from agent.archive.make import MAX_LIFETIME, DeviceRequest, build_archive
 from agent.archive.network import parse_network_payload
 from agent.daemon import api_request
 from agent.errors import StateError
@@ -98,19 +99,34 @@ class Fleet:
         self.broker.stop()
 
     def archive(
-        self, name: str | None = None, *, template: str = "edge-fleet", port: int | None = None
+        self,
+        name: str | None = None,
+        *,
+        template: str = "edge-fleet",
+        port: int | None = None,
+        networking: dict[str, Any] | None = None,
+        window_left: float | None = None,
     ) -> tuple[str, bytes]:
-        """A new archive for this fleet: (device name, zip bytes)."""
+        """A new archive for this fleet: (device name, zip bytes).
+
+        ``window_left``: seconds of the claim certificate's 5-minute window left now
+        (negative: the window ended that long ago).
+        """
         serial = secrets.token_hex(4)
         device = name or f"appliance-{serial}"
+        not_before = None
+        if window_left is not None:
+            now = dt.datetime.now(dt.UTC)
+            not_before = now - MAX_LIFETIME + dt.timedelta(seconds=window_left)
         built = build_archive(
             self.pki.ca.factory(),
             DeviceRequest(
                 name=device,
-                networking=parse_network_payload(NETWORK),
+                networking=parse_network_payload(networking or NETWORK),
                 endpoint=f"localhost:{port or self.serve.port}",
                 template=template,
                 template_parameters={"SerialNumber": serial},
+                not_before=not_before,
             ),
         )
         return device, built.data
@@ -173,6 +189,8 @@ class Appliance:
     notify: Path | None = None
     #: Extra environment of the next start (``EDGE_AGENT_CRASH_AT``...).
     environment: dict[str, str] = field(default_factory=dict)
+    #: Extra lines of the ``[archive]`` section (``build_time_floor = ...``).
+    archive_extra: str = ""
 
     @property
     def sticks(self) -> Path:
@@ -206,6 +224,7 @@ socket = "{self.socket}"
 [archive]
 trust_anchor = "{self.fleet.trust_anchor}"
 require_synchronized_clock = false
+{self.archive_extra}
 [network]
 backend = "dry-run"
 dry_run_root = "{self.directory / "root"}"

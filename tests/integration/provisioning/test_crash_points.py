@@ -18,6 +18,7 @@ broker comes back. Checked from the outside only:
 from __future__ import annotations
 
 import io
+import json
 import sqlite3
 import stat
 import time
@@ -28,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from agent.faults import ENV, POINTS
-from tests.helpers.appliance import Appliance, Fleet
+from tests.helpers.appliance import Appliance, Fleet, read_stick, stick_image
 from tests.integration.endpoint.conftest import need_endpoint
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
@@ -203,5 +204,46 @@ def test_kill_9_at_each_point_then_restart_is_consistent(
         assert status["pendingReports"] == 0
         assert status["operationalLink"] is True
         assert status["networkRecovery"]["action"] == _recovery(point)
+    finally:
+        appliance.stop()
+
+
+@pytest.mark.parametrize("point", ["install.activated", "fleet.registering"])
+def test_stick_still_in_after_the_crash_gets_the_resumed_result(
+    point: str, fleet: Fleet, tmp_path: Path
+) -> None:
+    """The stick stays in across the crash: the restart resumes the run instead of starting
+    another from the same stick, and writes the resumed run's result to it."""
+    appliance = Appliance(tmp_path / "appliance", fleet, environment={ENV: point})
+    appliance.directory.mkdir()
+    device, data = fleet.archive()
+    image = stick_image(tmp_path / "stick.img", {f"certificates-omni_{device}.zip": data})
+    appliance.start()
+    try:
+        inserted = appliance.insert(image)
+        assert appliance.wait_exit() == -9
+        appliance.environment = {}
+        appliance.start()
+        run = appliance.wait_run(after=set())
+        status = appliance.wait_idle()
+        expected = ("ERROR", "RUN_INTERRUPTED") if point in INTERRUPTED else ("SUCCEEDED", None)
+        assert (run["Status"], run["Reason"]) == expected, run
+        assert status["lastRun"]["Id"] == run["Id"]  # no other run from the same stick
+        deadline = time.monotonic() + 15
+        while (raw := read_stick(inserted)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert raw is not None, "the resumed run's result is not on the stick"
+        result = json.loads(raw)
+        assert (result["status"], result.get("reason")) == expected
+        if point in INTERRUPTED:
+            # pulled and inserted again, the same stick provisions
+            moved = tmp_path / "again.img"
+            inserted.rename(moved)
+            appliance.wait_idle()
+            again = appliance.insert(moved)
+            done = appliance.wait_run(after={run["Id"]})
+            assert done["Status"] == "SUCCEEDED", done
+            assert read_stick(again) is not None
+        _check_credentials(appliance.state, data)
     finally:
         appliance.stop()
