@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from agent import osmem
 from agent.archive.install import current_credentials
 from agent.config import AgentConfig
 from agent.errors import AgentError, ConflictError
@@ -318,6 +319,7 @@ class ProvisioningService:
             await self._close_link()
             await self._open_link()
         self._done(result)
+        osmem.release()  # the idle service does not keep the run's peak resident
 
     # --- the operational link and the reports ----------------------------------------------
 
