@@ -4,13 +4,17 @@ validate → install → network (trial, probe, commit or roll back) → time-ch
 window, once the clock is trusted) → fleet (CreateCertificateFromCsr + RegisterThing) →
 SUCCEEDED. Any refusal of the input ends the run FAILED (4xx), anything the appliance could
 not finish ends it ERROR (5xx), each with its reason. Every wait is bounded by the time left
-in the claim certificate's window.
+in the claim certificate's window; with a trusted clock, an archive with none left is
+refused before it is installed. :meth:`Provisioner.abort` (a pulled stick) stops a run at
+its next step boundary.
 
 A run a crash interrupted is resumed by :meth:`Provisioner.resume`: before its credentials
-were installed it ends ERROR ``RUN_INTERRUPTED`` (nothing was applied; the stick can be
-inserted again); after, it goes on from the credential set it installed (netconf's own
-recovery has already reverted a half-applied trial, and the fleet exchange resumes with the
-same claim and ownership token).
+were installed it ends ERROR ``RUN_INTERRUPTED`` (nothing was applied, an install the crash
+cut short is undone; the stick can be inserted again); after, it goes on from the credential
+set it installed (netconf's own recovery has already reverted a half-applied trial, and the
+fleet exchange resumes with the same claim and ownership token; once RegisterThing was
+answered, only the fleet step is left). Each step boundary is a crash point
+(:mod:`agent.faults`).
 """
 
 from __future__ import annotations

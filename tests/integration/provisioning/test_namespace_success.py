@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +81,7 @@ class Agent:
         self.sticks = lab.tmp / "sticks"
         self.sticks.mkdir()
         self.process: Any = None
+        self.environment: dict[str, str] = {}
         lab.write_config(
             archive={"trust_anchor": str(fleet.trust_anchor), "require_synchronized_clock": False},
             network={"probe_timeout_seconds": 5},
@@ -94,7 +96,11 @@ class Agent:
         )
 
     def start(self) -> None:
-        self.process = self.lab.start(self.lab.agent_argv("run"), "agent")
+        argv = self.lab.agent_argv("run")
+        if self.environment:  # ip netns exec NS env K=V python -m agent ...
+            at = argv.index(sys.executable)
+            argv[at:at] = ["env", *(f"{k}={v}" for k, v in self.environment.items())]
+        self.process = self.lab.start(argv, "agent")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.lab.log("agent")
@@ -263,4 +269,56 @@ def test_ntp_that_never_answers_ends_error_within_its_budget(
     assert event["body"]["error"]["reason"] == "CLOCK_NOT_SYNCHRONIZED"
     assert _result(image)["reason"] == "CLOCK_NOT_SYNCHRONIZED"
     assert lab.marker_row() is None  # the network trial was committed, not left open
+    agent.stop()
+
+
+@pytest.mark.parametrize("point", ["network.applied", "network.committed"])
+def test_kill_9_in_the_network_step_then_restart_in_the_namespace(
+    point: str,
+    lab: Lab,  # noqa: F811
+    fleet: Fleet,
+) -> None:
+    """The trial a crash left is reverted exactly at the restart (no revert failures), the
+    resumed run applies and commits the network once, and the run ends SUCCEEDED."""
+    agent = Agent(lab, fleet)
+    agent.environment = {"EDGE_AGENT_CRASH_AT": point}
+    agent.start()
+    before = lab.inspect()
+    things = _things(fleet)
+    device, data = fleet.archive(networking=NETWORK)
+    image = stick_image(lab.tmp / f"{device}.img", {f"certificates-omni_{device}.zip": data})
+    image.rename(agent.sticks / image.name)
+    assert agent.process.wait(timeout=60) == -9, lab.log("agent")[-3000:]
+    crashed = lab.inspect()
+    if point == "network.applied":  # the trial was in place when the process died
+        assert lab.marker_row() is not None
+        assert crashed["exact"] != before["exact"]
+    agent.environment = {}
+    agent.start()
+    recovery = agent.provisioning()["networkRecovery"]
+    if point == "network.applied":
+        assert (recovery["action"], recovery["failures"]) == ("reverted", [])
+    else:
+        assert recovery["action"] == "reapplied"
+
+    def finished() -> dict[str, Any] | None:
+        status = agent.provisioning()
+        last = status["lastRun"]
+        return dict(last) if status["currentRun"] is None and last else None
+
+    run = wait_for(finished, 60, "the resumed run to end")
+    assert run["Status"] == "SUCCEEDED", f"{run}\n{lab.log('agent')[-4000:]}"
+    assert _addresses(lab, "eth0") == ["198.18.1.30"]
+    assert _addresses(lab, "eth1") == ["198.18.2.30"]
+    outcomes = [h["outcome"] for h in lab.history()]
+    if point == "network.applied":
+        assert outcomes == ["recovered", "committed"]
+        assert lab.history()[0]["reason"] == "TRIAL_INTERRUPTED"
+    else:
+        assert outcomes == ["committed", "committed"]
+    assert lab.marker_row() is None
+    assert _things(fleet) == things + 1
+    events = [e for e in fleet.events(run["Id"]) if e["type"] == "RUN_OUTCOME"]
+    assert len(events) <= 1
+    assert fleet.wait_event(run["Id"], "RUN_OUTCOME")["body"]["status"] == "SUCCEEDED"
     agent.stop()
