@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from agent import osmem
-from agent.archive.install import current_credentials
+from agent.archive.install import current_credentials, open_store
 from agent.config import AgentConfig
 from agent.errors import AgentError, ConflictError
 from agent.netconf.boards import load_board
@@ -207,17 +208,19 @@ class ProvisioningService:
                 if earlier is not None:
                     self._spawn(self._still_present(earlier, event), f"still-in-{earlier}")
                     continue
-                if self.current is not None:
-                    self._spawn(self._refuse(event), f"refuse-{event.stick.stick_id}")
-                    continue
-                record = self.store.create(
-                    new_run_id(), origin="stick", stick_id=event.stick.stick_id
-                )
-                self._begin(record.run_id)
-                self._spawn(self._stick_run(record, event), f"run-{record.run_id}")
+                self._inserted(event)
             elif isinstance(event, StickRemoved):
                 _log.info("stick %s removed", event.stick_id)
                 self._stick_removed(event.stick_id)
+
+    def _inserted(self, event: StickInserted) -> None:
+        """A stick in: a run from it, or its refusal while another run works."""
+        if self.current is not None:
+            self._spawn(self._refuse(event), f"refuse-{event.stick.stick_id}")
+            return
+        record = self.store.create(new_run_id(), origin="stick", stick_id=event.stick.stick_id)
+        self._begin(record.run_id)
+        self._spawn(self._stick_run(record, event), f"run-{record.run_id}")
 
     def _stick_removed(self, stick_id: str) -> None:
         """The stick of the working run was pulled: the run stops at its next boundary."""
@@ -255,16 +258,21 @@ class ProvisioningService:
         await self._finished(result)
 
     async def _still_present(self, run_id: str, event: StickInserted) -> None:
-        """The stick of the run before this start is still in: it is not run again.
+        """The stick of the run before this start, seen again at start.
 
-        A run the restart resumed writes its result to it once it ends; a run that had ended
-        leaves the stick as it is (its result is there already). Pulling the stick and
-        inserting it again runs it.
+        Holding the archive that run installed, it is still in, not a new stick: a run the
+        restart resumed writes its result to it once it ends, a run that had ended leaves it
+        as it is (its result is there already); pulling it and inserting it again runs it.
+        Holding another archive (or none) it is a stick like any other.
         """
         while not (record := self.store.get(run_id)).finished:
             self._ended.clear()
             await self._ended.wait()
         if record.result is None:
+            return
+        digest = self._installed_archive(record)
+        if digest is not None and await self._archive_digest(event) != digest:
+            self._inserted(event)
             return
         if run_id not in self._resumed:
             _log.info(
@@ -285,6 +293,30 @@ class ProvisioningService:
             ) as media:
                 if await media.write_back(result, (line.rstrip() + "\n").encode()):
                     _log.info("run %s: result written to its stick after the restart", run_id)
+
+    def _installed_archive(self, record: RunRecord) -> str | None:
+        """The SHA-256 of the archive ``record`` installed (None: it installed none)."""
+        if record.fingerprint is None:
+            return None
+        with open_store(self.config.agent.state_dir) as store:
+            row = store.db.execute(
+                "SELECT archive_sha256 FROM archive_ledger WHERE fingerprint = ?",
+                (record.fingerprint,),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    async def _archive_digest(self, event: StickInserted) -> str | None:
+        """The SHA-256 of the archive on the stick (None: none can be read)."""
+        try:
+            async with StickMedia(
+                event.stick.node,
+                media_settings(self.config.usb),
+                runtime_dir=self.config.agent.runtime_dir,
+            ) as media:
+                archive = await media.fetch_archive()
+                return hashlib.sha256(archive.path.read_bytes()).hexdigest()
+        except AgentError:
+            return None
 
     async def _refuse(self, event: StickInserted) -> None:
         record = self.store.create(new_run_id(), origin="stick", stick_id=event.stick.stick_id)

@@ -247,3 +247,38 @@ def test_stick_still_in_after_the_crash_gets_the_resumed_result(
         _check_credentials(appliance.state, data)
     finally:
         appliance.stop()
+
+
+def test_after_a_restart_the_same_stick_with_another_archive_is_run(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """The rule above is for the archive that run installed: the same stick (same id) with a
+    new archive on it, in at the restart, is a stick like any other."""
+    appliance = Appliance(tmp_path / "appliance", fleet)
+    appliance.directory.mkdir()
+    device, data = fleet.archive()
+    appliance.start()
+    try:
+        inserted = appliance.insert(
+            stick_image(tmp_path / "stick.img", {f"certificates-omni_{device}.zip": data})
+        )
+        first = appliance.wait_run(after=set())
+        assert first["Status"] == "SUCCEEDED", first
+        appliance.wait_idle()
+        appliance.stop()
+        # unchanged, the stick is not run again at the restart
+        appliance.start()
+        appliance.wait_idle()
+        time.sleep(1)
+        assert appliance.status()["provisioning"]["lastRun"]["Id"] == first["Id"]
+        assert json.loads(read_stick(inserted) or b"{}")["status"] == "SUCCEEDED"
+        appliance.stop()
+        # the same stick (the same image name) now holds a new archive
+        other, fresh = fleet.archive()
+        inserted.unlink()
+        stick_image(inserted, {f"certificates-omni_{other}.zip": fresh})
+        appliance.start()
+        second = appliance.wait_run(after={first["Id"]})
+        assert (second["Status"], second["DeviceName"]) == ("SUCCEEDED", other), second
+    finally:
+        appliance.stop()
