@@ -235,6 +235,31 @@ def discard_unrecorded(state_dir: Path, fingerprint: str) -> list[str]:
     return done
 
 
+def restore_identity(state_dir: Path, fingerprint: str) -> str | None:
+    """After a failed run: put back the permanent set its claim set replaced.
+
+    When the set in force is the claim set of ``fingerprint`` (installed by a run that then
+    failed before its fleet exchange switched to a permanent set) and the set it replaced
+    is a permanent one (``-fleet-``), that permanent set is in force again, so an appliance
+    provisioned before keeps its operational identity; the claim set stays as ``previous``.
+    Returns the set put back, or None when nothing changed.
+    """
+    credentials = state_dir / "credentials"
+    current = current_credentials(state_dir)
+    previous = credentials / "previous"
+    if current is None or not current.name.endswith(f"-{fingerprint[:16]}"):
+        return None
+    if not previous.is_symlink():
+        return None
+    earlier = previous.resolve()
+    if "-fleet-" not in earlier.name or not earlier.is_dir():
+        return None
+    _swap_link(credentials, "current", f"sets/{earlier.name}")
+    _swap_link(credentials, "previous", f"sets/{current.name}")
+    fsync_dir(credentials)
+    return earlier.name
+
+
 def provision_from_file(
     path: Path,
     policy: Policy,

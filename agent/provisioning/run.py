@@ -40,6 +40,7 @@ from agent.archive.install import (
     install_archive,
     ledger_has,
     open_store,
+    restore_identity,
 )
 from agent.archive.manifest import Manifest, parse_manifest
 from agent.archive.reader import Limits
@@ -391,6 +392,14 @@ class Provisioner:
                 stick_id=record.stick_id,
             )
         else:
+            if record.fingerprint is not None:
+                restored = restore_identity(self.state_dir, record.fingerprint)
+                if restored is not None:
+                    _log.warning(
+                        "run %s failed: the permanent set %s is in force again",
+                        ctx.run_id,
+                        restored,
+                    )
             result = RunResult.failed(
                 error,
                 started_at=ctx.started_at,

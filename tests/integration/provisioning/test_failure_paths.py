@@ -154,6 +154,17 @@ def test_clock_never_synchronised_ends_error_within_its_budget(
     result = _result(image)
     assert (result["status"], result["reason"]) == ("ERROR", "CLOCK_NOT_SYNCHRONIZED")
     assert _things(fleet) == things  # the claim was never used
+    # the claim set it installed is not left in force: the permanent identity is back, and
+    # after a restart the operational link (and with it the reports) still works
+    current = (appliance.state / "credentials" / "current").resolve()
+    assert "-fleet-" in current.name, current
+    _restart(appliance)
+    assert appliance.wait_idle()["operationalLink"] is True
+    device, data = fleet.archive(template="no-such-template")
+    before = appliance.run_ids()
+    appliance.insert(_stick(tmp_path, device, data))
+    rejected = appliance.wait_run(after=before)
+    assert _reported(fleet, rejected)["error"]["reason"] == "FLEET_REJECTED"
 
 
 def test_stick_pulled_mid_run_stops_the_run_reported_not_written(
