@@ -4,7 +4,11 @@ Everything happens under one work directory (a new temporary one unless ``--out`
 given) and on 127.0.0.1, and everything the demo starts it stops: a PKI, the operational
 mosquitto, ``edge-agent registry serve`` as the fleet-provisioning endpoint, a subscriber
 on the appliance's events, and the appliance's provisioning side exactly as ``edge-agent
-run`` runs it (directory stick source, the dry-run network backend under a private root).
+run`` runs it (directory stick source). Run as root, the network is applied for real with
+the netlink backend inside a private network namespace (:mod:`agent.demo_netns`: eth0 and
+eth1 with gateways on a peer namespace; the demo, its broker and its endpoint live in it);
+otherwise (or with ``--dry-run``) with the dry-run backend under a private root, and the
+demo says which.
 A FAT image holding the archive is dropped into the watched directory: that is the stick
 insertion. The run validates, installs, applies the network, checks the claim window and
 provisions over MQTT; the SUCCEEDED event is received and ``result.json`` is read back from
@@ -40,6 +44,19 @@ DEMO_NETWORK: dict[str, Any] = {
     "Ethernet1": {"ConnectionType": "DHCP"},
     "Ntp": {"NtpServers": ["0.pool.ntp.org", "198.18.10.123"]},
 }
+#: In the namespace Ethernet1 is static too (no DHCP server there), on its own gateway.
+NAMESPACE_NETWORK: dict[str, Any] = {
+    **DEMO_NETWORK,
+    "Ethernet1": {
+        "ConnectionType": "STATIC_IP",
+        "StaticIpConnectionInfo": {
+            "IpAddress": "198.18.11.20",
+            "Mask": "255.255.255.0",
+            "DefaultGateway": "198.18.11.1",
+            "Dns": ["198.18.11.53"],
+        },
+    },
+}
 REGION = "eu-central-1"
 ACCOUNT = "123456789012"
 #: Seconds the demo waits for the run's outcome event.
@@ -53,6 +70,11 @@ def register(sub: Any) -> None:
         "--out", type=Path, help="work directory (default: a new temporary directory)"
     )
     demo.add_argument("--name", default="demo-appliance-1", help="device name")
+    demo.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="render the network under the work directory even when root (no namespace)",
+    )
     demo.set_defaults(handler=run)
 
 
@@ -86,10 +108,27 @@ def run(args: argparse.Namespace) -> int:
             handler.setLevel(logging.CRITICAL)
     work: Path = args.out or Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
     work.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_demo(work, args.name))
+    return asyncio.run(_demo(work, args.name, namespace=not args.dry_run))
 
 
-def _config_text(work: Path, trust: Path) -> str:
+def _network_text(work: Path, namespace: bool) -> str:
+    if not namespace:
+        return f'''[network]
+backend = "dry-run"
+dry_run_root = "{work / "root"}"'''
+    return f'''[network]
+backend = "netlink"
+probe_timeout_seconds = 10
+resolv_conf = "{work / "resolv.conf"}"
+networkd_runtime_dir = "{work / "run-network"}"
+networkd_persist_dir = "{work / "etc-network"}"
+dry_run_root = "{work / "root"}"
+[ntp]
+# the demo leaves the machine's time service alone
+backend = "none"'''
+
+
+def _config_text(work: Path, trust: Path, *, namespace: bool = False) -> str:
     return f"""
 [agent]
 state_dir = "{work / "state"}"
@@ -98,9 +137,7 @@ runtime_dir = "{work / "run"}"
 trust_anchor = "{trust}"
 # the demo machine's clock may not report NTP sync; the window is checked against it as is
 require_synchronized_clock = false
-[network]
-backend = "dry-run"
-dry_run_root = "{work / "root"}"
+{_network_text(work, namespace)}
 [usb]
 source = "directory"
 directory = "{work / "sticks"}"
@@ -117,10 +154,13 @@ account = "{ACCOUNT}"
 """
 
 
-async def _demo(work: Path, name: str) -> int:  # noqa: PLR0915 - a linear script of steps
+async def _demo(  # noqa: PLR0915 - a linear script of steps
+    work: Path, name: str, *, namespace: bool = True
+) -> int:
     from agent.archive.make import DeviceRequest, build_archive
     from agent.archive.network import parse_network_payload
     from agent.config import load_config
+    from agent.demo_netns import DemoNamespace, available
     from agent.demo_world import (
         TEMPLATE,
         DemoPki,
@@ -137,7 +177,18 @@ async def _demo(work: Path, name: str) -> int:  # noqa: PLR0915 - a linear scrip
 
     show = _Steps()
     print(f"edge-agent demo: everything happens under {work}, on 127.0.0.1")
+    why_not = available() if namespace else "--dry-run"
+    netns = DemoNamespace() if why_not is None else None
     async with contextlib.AsyncExitStack() as stack:
+        if netns is not None:
+            show.step("Lab: a private network namespace for the appliance")
+            stack.callback(netns.remove)
+            netns.create()
+            netns.enter()
+            show.timed(
+                f"namespace {netns.name}: eth0, eth1 (veth) to gateways 198.18.10.1 and "
+                f"198.18.11.1 in {netns.peer}; the demo runs inside it"
+            )
         show.step("Factory: create the PKI (offline root, signer, claim and device issuers)")
         ca = init_ca(work / "factory-ca", name="edge-agent demo CA")
         pki = DemoPki(ca, work / "tls")
@@ -155,7 +206,9 @@ async def _demo(work: Path, name: str) -> int:  # noqa: PLR0915 - a linear scrip
         stack.callback(broker.stop)
         show.timed(f"mosquitto (operational broker, mutual TLS) on 127.0.0.1:{broker.port}")
         config_path = work / "agent.toml"
-        config_path.write_text(_config_text(work, pki.root), encoding="utf-8")
+        config_path.write_text(
+            _config_text(work, pki.root, namespace=netns is not None), encoding="utf-8"
+        )
         add_template(work / "registry.db", broker.port, region=REGION, account=ACCOUNT)
         serve = RegistryServe(config_path, pki, work / "registry-serve.log")
         serve.start()
@@ -175,7 +228,9 @@ async def _demo(work: Path, name: str) -> int:  # noqa: PLR0915 - a linear scrip
             ca.factory(),
             DeviceRequest(
                 name=name,
-                networking=parse_network_payload(DEMO_NETWORK),
+                networking=parse_network_payload(
+                    NAMESPACE_NETWORK if netns is not None else DEMO_NETWORK
+                ),
                 tags={"site": "demo"},
                 endpoint=f"localhost:{serve.port}",
                 template=TEMPLATE,
@@ -206,13 +261,22 @@ async def _demo(work: Path, name: str) -> int:  # noqa: PLR0915 - a linear scrip
         await service.wait_idle()
         record = service.device(run_id)
         assert record is not None  # noqa: S101 - the run was just made
-        show.say(
-            "network: applied with the dry-run backend under "
-            f"{config.network.dry_run_root} (nothing on this machine changed)"
-        )
-        rendered = Path(config.network.dry_run_root) / "etc" / "systemd" / "network"
-        for path in sorted(rendered.glob("*.network")):
-            show.say(f"network: wrote {path.name}")
+        if netns is not None:
+            show.say(
+                f"network: applied with the netlink backend in namespace {netns.name}, "
+                "probed and committed"
+            )
+            for port, addresses in netns.addresses().items():
+                show.say(f"network: {port} {' '.join(addresses) or '(no address)'}")
+        else:
+            show.say(
+                "network: applied with the dry-run backend under "
+                f"{config.network.dry_run_root} (nothing on this machine changed; "
+                f"no network namespace: {why_not})"
+            )
+            rendered = Path(config.network.dry_run_root) / "etc" / "systemd" / "network"
+            for path in sorted(rendered.glob("*.network")):
+                show.say(f"network: wrote {path.name}")
         show.step("Operator: the outcome event arrives over MQTT")
         show.say(json.dumps(outcome))
 

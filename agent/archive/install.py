@@ -187,7 +187,7 @@ def install_archive(
             verified.fingerprint[:16],
             verified.time_check,
         )
-        _prune(sets, keep={set_name, previous.name if previous else ""})
+        prune_sets(sets, keep={set_name, previous.name if previous else ""})
     return InstallResult(
         device_name=verified.manifest.device_name,
         fingerprint=verified.fingerprint,
@@ -195,6 +195,69 @@ def install_archive(
         previous_dir=previous,
         time_check=verified.time_check,
     )
+
+
+def discard_unrecorded(state_dir: Path, fingerprint: str) -> list[str]:
+    """Undo what an install of ``fingerprint`` that never reached the ledger left behind.
+
+    A process killed inside the ledger transaction may have switched ``current`` to the new
+    set already (the transaction itself is rolled back by SQLite): ``current`` goes back to
+    the set it replaced (``previous``, or no set at all on a first install) and the
+    unrecorded set is removed, as is a set staged but never switched to. Does nothing once
+    the ledger records the archive. Returns what it did, for the log.
+    """
+    with open_store(state_dir) as store:
+        if ledger_has(store, fingerprint):
+            return []
+    credentials = state_dir / "credentials"
+    sets = credentials / "sets"
+    if not sets.is_dir():
+        return []
+    label = f"-{fingerprint[:16]}"
+    done: list[str] = []
+    current = current_credentials(state_dir)
+    if current is not None and current.name.endswith(label):
+        previous = credentials / "previous"
+        if previous.is_symlink() and previous.resolve() != current:
+            _swap_link(credentials, "current", f"sets/{previous.resolve().name}")
+            done.append(f"current set back to {previous.resolve().name}")
+        else:
+            (credentials / "current").unlink()
+            done.append("current set removed (it was never recorded)")
+        fsync_dir(credentials)
+    for entry in sorted(sets.iterdir()):
+        if entry.name.endswith(label) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+            done.append(f"unrecorded set {entry.name} removed")
+    _remove_stale_staging(sets)
+    with contextlib.suppress(OSError):
+        fsync_dir(sets)
+    return done
+
+
+def restore_identity(state_dir: Path, fingerprint: str) -> str | None:
+    """After a failed run: put back the permanent set its claim set replaced.
+
+    When the set in force is the claim set of ``fingerprint`` (installed by a run that then
+    failed before its fleet exchange switched to a permanent set) and the set it replaced
+    is a permanent one (``-fleet-``), that permanent set is in force again, so an appliance
+    provisioned before keeps its operational identity; the claim set stays as ``previous``.
+    Returns the set put back, or None when nothing changed.
+    """
+    credentials = state_dir / "credentials"
+    current = current_credentials(state_dir)
+    previous = credentials / "previous"
+    if current is None or not current.name.endswith(f"-{fingerprint[:16]}"):
+        return None
+    if not previous.is_symlink():
+        return None
+    earlier = previous.resolve()
+    if "-fleet-" not in earlier.name or not earlier.is_dir():
+        return None
+    _swap_link(credentials, "current", f"sets/{earlier.name}")
+    _swap_link(credentials, "previous", f"sets/{current.name}")
+    fsync_dir(credentials)
+    return earlier.name
 
 
 def provision_from_file(
@@ -263,7 +326,7 @@ def _remove_stale_staging(sets: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _prune(sets: Path, keep: set[str]) -> None:
+def prune_sets(sets: Path, keep: set[str]) -> None:
     """Remove sets that are neither current nor previous (old keys do not linger)."""
     for entry in sets.iterdir():
         if entry.name not in keep and entry.is_dir() and not entry.is_symlink():

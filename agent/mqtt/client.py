@@ -35,6 +35,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.errors import AgentError, ValidationError
+from agent.mqtt.quiet import QuietClient
 
 _log = logging.getLogger(__name__)
 #: paho's packet trace: one debug line per packet, silent unless asked for (it is costly).
@@ -369,7 +370,7 @@ def _make_client(settings: Settings, protocol: Literal["5", "3.1.1"]) -> aiomqtt
     if protocol == "5":
         properties = make_properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = 0
-    return aiomqtt.Client(
+    return QuietClient(
         settings.endpoint.host,
         settings.endpoint.port,
         identifier=settings.client_id,

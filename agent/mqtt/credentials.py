@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.archive.install import activate_set, current_credentials, new_set_name, stage_set
+from agent.archive.install import (
+    activate_set,
+    current_credentials,
+    new_set_name,
+    prune_sets,
+    stage_set,
+)
 from agent.errors import StateError
 from agent.fsutil import ensure_dir
 
@@ -22,11 +28,14 @@ def install_set(state_dir: Path, label: str, files: dict[str, tuple[bytes, int]]
     name = stage_set(
         sets, new_set_name(label), [(n, data, mode) for n, (data, mode) in files.items()]
     )
+    previous = current_credentials(state_dir)
     try:
-        activate_set(credentials, name, current_credentials(state_dir))
+        activate_set(credentials, name, previous)
     except OSError as exc:
         raise StateError(
             f"cannot switch the credentials under {credentials}: {exc.strerror}",
             reason="CREDENTIALS_WRITE_FAILED",
         ) from exc
+    # a set a crash left staged but never switched to holds a key nothing uses
+    prune_sets(sets, keep={name, previous.name if previous else ""})
     return sets / name

@@ -40,6 +40,7 @@ from cryptography.x509.oid import NameOID
 
 from agent.archive.install import current_credentials
 from agent.errors import EXIT_REJECTED, AgentError, StateError, ValidationError
+from agent.faults import crash_point
 from agent.fsutil import PRIVATE_FILE, PUBLIC_FILE, atomic_write, ensure_dir
 from agent.mqtt.client import Endpoint, Identity, Session, Settings, connect
 from agent.mqtt.credentials import install_set
@@ -279,6 +280,7 @@ class FleetExchange:
                 "no archive is installed (run archive install first)", reason="NOT_INSTALLED"
             )
         manifest = json.loads((claim_dir / "manifest.json").read_bytes())
+        self._adopt_switched(claim_dir)
         done = self._finished(manifest)
         if done is not None:
             return done
@@ -329,6 +331,35 @@ class FleetExchange:
             device_configuration=config,
             resumed_from=resumed_from,
         )
+
+    def _adopt_switched(self, current: Path) -> None:
+        """Record an install a crash interrupted after the switch to the permanent set.
+
+        The set in force then holds the certificate of an exchange still recorded as
+        ``registered``: the exchange is finished (recorded ``installed`` with that set), not
+        started again with the permanent certificate taken for a claim.
+        """
+        certificate = current / "certificate.pem"
+        if not current.name.split("-", 1)[-1].startswith("fleet-") or not certificate.exists():
+            return
+        pem = certificate.read_bytes()
+        for row in self._store.db.execute(
+            "SELECT claim_fingerprint, certificate_pem FROM fleet_exchange"
+            " WHERE step = 'registered'"
+        ).fetchall():
+            if row["certificate_pem"] and str(row["certificate_pem"]).encode() == pem:
+                _log.warning("fleet provisioning: the permanent set was in force; recorded")
+                fingerprint = str(row["claim_fingerprint"])
+                self._drop_pending(fingerprint)
+                self._save(
+                    fingerprint, step="installed", credential_set=current.name, ownership_token=None
+                )
+
+    def _drop_pending(self, fingerprint: str) -> None:
+        pending = self.state_dir / "credentials" / "pending" / fingerprint[:16]
+        with contextlib.suppress(OSError):
+            (pending / "private.key").unlink()
+            pending.rmdir()
 
     def _finished(self, manifest: dict[str, Any]) -> FleetResult | None:
         """The result of an exchange already completed for the set in force."""
@@ -381,6 +412,8 @@ class FleetExchange:
         await session.subscribe(f"{topic}/accepted", collect)
         await session.subscribe(f"{topic}/rejected", collect)
         await session.publish(topic, _encode(fmt, request))
+        if operation == "RegisterThing":
+            crash_point("fleet.registering")
         wait = min(self.options.step_timeout, self._left(deadline))
         try:
             outcome, payload = await asyncio.wait_for(answers.get(), wait)
@@ -492,10 +525,11 @@ class FleetExchange:
                 "manifest.json": ((claim_dir / "manifest.json").read_bytes(), PUBLIC_FILE),
             },
         )
+        crash_point("fleet.switched")
+        # the key is in the set now: its pending copy goes before the exchange is recorded as
+        # installed, so no crash leaves a second copy behind
+        self._drop_pending(fingerprint)
         self._save(fingerprint, step="installed", credential_set=target.name, ownership_token=None)
-        with contextlib.suppress(OSError):
-            (pending / "private.key").unlink()
-            pending.rmdir()
 
 
 async def provision(

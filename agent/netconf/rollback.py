@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from agent.errors import AgentError, ConflictError
+from agent.faults import crash_point
 from agent.netconf import osproc
 from agent.netconf.base import (
     NetworkApplyError,
@@ -257,6 +258,7 @@ class NetConf:
         }
         self._begin(plan, snapshot)
         self._step("applying", snapshot, lambda: self._apply_both(plan))
+        crash_point("network.applied")
         if self.backend.live:
             result = self._step(
                 "probing", snapshot, lambda: self._probe(plan, probe_timeout, endpoint)

@@ -10,6 +10,7 @@ from agent.netconf.boards import load_board, resolve_interfaces
 from agent.netconf.factory import dry_run_time_backend, network_backend, time_backend
 from agent.netconf.plan import build_plan
 from agent.netconf.rollback import NetConf
+from agent.netconf.timesync import SyncResult
 from agent.store import Store
 
 
@@ -51,8 +52,14 @@ def recover(config: AgentConfig) -> dict[str, object]:
         return open_netconf(config, store).startup()
 
 
-def apply_payload(config: AgentConfig, payload: NetworkPayload, budget: float) -> str:
-    """Apply ``payload`` as a trial probed within ``budget`` seconds; describe the outcome.
+def apply_payload(
+    config: AgentConfig, payload: NetworkPayload, budget: float
+) -> tuple[str, SyncResult | None]:
+    """Apply ``payload`` as a trial probed within ``budget`` seconds.
+
+    Returns:
+        A description of the outcome, and the bounded wait for NTP synchronisation after
+        the commit (None when no live time backend was given servers).
 
     Raises:
         NetworkConfigurationError: the payload does not fit this board (FAILED).
@@ -75,4 +82,4 @@ def apply_payload(config: AgentConfig, payload: NetworkPayload, budget: float) -
             reason=result.reason or "NETWORK_PROBE_FAILED",
         )
     where = f" under {config.network.dry_run_root}" if result.backend == "dry-run" else ""
-    return f"{result.outcome} with the {result.backend} backend{where}"
+    return f"{result.outcome} with the {result.backend} backend{where}", result.sync

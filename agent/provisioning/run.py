@@ -4,18 +4,23 @@ validate → install → network (trial, probe, commit or roll back) → time-ch
 window, once the clock is trusted) → fleet (CreateCertificateFromCsr + RegisterThing) →
 SUCCEEDED. Any refusal of the input ends the run FAILED (4xx), anything the appliance could
 not finish ends it ERROR (5xx), each with its reason. Every wait is bounded by the time left
-in the claim certificate's window.
+in the claim certificate's window; with a trusted clock, an archive with none left is
+refused before it is installed. :meth:`Provisioner.abort` (a pulled stick) stops a run at
+its next step boundary.
 
 A run a crash interrupted is resumed by :meth:`Provisioner.resume`: before its credentials
-were installed it ends ERROR ``RUN_INTERRUPTED`` (nothing was applied; the stick can be
-inserted again); after, it goes on from the credential set it installed (netconf's own
-recovery has already reverted a half-applied trial, and the fleet exchange resumes with the
-same claim and ownership token).
+were installed it ends ERROR ``RUN_INTERRUPTED`` (nothing was applied, an install the crash
+cut short is undone; the stick can be inserted again); after, it goes on from the credential
+set it installed (netconf's own recovery has already reverted a half-applied trial, and the
+fleet exchange resumes with the same claim and ownership token; once RegisterThing was
+answered, only the fleet step is left). Each step boundary is a crash point
+(:mod:`agent.faults`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -30,12 +35,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from agent.archive.clock import Clock, SystemClock
-from agent.archive.install import install_archive, ledger_has, open_store
+from agent.archive.install import (
+    discard_unrecorded,
+    install_archive,
+    ledger_has,
+    open_store,
+    restore_identity,
+)
 from agent.archive.manifest import Manifest, parse_manifest
 from agent.archive.reader import Limits
 from agent.archive.verify import Policy, check_window, load_trust_anchors, verify_archive
 from agent.config import AgentConfig
 from agent.errors import AgentError, InternalError, StateError
+from agent.faults import crash_point
 from agent.netconf.base import TimeSyncError
 from agent.provisioning.store import RunRecord, RunStore
 from agent.status.result import RunResult, Timings
@@ -78,6 +90,16 @@ def policy_from_config(config: AgentConfig) -> tuple[Policy, SystemClock]:
     return policy, SystemClock(section.build_time_floor, section.require_synchronized_clock)
 
 
+def _install_crash_point(step: str) -> None:
+    if step in ("staged", "activated", "recorded"):
+        crash_point(f"install.{step}")
+
+
+def _fleet_crash_point(step: str) -> None:
+    if step in ("certificate", "registered", "installed"):
+        crash_point(f"fleet.{step}")
+
+
 @dataclass(slots=True)
 class RunContext:
     """What one run knows as it goes."""
@@ -88,6 +110,9 @@ class RunContext:
     manifest: Manifest | None = None
     certificate: x509.Certificate | None = None
     time_check: str = "passed"
+    #: The network step's NTP wait: None (none ran), True synchronised, False not.
+    time_synced: bool | None = None
+    ntp_waited: float = 0.0
 
     @property
     def run_id(self) -> str:
@@ -118,6 +143,8 @@ class Provisioner:
         self.store = store
         self._on_step = on_step or (lambda _run, _step: None)
         self._clock = clock
+        self._aborts: dict[str, asyncio.Event] = {}
+        self._abort_errors: dict[str, AgentError] = {}
 
     def _policy(self) -> tuple[Policy, Clock]:
         policy, clock = policy_from_config(self.config)
@@ -135,6 +162,25 @@ class Provisioner:
         ctx = RunContext(record, dt.datetime.now(dt.UTC), Timings())
         return await self._guarded(ctx, lambda: self._from_archive(ctx, archive))
 
+    def abort(self, run_id: str, error: AgentError) -> bool:
+        """Stop run ``run_id`` at its next step boundary with ``error`` (its stick was pulled).
+
+        The step in progress finishes first (an install, a network trial and the fleet
+        exchange are each all or nothing), so the run ends with nothing half-applied; a wait
+        for the clock ends at once. Returns False when the run is not working here.
+        """
+        event = self._aborts.get(run_id)
+        if event is None:
+            return False
+        self._abort_errors.setdefault(run_id, error)
+        event.set()
+        return True
+
+    def _check_abort(self, ctx: RunContext) -> None:
+        error = self._abort_errors.get(ctx.run_id)
+        if error is not None:
+            raise error
+
     async def resume(self, record: RunRecord) -> RunResult:
         """Resume (or end cleanly) a run a crash interrupted."""
         started = dt.datetime.fromisoformat(record.started_at)
@@ -150,6 +196,7 @@ class Provisioner:
     # --- the steps -----------------------------------------------------------------------
 
     async def _guarded(self, ctx: RunContext, body: Callable[[], Any]) -> RunResult:
+        self._aborts[ctx.run_id] = asyncio.Event()
         try:
             await body()
         except AgentError as exc:
@@ -157,9 +204,13 @@ class Provisioner:
         except Exception as exc:  # noqa: BLE001 - the top of a run: it ends ERROR, logged
             _log.exception("run %s failed unexpectedly", ctx.run_id)
             return self._end(ctx, InternalError(f"unexpected failure: {type(exc).__name__}"))
+        finally:
+            self._aborts.pop(ctx.run_id, None)
+            self._abort_errors.pop(ctx.run_id, None)
         return self._end(ctx, None)
 
     def _step(self, ctx: RunContext, step: str, **facts: str | None) -> None:
+        self._check_abort(ctx)
         self.store.step(ctx.run_id, step, **facts)
         self._on_step(ctx.run_id, step)
         _log.info("run %s: %s", ctx.run_id, step)
@@ -178,14 +229,24 @@ class Provisioner:
             thing_name=verified.manifest.iot_thing_name,
             fingerprint=verified.fingerprint,
         )
+        if ctx.time_check != "deferred":
+            # too little of the window left to finish: refused before anything is installed
+            self._left(ctx, "install")
+        crash_point("validate.done")
         self._step(ctx, "install")
         with ctx.timings.step("install"):
-            await asyncio.to_thread(install_archive, verified, self.state_dir)
+            await asyncio.to_thread(
+                install_archive, verified, self.state_dir, on_step=_install_crash_point
+            )
         await self._after_install(ctx, network=True)
 
     async def _resume(self, ctx: RunContext) -> None:
         record = ctx.record
         if record.fingerprint is None or not self._installed(record.fingerprint):
+            if record.fingerprint is not None:
+                undone = discard_unrecorded(self.state_dir, record.fingerprint)
+                if undone:
+                    _log.warning("run %s: %s", ctx.run_id, "; ".join(undone))
             raise RunInterruptedError(
                 f"the run stopped at step {record.step} before its credentials were installed; "
                 "nothing was applied: insert the stick again"
@@ -201,16 +262,24 @@ class Provisioner:
             (directory / "certificate.pem").read_bytes()
         )
         ctx.time_check = self._ledger_time_check(record.fingerprint)
+        if self._fleet_step(record.fingerprint) == "registered":
+            # RegisterThing was answered: the claim has done its work, what is left of the
+            # exchange is local, so neither the network nor the claim's window is looked at
+            await self._after_install(ctx, network=False, time_check=False)
+            return
         await self._after_install(ctx, network=record.step in ("validate", "install", "network"))
 
-    async def _after_install(self, ctx: RunContext, *, network: bool) -> None:
+    async def _after_install(
+        self, ctx: RunContext, *, network: bool, time_check: bool = True
+    ) -> None:
         if network:
             self._step(ctx, "network")
             with ctx.timings.step("network"):
                 await self._network(ctx)
-        self._step(ctx, "time-check")
-        with ctx.timings.step("time-check"):
-            await self._time_check(ctx)
+        if time_check:
+            self._step(ctx, "time-check")
+            with ctx.timings.step("time-check"):
+                await self._time_check(ctx)
         self._step(ctx, "fleet")
         with ctx.timings.step("fleet"):
             await self._fleet(ctx)
@@ -236,28 +305,43 @@ class Provisioner:
         budget = min(self.config.network.probe_timeout_seconds, self._left(ctx, "network"))
         from agent.provisioning.network import apply_payload  # noqa: PLC0415 - pyroute2 lazily
 
-        outcome = await asyncio.to_thread(apply_payload, self.config, payload, budget)
+        outcome, sync = await asyncio.to_thread(apply_payload, self.config, payload, budget)
+        crash_point("network.committed")
         _log.info("network: %s", outcome)
+        if sync is not None:
+            ctx.time_synced = sync.trusted
+            ctx.ntp_waited = sync.waited_seconds
+            _log.info(
+                "NTP %s after %.1f s: %s",
+                "synchronised" if sync.trusted else "not synchronised",
+                sync.waited_seconds,
+                sync.status.detail,
+            )
 
     async def _time_check(self, ctx: RunContext) -> None:
         assert ctx.certificate is not None  # noqa: S101 - set before this step
         policy, clock = self._policy()
-        if ctx.time_check == "deferred":
-            budget = min(self.config.ntp.sync_timeout_seconds, self._left(ctx, "time-check"))
-            deadline = time.monotonic() + budget
+        if ctx.time_check == "deferred" and not ctx.time_synced:
+            # the network step's bounded wait for NTP counts against the same budget
+            total = self.config.ntp.sync_timeout_seconds
+            budget = min(total - ctx.ntp_waited, self._left(ctx, "time-check"))
+            deadline = time.monotonic() + max(budget, 0.0)
             while not clock.trusted():
+                self._check_abort(ctx)
                 if time.monotonic() >= deadline:
                     raise TimeSyncError(
-                        f"the clock was not synchronised within {budget:.0f} s; the claim "
+                        f"the clock was not synchronised within {total:.0f} s; the claim "
                         "certificate's window cannot be checked",
                         reason="CLOCK_NOT_SYNCHRONIZED",
                     )
-                await asyncio.sleep(0.25)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._aborts[ctx.run_id].wait(), 0.25)
         check_window(ctx.certificate, clock.now(), policy.clock_skew)
         _log.info(
             "claim certificate window checked against the %s clock",
             "synchronised" if ctx.time_check == "deferred" else "trusted",
         )
+        crash_point("time-check.done")
 
     async def _fleet(self, ctx: RunContext) -> None:
         from agent.mqtt.fleet import FleetOptions, provision  # noqa: PLC0415 - aiomqtt lazily
@@ -279,7 +363,9 @@ class Provisioner:
             protocol=section.protocol,
         )
         try:
-            result = await asyncio.wait_for(provision(self.state_dir, options), left)
+            result = await asyncio.wait_for(
+                provision(self.state_dir, options, on_step=_fleet_crash_point), left
+            )
         except TimeoutError:
             from agent.mqtt.fleet import FleetTimeoutError  # noqa: PLC0415
 
@@ -295,6 +381,7 @@ class Provisioner:
     # --- the end -------------------------------------------------------------------------
 
     def _end(self, ctx: RunContext, error: AgentError | None) -> RunResult:
+        crash_point("report.outcome")
         record = self.store.get(ctx.run_id)
         if error is None:
             result = RunResult.succeeded(
@@ -305,6 +392,14 @@ class Provisioner:
                 stick_id=record.stick_id,
             )
         else:
+            if record.fingerprint is not None:
+                restored = restore_identity(self.state_dir, record.fingerprint)
+                if restored is not None:
+                    _log.warning(
+                        "run %s failed: the permanent set %s is in force again",
+                        ctx.run_id,
+                        restored,
+                    )
             result = RunResult.failed(
                 error,
                 started_at=ctx.started_at,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -23,7 +24,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from agent.archive.install import current_credentials
+from agent import osmem
+from agent.archive.install import current_credentials, open_store
 from agent.config import AgentConfig
 from agent.errors import AgentError, ConflictError
 from agent.netconf.boards import load_board
@@ -33,7 +35,7 @@ from agent.status.led import LedPattern, NullLed, SysfsLed, open_led
 from agent.status.result import DeviceStatus, RunResult
 from agent.status.runlog import RunLog
 from agent.usb.base import StickEvent, StickInserted, StickRemoved, StickSource
-from agent.usb.errors import MediaError
+from agent.usb.errors import MediaError, StickRemovedError
 from agent.usb.factory import media_settings, open_source
 from agent.usb.media import StickMedia
 
@@ -79,6 +81,12 @@ class ProvisioningService:
         self._mqtt: Any = None
         self._mqtt_stack: contextlib.AsyncExitStack | None = None
         self._report_wake = asyncio.Event()
+        #: Sticks pulled while their run was working (no write-back to them).
+        self._pulled: set[str] = set()
+        #: The stick of the latest run before this start (stick id → run id), until seen.
+        self._still_in: dict[str, str] = {}
+        self._ended = asyncio.Event()
+        self._resumed: set[str] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -95,8 +103,13 @@ class ProvisioningService:
         )
         await self._open_link()
         self._spawn(self._reporter(), "provisioning-reporter")
+        last = self.store.last()
+        if last is not None and last.origin == "stick" and last.stick_id:
+            # that stick may still be in: its first insertion is not a new stick
+            self._still_in[last.stick_id] = last.run_id
         for record in self.store.unfinished():
             self._begin(record.run_id)
+            self._resumed.add(record.run_id)
             self._spawn(self._resume(record), f"resume-{record.run_id}")
         source = open_source(self.config.usb, board.profile.usb)
         self._source = await self._stack.enter_async_context(source)
@@ -180,6 +193,7 @@ class ProvisioningService:
     def _done(self, result: RunResult) -> None:
         self.current = None
         self._idle.set()
+        self._ended.set()
         ok = result.status is DeviceStatus.SUCCEEDED
         self._led.show(LedPattern.SUCCESS if ok else LedPattern.FAILURE)
         self._on_status(f"idle; last run {result.status}")
@@ -209,16 +223,39 @@ class ProvisioningService:
         async for event in source:
             if isinstance(event, StickInserted):
                 _log.info("stick %s inserted (%s)", event.stick.stick_id, event.stick.node)
-                if self.current is not None:
-                    self._spawn(self._refuse(event), f"refuse-{event.stick.stick_id}")
+                earlier = self._still_in.pop(event.stick.stick_id, None)
+                if earlier is not None:
+                    self._spawn(self._still_present(earlier, event), f"still-in-{earlier}")
                     continue
-                record = self.store.create(
-                    new_run_id(), origin="stick", stick_id=event.stick.stick_id
-                )
-                self._begin(record.run_id)
-                self._spawn(self._stick_run(record, event), f"run-{record.run_id}")
+                self._inserted(event)
             elif isinstance(event, StickRemoved):
                 _log.info("stick %s removed", event.stick_id)
+                self._stick_removed(event.stick_id)
+
+    def _inserted(self, event: StickInserted) -> None:
+        """A stick in: a run from it, or its refusal while another run works."""
+        if self.current is not None:
+            self._spawn(self._refuse(event), f"refuse-{event.stick.stick_id}")
+            return
+        record = self.store.create(new_run_id(), origin="stick", stick_id=event.stick.stick_id)
+        self._begin(record.run_id)
+        self._spawn(self._stick_run(record, event), f"run-{record.run_id}")
+
+    def _stick_removed(self, stick_id: str) -> None:
+        """The stick of the working run was pulled: the run stops at its next boundary."""
+        record = self.store.find(self.current) if self.current else None
+        if record is None or record.stick_id != stick_id or record.finished:
+            return
+        self._pulled.add(stick_id)
+        error = StickRemovedError(
+            f"the stick was pulled during step {record.step}; the run stopped there with "
+            "nothing half-applied: insert a stick with a new archive"
+            if record.step not in ("read-archive", "validate")
+            else f"the stick was pulled during step {record.step}; nothing was applied: "
+            "insert it again",
+        )
+        if self.provisioner.abort(record.run_id, error):
+            _log.warning("run %s: its stick was pulled at step %s", record.run_id, record.step)
 
     async def _stick_run(self, record: RunRecord, event: StickInserted) -> None:
         with RunLog.capture() as run_log:
@@ -234,10 +271,71 @@ class ProvisioningService:
                         result = self.provisioner.fail(record, exc)
                     else:
                         result = await self.provisioner.run_archive(record, archive.path)
-                    await self._write_back(media, result, run_log)
+                    await self._write_back(media, result, run_log, event.stick.stick_id)
             except AgentError as exc:  # the stick could not even be opened
                 result = self.provisioner.fail(record, exc)
         await self._finished(result)
+
+    async def _still_present(self, run_id: str, event: StickInserted) -> None:
+        """The stick of the run before this start, seen again at start.
+
+        Holding the archive that run installed, it is still in, not a new stick: a run the
+        restart resumed writes its result to it once it ends, a run that had ended leaves it
+        as it is (its result is there already); pulling it and inserting it again runs it.
+        Holding another archive (or none) it is a stick like any other.
+        """
+        while not (record := self.store.get(run_id)).finished:
+            self._ended.clear()
+            await self._ended.wait()
+        if record.result is None:
+            return
+        digest = self._installed_archive(record)
+        if digest is not None and await self._archive_digest(event) != digest:
+            self._inserted(event)
+            return
+        if run_id not in self._resumed:
+            _log.info(
+                "stick %s is still in from run %s (%s): not run again; pull it and insert it "
+                "again to run its archive",
+                event.stick.stick_id,
+                run_id,
+                record.status,
+            )
+            return
+        result = (json.dumps(record.result, indent=2, ensure_ascii=False) + "\n").encode()
+        line = f"run {run_id} resumed after a restart: {record.status} {record.reason or ''}"
+        with contextlib.suppress(AgentError):
+            async with StickMedia(
+                event.stick.node,
+                media_settings(self.config.usb),
+                runtime_dir=self.config.agent.runtime_dir,
+            ) as media:
+                if await media.write_back(result, (line.rstrip() + "\n").encode()):
+                    _log.info("run %s: result written to its stick after the restart", run_id)
+
+    def _installed_archive(self, record: RunRecord) -> str | None:
+        """The SHA-256 of the archive ``record`` installed (None: it installed none)."""
+        if record.fingerprint is None:
+            return None
+        with open_store(self.config.agent.state_dir) as store:
+            row = store.db.execute(
+                "SELECT archive_sha256 FROM archive_ledger WHERE fingerprint = ?",
+                (record.fingerprint,),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    async def _archive_digest(self, event: StickInserted) -> str | None:
+        """The SHA-256 of the archive on the stick (None: none can be read)."""
+        try:
+            async with StickMedia(
+                event.stick.node,
+                media_settings(self.config.usb),
+                runtime_dir=self.config.agent.runtime_dir,
+            ) as media:
+                archive = await media.fetch_archive()
+                return hashlib.sha256(archive.path.read_bytes()).hexdigest()
+        except AgentError:
+            return None
 
     async def _refuse(self, event: StickInserted) -> None:
         record = self.store.create(new_run_id(), origin="stick", stick_id=event.stick.stick_id)
@@ -252,10 +350,16 @@ class ProvisioningService:
                     media_settings(self.config.usb),
                     runtime_dir=self.config.agent.runtime_dir,
                 ) as media:
-                    await self._write_back(media, result, run_log)
+                    await self._write_back(media, result, run_log, event.stick.stick_id)
         self._report_wake.set()
 
-    async def _write_back(self, media: StickMedia, result: RunResult, run_log: RunLog) -> None:
+    async def _write_back(
+        self, media: StickMedia, result: RunResult, run_log: RunLog, stick_id: str
+    ) -> None:
+        if stick_id in self._pulled:
+            self._pulled.discard(stick_id)
+            _log.warning("the stick was pulled: the result is not written back (run record kept)")
+            return
         try:
             await media.write_back(result.to_json(), run_log.as_bytes())
         except MediaError as exc:
@@ -266,6 +370,7 @@ class ProvisioningService:
             await self._close_link()
             await self._open_link()
         self._done(result)
+        osmem.release()  # the idle service does not keep the run's peak resident
 
     # --- the operational link and the reports ----------------------------------------------
 

@@ -9,6 +9,7 @@ real FAT image holding an archive.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import secrets
@@ -23,7 +24,7 @@ from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from agent.archive.make import DeviceRequest, build_archive
+from agent.archive.make import MAX_LIFETIME, DeviceRequest, build_archive
 from agent.archive.network import parse_network_payload
 from agent.daemon import api_request
 from agent.errors import StateError
@@ -98,19 +99,34 @@ class Fleet:
         self.broker.stop()
 
     def archive(
-        self, name: str | None = None, *, template: str = "edge-fleet", port: int | None = None
+        self,
+        name: str | None = None,
+        *,
+        template: str = "edge-fleet",
+        port: int | None = None,
+        networking: dict[str, Any] | None = None,
+        window_left: float | None = None,
     ) -> tuple[str, bytes]:
-        """A new archive for this fleet: (device name, zip bytes)."""
+        """A new archive for this fleet: (device name, zip bytes).
+
+        ``window_left``: seconds of the claim certificate's 5-minute window left now
+        (negative: the window ended that long ago).
+        """
         serial = secrets.token_hex(4)
         device = name or f"appliance-{serial}"
+        not_before = None
+        if window_left is not None:
+            now = dt.datetime.now(dt.UTC)
+            not_before = now - MAX_LIFETIME + dt.timedelta(seconds=window_left)
         built = build_archive(
             self.pki.ca.factory(),
             DeviceRequest(
                 name=device,
-                networking=parse_network_payload(NETWORK),
+                networking=parse_network_payload(networking or NETWORK),
                 endpoint=f"localhost:{port or self.serve.port}",
                 template=template,
                 template_parameters={"SerialNumber": serial},
+                not_before=not_before,
             ),
         )
         return device, built.data
@@ -171,6 +187,10 @@ class Appliance:
     extra: str = ""
     #: A datagram socket path the daemon's sd_notify messages go to (NOTIFY_SOCKET).
     notify: Path | None = None
+    #: Extra environment of the next start (``EDGE_AGENT_CRASH_AT``...).
+    environment: dict[str, str] = field(default_factory=dict)
+    #: Extra lines of the ``[archive]`` section (``build_time_floor = ...``).
+    archive_extra: str = ""
 
     @property
     def sticks(self) -> Path:
@@ -204,6 +224,7 @@ socket = "{self.socket}"
 [archive]
 trust_anchor = "{self.fleet.trust_anchor}"
 require_synchronized_clock = false
+{self.archive_extra}
 [network]
 backend = "dry-run"
 dry_run_root = "{self.directory / "root"}"
@@ -235,6 +256,7 @@ fleet_step_timeout_seconds = 10
                 **os.environ,
                 "PYTHONUNBUFFERED": "1",
                 **({"NOTIFY_SOCKET": str(self.notify)} if self.notify else {}),
+                **self.environment,
             },
             start_new_session=True,
         )
@@ -267,6 +289,16 @@ fleet_step_timeout_seconds = 10
                 self.process.kill()
                 self.process.wait()
         code = self.process.returncode
+        self.process = None
+        return code
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        """Wait for the daemon to exit by itself (a crash point); its return code."""
+        assert self.process is not None
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the agent is still running: {self.log()[-3000:]}") from None
         self.process = None
         return code
 

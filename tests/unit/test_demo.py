@@ -24,7 +24,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         need_binary(name)
     work = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, "-m", "agent", "demo", "--out", str(work)],
+        [sys.executable, "-m", "agent", "demo", "--out", str(work), "--dry-run"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -39,6 +39,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "edge-agent registry serve on 127.0.0.1:" in out
     assert "mosquitto (operational broker, mutual TLS)" in out
     assert "network: applied with the dry-run backend" in out
+    assert "no network namespace: --dry-run" in out
     assert "refused: FAILED ConflictException ARCHIVE_ALREADY_USED" in out
     assert "everything stopped" in out
     assert "BEGIN" not in out  # no key or certificate material on the console

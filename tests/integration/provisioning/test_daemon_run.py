@@ -252,32 +252,6 @@ def test_kill_9_during_register_thing_then_restart_registers_once(
     )
 
 
-def test_kill_9_before_install_ends_the_run_cleanly(
-    appliance: Appliance, fleet: Fleet, tmp_path: Path
-) -> None:
-    """A run interrupted before its credentials were installed ends ERROR RUN_INTERRUPTED."""
-    device, data = fleet.archive()
-    path = tmp_path / f"certificates-omni_{device}.zip"
-    path.write_bytes(data)
-    appliance.kill()
-    # what a crash between "read-archive" and "install" leaves: the run row, nothing else
-    from agent.provisioning.store import RunStore, new_run_id
-
-    store = RunStore(appliance.state)
-    record = store.create(new_run_id(), origin="stick", stick_id="image:x.img")
-    store.step(record.run_id, "validate")
-    store.close()
-    appliance.start()
-    run = appliance.wait_run(after=set())
-    assert run["Id"] == record.run_id
-    assert (run["Status"], run["Reason"]) == ("ERROR", "RUN_INTERRUPTED")
-    # nothing was applied: the archive still installs and provisions
-    code, body = appliance.request("POST", "/devices", {"ArchivePath": str(path)})
-    assert code == 202
-    second = appliance.wait_run(after={record.run_id})
-    assert (second["Id"], second["Status"]) == (body["Id"], "SUCCEEDED")
-
-
 def test_operational_broker_down_report_delivered_when_back(
     appliance: Appliance, fleet: Fleet, tmp_path: Path
 ) -> None:
@@ -292,28 +266,3 @@ def test_operational_broker_down_report_delivered_when_back(
     finally:
         fleet.broker.start()
     assert fleet.wait_event(run["Id"], "RUN_OUTCOME")["body"]["status"] == "SUCCEEDED"
-
-
-def test_crash_after_the_permanent_set_is_in_force_resumes_to_succeeded(
-    appliance: Appliance, fleet: Fleet, tmp_path: Path
-) -> None:
-    device, data = fleet.archive()
-    path = tmp_path / f"certificates-omni_{device}.zip"
-    path.write_bytes(data)
-    code, body = appliance.request("POST", "/devices", {"ArchivePath": str(path)})
-    assert code == 202
-    assert appliance.wait_run(after=set())["Status"] == "SUCCEEDED"
-    things = _things(fleet)
-    appliance.kill()
-    # what a crash between the fleet exchange's install and the run's outcome leaves
-    with sqlite3.connect(appliance.state / "agent.db") as db:
-        db.execute(
-            "UPDATE provisioning_run SET status = 'PENDING', step = 'fleet', result = NULL,"
-            " reason = NULL WHERE run_id = ?",
-            (body["Id"],),
-        )
-    appliance.start()
-    run = appliance.wait_run(after=set())
-    assert (run["Id"], run["Status"]) == (body["Id"], "SUCCEEDED")
-    assert _things(fleet) == things  # no second RegisterThing
-    assert appliance.wait_idle()["operationalLink"] is True

@@ -10,10 +10,15 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from agent.archive.clock import FixedClock
-from agent.archive.install import current_credentials, open_store, provision_from_file
+from agent.archive.install import (
+    current_credentials,
+    discard_unrecorded,
+    open_store,
+    provision_from_file,
+)
 from agent.archive.verify import Policy, load_claim_key
 from agent.registry.ca import CertificateAuthority, cert_to_pem
 from tests.helpers.forge import NOW, Forge
@@ -156,3 +161,52 @@ def test_killed_after_commit_records_the_archive(
     with pytest.raises(Exception, match="single-use") as caught:
         provision_from_file(archive, policy, FixedClock(NOW + dt.timedelta(seconds=40)), state_dir)
     assert getattr(caught.value, "reason", None) == "ARCHIVE_ALREADY_USED"
+
+
+def test_an_unrecorded_switch_is_undone_by_discard_unrecorded(
+    forge: Forge,
+    ca: CertificateAuthority,
+    policy: Policy,
+    state_dir: Path,
+    trust: Path,
+    tmp_path: Path,
+) -> None:
+    old = current_credentials(state_dir)
+    assert old is not None
+    archive = forge.write(tmp_path)
+    _kill_at("activated", archive, trust, state_dir)
+    new = current_credentials(state_dir)
+    assert new is not None
+    cert = x509.load_pem_x509_certificate((new / "certificate.pem").read_bytes())
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+
+    done = discard_unrecorded(state_dir, fingerprint)
+
+    assert current_credentials(state_dir) == old
+    assert not new.exists()
+    assert any("back to" in line for line in done), done
+    assert discard_unrecorded(state_dir, fingerprint) == []  # nothing left to undo
+    # a recorded archive is never touched
+    old_cert = x509.load_pem_x509_certificate((old / "certificate.pem").read_bytes())
+    assert discard_unrecorded(state_dir, old_cert.fingerprint(hashes.SHA256()).hex()) == []
+    assert current_credentials(state_dir) == old
+    # the archive was not consumed
+    _, result = provision_from_file(
+        archive, policy, FixedClock(NOW + dt.timedelta(seconds=40)), state_dir
+    )
+    assert _usable(result.credential_dir, ca) == "CN=dev-1"
+
+
+def test_discard_unrecorded_on_a_first_install_leaves_no_set(
+    forge: Forge, trust: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "fresh"
+    archive = forge.write(tmp_path)
+    _kill_at("activated", archive, trust, state)
+    new = current_credentials(state)
+    assert new is not None
+    cert = x509.load_pem_x509_certificate((new / "certificate.pem").read_bytes())
+    discard_unrecorded(state, cert.fingerprint(hashes.SHA256()).hex())
+    assert current_credentials(state) is None
+    assert not (state / "credentials" / "current").is_symlink()
+    assert list((state / "credentials" / "sets").iterdir()) == []

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from agent.archive.install import provision_from_file
 from agent.archive.make import DeviceRequest, build_archive, write_archive
 from agent.archive.network import parse_network_payload
 from agent.config import AgentConfig, load_config
-from agent.provisioning.run import Provisioner
+from agent.provisioning.run import Provisioner, policy_from_config
 from agent.provisioning.store import RunStore, new_run_id
 from agent.registry.ca import CertificateAuthority, cert_to_pem, init_ca
 from tests.helpers.endpoint import free_port
@@ -235,7 +236,9 @@ def test_a_registered_exchange_finishes_after_the_claim_window(
     store = RunStore(config.agent.state_dir)
     calls: list[float] = []
 
-    async def finished_exchange(state_dir: Path, options: fleet.FleetOptions) -> fleet.FleetResult:
+    async def finished_exchange(
+        state_dir: Path, options: fleet.FleetOptions, **_hooks: object
+    ) -> fleet.FleetResult:
         calls.append(options.step_timeout)
         return fleet.FleetResult(
             thing_name="edge-d7",
@@ -248,10 +251,17 @@ def test_a_registered_exchange_finishes_after_the_claim_window(
 
     monkeypatch.setattr(fleet, "provision", finished_exchange)
     monkeypatch.setattr(Provisioner, "_fleet_step", lambda _self, _fp: "registered")
+    # what a crash during the fleet step leaves: the archive installed, the run at "fleet"
+    policy, clock = policy_from_config(config)
+    verified, _ = provision_from_file(archive, policy, clock, config.agent.state_dir)
     record = store.create(new_run_id(), origin="api", stick_id=None)
-    result = asyncio.run(Provisioner(config, store).run_archive(record, archive))
+    store.step(record.run_id, "fleet", fingerprint=verified.fingerprint)
+    steps: list[str] = []
+    provisioner = Provisioner(config, store, on_step=lambda _run, step: steps.append(step))
+    result = asyncio.run(provisioner.resume(store.get(record.run_id)))
     assert calls == [config.mqtt.fleet_step_timeout_seconds]  # not the claim's (gone) window
     assert str(result.status) == "SUCCEEDED", result.reason
+    assert steps == ["fleet"]  # no time check of a claim that has done its work
     # without a registered exchange the same archive is refused for its window
     monkeypatch.setattr(Provisioner, "_fleet_step", lambda _self, _fp: "certificate")
     again = store.create(new_run_id(), origin="api", stick_id=None)
