@@ -36,11 +36,11 @@ from agent.errors import (
     ValidationError,
 )
 from agent.mqtt.commands import Operation
-from agent.registry.bulk import BulkTasks
 from agent.store import Store
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the registry's bulk tasks are loaded only where a host runs them
     from agent.commissioning.things import ManagedThings
+    from agent.registry.bulk import BulkTasks
 
 _log = logging.getLogger(__name__)
 
