@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import aiomqtt
-import cbor2
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -188,14 +187,27 @@ def _pem(key: Any) -> bytes:
 
 def _encode(fmt: Format, data: dict[str, Any]) -> bytes:
     if fmt == "cbor":
+        import cbor2  # noqa: PLC0415 - loaded only by an appliance configured for CBOR
+
         return cbor2.dumps(data)
     return json.dumps(data).encode()
 
 
+def _loads(fmt: Format, payload: bytes) -> Any:
+    if fmt != "cbor":
+        return json.loads(payload)
+    import cbor2  # noqa: PLC0415 - loaded only by an appliance configured for CBOR
+
+    try:
+        return cbor2.loads(payload)
+    except cbor2.CBORDecodeError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _decode(fmt: Format, payload: bytes) -> dict[str, Any]:
     try:
-        data = cbor2.loads(payload) if fmt == "cbor" else json.loads(payload)
-    except (ValueError, cbor2.CBORDecodeError) as exc:
+        data = _loads(fmt, payload)
+    except ValueError as exc:
         raise FleetProvisioningError(
             "response",
             {"statusCode": 500, "errorCode": "MalformedResponse", "errorMessage": str(exc)},
