@@ -17,11 +17,9 @@ Tables live in the ``templates`` component of the agent's SQLite :class:`~agent.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import sqlite3
-import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -34,21 +32,24 @@ from agent.errors import (
     ResourceNotFoundError,
 )
 from agent.registry import fieldcheck as fc
-from agent.seedpattern import seed_pattern
+from agent.registry.template_fields import (
+    TEMPLATE_NAME_RE,
+    check_hook,
+    check_tags,
+    check_template_name,
+    decode_token,
+    encode_token,
+    page_size,
+)
 from agent.store import Store
 
 COMPONENT = "templates"
 
-TEMPLATE_NAME_RE = seed_pattern(r"^[0-9A-Za-z_-]+$")
-PAYLOAD_VERSION_RE = seed_pattern(r"^[0-9-]+$")
 TEMPLATE_TYPES = ("FLEET_PROVISIONING", "JITP")
 MAX_TEMPLATE_BODY = 10240
 MAX_DESCRIPTION = 500
-MAX_TAGS = 50
 DEFAULT_MAX_TEMPLATES = 256
 DEFAULT_MAX_VERSIONS = 5
-
-_TAG_KEY_EXTRA = frozenset("_.:/=+-@")
 
 _MIGRATIONS = [
     """
@@ -107,108 +108,6 @@ def default_body_validator() -> BodyValidator:
     from agent.registry.template.types import validate_template_body  # noqa: PLC0415 - heavy
 
     return validate_template_body
-
-
-def _tag_key_ok(key: str) -> bool:
-    return all(ch in _TAG_KEY_EXTRA or unicodedata.category(ch)[0] in {"L", "Z", "N"} for ch in key)
-
-
-def check_tags(data: Mapping[str, Any], problems: list[fc.Problem]) -> list[dict[str, str]]:
-    """Validate ``tags`` (a list of ``{Key, Value}``); return the normalised list."""
-    raw = data.get("tags")
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        problems.append(fc.Problem("tags", fc.WRONG_TYPE, "must be a list of {Key, Value}"))
-        return []
-    if len(raw) > MAX_TAGS:
-        problems.append(fc.Problem("tags", fc.TOO_LONG, f"must hold at most {MAX_TAGS} tags"))
-        return []
-    tags: list[dict[str, str]] = []
-    seen: set[str] = set()
-    for i, item in enumerate(raw):
-        prefix = f"tags[{i}]."
-        if not isinstance(item, dict):
-            problems.append(fc.Problem(f"tags[{i}]", fc.WRONG_TYPE, "must be an object"))
-            continue
-        fc.check_unknown(item, ("Key", "Value"), problems, prefix)
-        key = fc.check_string(
-            item, "Key", problems, required=True, min_len=1, max_len=128, prefix=prefix
-        )
-        value = fc.check_string(item, "Value", problems, required=False, max_len=256, prefix=prefix)
-        if key is None:
-            continue
-        if not _tag_key_ok(key):
-            problems.append(
-                fc.Problem(
-                    f"{prefix}Key", fc.PATTERN, r"must match ^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$"
-                )
-            )
-            continue
-        if key in seen:
-            problems.append(fc.Problem(f"{prefix}Key", fc.ENUM, f"repeats the tag key {key!r}"))
-            continue
-        seen.add(key)
-        tag = {"Key": key}
-        if value is not None:
-            tag["Value"] = value
-        tags.append(tag)
-    return tags
-
-
-def check_hook(
-    data: Mapping[str, Any], problems: list[fc.Problem], key: str = "preProvisioningHook"
-) -> dict[str, str] | None:
-    """Validate a ``{targetArn, payloadVersion}`` hook; return it or ``None``."""
-    raw = data.get(key)
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        problems.append(fc.Problem(key, fc.WRONG_TYPE, "must be an object"))
-        return None
-    prefix = f"{key}."
-    before = len(problems)
-    fc.check_unknown(raw, ("targetArn", "payloadVersion"), problems, prefix)
-    target = fc.check_string(
-        raw, "targetArn", problems, required=True, min_len=1, max_len=2048, prefix=prefix
-    )
-    version = fc.check_string(
-        raw,
-        "payloadVersion",
-        problems,
-        required=False,
-        min_len=10,
-        max_len=32,
-        pattern=PAYLOAD_VERSION_RE,
-        prefix=prefix,
-    )
-    if len(problems) > before or target is None:
-        return None
-    hook = {"targetArn": target}
-    if version is not None:
-        hook["payloadVersion"] = version
-    return hook
-
-
-def check_template_name(name: Any) -> str:
-    """Validate a template name given on its own (path parameter); return it.
-
-    Raises:
-        InvalidRequestError: the name breaks the seed's length or pattern.
-    """
-    problems: list[fc.Problem] = []
-    value = fc.check_string(
-        {"templateName": name},
-        "templateName",
-        problems,
-        required=True,
-        min_len=1,
-        max_len=36,
-        pattern=TEMPLATE_NAME_RE,
-    )
-    fc.raise_problems(problems, "provisioning template")
-    assert value is not None  # noqa: S101 - raise_problems raised otherwise
-    return value
 
 
 class TemplateStore:
@@ -441,8 +340,8 @@ class TemplateStore:
         Raises:
             InvalidRequestError: ``max_results`` out of 1..250 or a bad ``next_token``.
         """
-        limit = _page_size(max_results)
-        after = _decode_token(next_token)
+        limit = page_size(max_results)
+        after = decode_token(next_token)
         rows = self._store.db.execute(
             "SELECT * FROM provisioning_templates WHERE name > ? ORDER BY name LIMIT ?",
             (after, limit + 1),
@@ -462,7 +361,7 @@ class TemplateStore:
             ]
         }
         if len(rows) > limit:
-            out["nextToken"] = _encode_token(rows[limit - 1]["name"])
+            out["nextToken"] = encode_token(rows[limit - 1]["name"])
         return out
 
     def update(self, name: str, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -643,8 +542,8 @@ class TemplateStore:
             ResourceNotFoundError: no such template.
         """
         name = check_template_name(name)
-        limit = _page_size(max_results)
-        after = _decode_token(next_token)
+        limit = page_size(max_results)
+        after = decode_token(next_token)
         db = self._store.db
         row = self._row(db, name)
         start = int(after) if after.isdigit() else 0
@@ -664,7 +563,7 @@ class TemplateStore:
             ]
         }
         if len(rows) > limit:
-            out["nextToken"] = _encode_token(str(rows[limit - 1]["version_id"]))
+            out["nextToken"] = encode_token(str(rows[limit - 1]["version_id"]))
         return out
 
     def describe_version(self, name: str, version_id: int) -> dict[str, Any]:
@@ -711,32 +610,3 @@ class TemplateStore:
                 (self._clock(), name),
             )
         return {}
-
-
-def _page_size(max_results: int | None) -> int:
-    if max_results is None:
-        return 250
-    if isinstance(max_results, bool) or not 1 <= max_results <= 250:  # noqa: PLR2004
-        raise InvalidRequestError(
-            "maxResults must be between 1 and 250",
-            reason=fc.ENUM,
-            fields=[FieldProblem("maxResults", "must be between 1 and 250")],
-        )
-    return max_results
-
-
-def _encode_token(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode()
-
-
-def _decode_token(token: str | None) -> str:
-    if token is None:
-        return ""
-    try:
-        return base64.urlsafe_b64decode(token.encode()).decode()
-    except ValueError as exc:
-        raise InvalidRequestError(
-            "nextToken is not a token this store issued",
-            reason="INVALID_NEXT_TOKEN",
-            fields=[FieldProblem("nextToken", "not recognised")],
-        ) from exc

@@ -6,7 +6,7 @@ import pytest
 
 from agent.errors import AgentError
 from agent.registry.register import Registry
-from agent.registry.templates_store import check_template_name
+from agent.registry.template_fields import check_template_name
 
 
 def _thing(name: str) -> dict[str, object]:
