@@ -28,8 +28,7 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any, Final
 
 from agent.commissioning.notify import CommissioningNotifier, JournalNotifier, ThingEvent
-from agent.commissioning.qr import REDACTED, QrPayload, parse
-from agent.commissioning.schema import validate_create_request
+from agent.commissioning.qr.base import REDACTED, QrPayload
 from agent.errors import (
     ConfigError,
     ConflictError,
@@ -159,6 +158,10 @@ class ManagedThings:
             ConflictError: the client token was used with another body, or the device is
                 already managed.
         """
+        # the request rules and the QR parsers load with the first request (an appliance
+        # that never commissions does not hold them)
+        from agent.commissioning.schema import validate_create_request  # noqa: PLC0415
+
         request, payload = validate_create_request(body, repair_zigbee_crc=self._repair)
         token = request.get("ClientToken")
         digest = _body_hash(request)
@@ -239,6 +242,8 @@ class ManagedThings:
     def payload(self, thing_id: str) -> QrPayload:
         """The parsed code of a thing (for its radio backend)."""
         request = json.loads(self._row(thing_id)["request"])
+        from agent.commissioning.qr import parse  # noqa: PLC0415 - see create
+
         return parse(request["AuthenticationMaterial"], repair_zigbee_crc=self._repair)
 
     def list(self, *, status: str | None = None) -> list[dict[str, Any]]:
