@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.registry.ca import CertificateAuthority
+from agent.registry.ca import CertificateAuthority, init_ca
 from agent.registry.register import Registry
 from agent.registry.storage import SqliteRegistryStorage
 from tests.helpers.forge import make_ca
+from tests.helpers.registry_api import Host, make_config
 
 REGION = "eu-west-1"
 ACCOUNT = "111122223333"
@@ -40,3 +41,17 @@ def storage(db_path: Path) -> Iterator[SqliteRegistryStorage]:
 @pytest.fixture
 def registry(storage: SqliteRegistryStorage, ca: CertificateAuthority) -> Registry:
     return Registry(storage, ca.registry(), region=REGION, account=ACCOUNT)
+
+
+@pytest.fixture(scope="module")
+def ca_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA directory (``ca init``) for the local API's registry routes."""
+    directory = tmp_path_factory.mktemp("api-ca") / "ca"
+    init_ca(directory)
+    return directory
+
+
+@pytest.fixture
+def host(tmp_path: Path, ca_dir: Path) -> Host:
+    """The registry routes' host on a configuration under tmp_path."""
+    return Host(make_config(tmp_path, ca_dir))

@@ -35,19 +35,6 @@ from tests.helpers.registry_api import (
     write_input,
 )
 
-
-@pytest.fixture(scope="module")
-def ca_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("api-ca") / "ca"
-    init_ca(directory)
-    return directory
-
-
-@pytest.fixture
-def host(tmp_path: Path, ca_dir: Path) -> Host:
-    return Host(make_config(tmp_path, ca_dir))
-
-
 # --- provisioning templates -------------------------------------------------------------
 
 

@@ -7,36 +7,21 @@ stopped service pauses a task after its batch and the next start finishes it.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.registry.ca import init_ca
 from tests.helpers.registry_api import (
     Client,
     Host,
     assert_error,
     contents,
-    make_config,
     run,
     serving,
     start_request,
     wait_finished,
     write_input,
 )
-
-
-@pytest.fixture(scope="module")
-def ca_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("api-ca") / "ca"
-    init_ca(directory)
-    return directory
-
-
-@pytest.fixture
-def host(tmp_path: Path, ca_dir: Path) -> Host:
-    return Host(make_config(tmp_path, ca_dir))
 
 
 def test_bulk_task_runs_in_the_background(host: Host) -> None:
