@@ -15,14 +15,13 @@ import aiomqtt
 import pytest
 
 from agent.config import AgentConfig, MqttSection, RegistrySection
-from agent.fsutil import PRIVATE_FILE, PUBLIC_FILE
 from agent.mqtt.agent_link import ApplianceMqtt
 from agent.mqtt.client import Endpoint, Session, Settings, connect, make_properties
-from agent.mqtt.credentials import install_set
 from agent.mqtt.operations import describe_device, registration_tasks
 from agent.registry.bulk import BulkTasks
 from agent.registry.wiring import bulk_registrar_factory
 from agent.store import Store
+from tests.helpers.identity import install_identity
 from tests.helpers.mosquitto import Broker, Pki
 from tests.integration.mqtt.conftest import validate
 
@@ -49,26 +48,8 @@ class Appliance:
 
 @pytest.fixture
 def appliance(tmp_path: Path, pki: Pki, broker: Broker) -> Appliance:
-    cert, key = pki.issue(THING)
-    manifest = {
-        "deviceName": THING,
-        "deviceId": "device-abcdefghijklmnop",
-        "arn": "arn:aws:panorama:us-east-1:123456789012:device/device-abcdefghijklmnop",
-        "iotThingName": THING,
-        "iotEndpoint": f"localhost:{broker.port}",
-        "provisioningTemplate": "fleet",
-    }
     state = tmp_path / "state"
-    install_set(
-        state,
-        "test",
-        {
-            "certificate.pem": (cert.read_bytes(), PUBLIC_FILE),
-            "private.key": (key.read_bytes(), PRIVATE_FILE),
-            "root-ca.pem": (pki.ca_path.read_bytes(), PUBLIC_FILE),
-            "manifest.json": (json.dumps(manifest).encode(), PUBLIC_FILE),
-        },
-    )
+    install_identity(state, pki, broker, THING)
     bulk_root = tmp_path / "bulk"
     (bulk_root / "factory").mkdir(parents=True)
     (bulk_root / "factory" / "devices.jsonl").write_text(

@@ -24,10 +24,9 @@ from agent.commissioning.runtime import CommissioningService
 from agent.commissioning.scanner import ScanHandler
 from agent.commissioning.zigbee import ZigbeeBackend
 from agent.config import AgentConfig, CommissioningSection, MqttSection
-from agent.fsutil import PRIVATE_FILE, PUBLIC_FILE
 from agent.mqtt.agent_link import ApplianceMqtt
 from agent.mqtt.client import Endpoint, Session, Settings, connect
-from agent.mqtt.credentials import install_set
+from tests.helpers.identity import install_identity
 from tests.helpers.mosquitto import Broker, Pki, Watcher
 from tests.helpers.zigbee import StubRadioApp, make_app, nwk
 from tests.integration.mqtt.conftest import validate
@@ -45,32 +44,10 @@ SECRETS = (INSTALL_CODE, LINK_KEY, ZWAVE_DSK, ZIGBEE, "correct-horse-battery")
 LIFECYCLE = ["UNASSOCIATED", "PRE_ASSOCIATED", "DISCOVERED", "ACTIVATED"]
 
 
-def _install_identity(state: Path, pki: Pki, broker: Broker) -> None:
-    cert, key = pki.issue(THING)
-    manifest = {
-        "deviceName": THING,
-        "deviceId": "device-abcdefghijklmnop",
-        "arn": "arn:aws:panorama:us-east-1:123456789012:device/device-abcdefghijklmnop",
-        "iotThingName": THING,
-        "iotEndpoint": f"localhost:{broker.port}",
-        "provisioningTemplate": "fleet",
-    }
-    install_set(
-        state,
-        "test",
-        {
-            "certificate.pem": (cert.read_bytes(), PUBLIC_FILE),
-            "private.key": (key.read_bytes(), PRIVATE_FILE),
-            "root-ca.pem": (pki.ca_path.read_bytes(), PUBLIC_FILE),
-            "manifest.json": (json.dumps(manifest).encode(), PUBLIC_FILE),
-        },
-    )
-
-
 @pytest.fixture
 def state(tmp_path: Path, pki: Pki, broker: Broker) -> Path:
     directory = tmp_path / "state"
-    _install_identity(directory, pki, broker)
+    install_identity(directory, pki, broker, THING)
     return directory
 
 

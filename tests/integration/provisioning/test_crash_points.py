@@ -23,30 +23,17 @@ import sqlite3
 import stat
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.faults import ENV, POINTS
 from tests.helpers.appliance import Appliance, Fleet, read_stick, stick_image
-from tests.integration.endpoint.conftest import need_endpoint
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 
 #: Points before the ledger records the archive: the run ends ERROR RUN_INTERRUPTED.
 INTERRUPTED = ("validate.done", "install.staged", "install.activated")
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    need_endpoint()
-    running = Fleet(tmp_path_factory.mktemp("fleet"))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def _tree(root: Path) -> dict[str, str]:

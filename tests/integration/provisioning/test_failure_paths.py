@@ -22,20 +22,8 @@ from typing import Any
 import pytest
 
 from tests.helpers.appliance import Appliance, Fleet, read_stick, stick_image
-from tests.integration.endpoint.conftest import need_endpoint
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    need_endpoint()
-    running = Fleet(tmp_path_factory.mktemp("fleet"))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture
