@@ -84,16 +84,11 @@ def _string(text: str) -> bytes:
 
 
 def _read_varint(data: bytes | memoryview, pos: int, end: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if pos >= end or shift > 21:  # noqa: PLR2004 - at most four bytes
-            raise BrokerLinkError("the broker sent a malformed packet")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
+    """A variable byte integer that must end before ``end``."""
+    value, pos = _read_varint_partial(data, pos, end)
+    if value < 0:
+        raise BrokerLinkError("the broker sent a malformed packet")
+    return value, pos
 
 
 def _read_string(data: bytes, pos: int, end: int) -> tuple[str, int]:
@@ -359,8 +354,10 @@ def _oversize() -> BrokerLinkError:
     return BrokerLinkError("the broker sent an oversize packet")
 
 
-def _read_varint_partial(data: bytearray, pos: int, end: int) -> tuple[int, int]:
-    """A remaining-length field; (-1, pos) when more bytes are needed."""
+def _read_varint_partial(
+    data: bytes | bytearray | memoryview, pos: int, end: int
+) -> tuple[int, int]:
+    """A variable byte integer (at most four bytes); (-1, pos) when more bytes are needed."""
     value, shift = 0, 0
     while pos < end:
         byte = data[pos]
