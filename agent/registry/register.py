@@ -28,8 +28,6 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from cryptography import x509
-
 from agent.config import RegistrySection
 from agent.errors import AgentError, ConfigError, FieldProblem
 from agent.registry.ca import (
@@ -38,6 +36,11 @@ from agent.registry.ca import (
     ROOT_KEY,
     DeviceIssuer,
     load_device_issuer,
+)
+from agent.registry.certsource import (
+    check_certificate_fields,
+    given_certificate,
+    resolve_certificate,
 )
 from agent.registry.errors import (
     ParameterError,
@@ -49,8 +52,6 @@ from agent.registry.signing import (
     CsrPolicy,
     CsrSigner,
     IssuedCertificate,
-    describe_certificate,
-    describe_certificate_pem,
 )
 from agent.registry.storage import (
     CertificateRecord,
@@ -379,9 +380,9 @@ class Registry:
         caller_params = check_parameters(parameters)
         params = tpl.resolve_parameters(caller_params)
         source = reader or self.storage
-        given = self._given_certificate(certificate_id, source)
-        issued = self._resolve_certificate(tpl, params, source, given)
-        self._check_certificate_fields(tpl, issued)
+        given = given_certificate(certificate_id, source)
+        issued = resolve_certificate(tpl, params, source, given, self._signer_or_fail)
+        check_certificate_fields(tpl, issued)
         if issued is not None:
             params = {**params, **issued.parameters}
         if hook is not None:
@@ -474,85 +475,6 @@ class Registry:
                 reason="CA_MISSING",
             )
         return self._signer
-
-    def _given_certificate(
-        self, certificate_id: str | None, reader: RegistryReader
-    ) -> IssuedCertificate | None:
-        if certificate_id is None:
-            return None
-        record = reader.get_certificate(certificate_id)
-        if record is None:
-            raise ResourceRegistrationFailureError(
-                f"no certificate with id {certificate_id[:64]} is registered",
-                reason="CERTIFICATE_NOT_FOUND",
-                fields=[FieldProblem("certificateId", "no such certificate")],
-            )
-        return describe_certificate_pem(record.certificate_pem)
-
-    def _resolve_certificate(
-        self,
-        tpl: Template,
-        params: dict[str, str],
-        reader: RegistryReader,
-        given: IssuedCertificate | None,
-    ) -> IssuedCertificate | None:
-        env = {**params, **given.parameters} if given else params
-        spec = tpl.evaluate_certificate(env)
-        if spec is None:
-            return given
-        path = f"Resources.{spec.logical_id}.Properties.{spec.method}"
-        if spec.method == "CertificateSigningRequest":
-            return self._signer_or_fail().sign(spec.value, path=path)
-        if spec.method == "CertificatePem":
-            signer = self._signer_or_fail()
-            ca_cert = None
-            if spec.ca_certificate_pem is not None:
-                ca_cert = self._check_ca_pem(signer, spec.ca_certificate_pem, spec.logical_id)
-            return signer.verify_issued(spec.value, path=path, ca_certificate=ca_cert)
-        if given is not None and given.certificate_id == spec.value:
-            return given
-        record = reader.get_certificate(spec.value)
-        if record is None:
-            raise ResourceRegistrationFailureError(
-                f"no certificate with id {spec.value} is registered",
-                reason="CERTIFICATE_NOT_FOUND",
-                fields=[FieldProblem(path, "no such certificate")],
-            )
-        return describe_certificate(
-            x509.load_pem_x509_certificate(record.certificate_pem.encode("ascii"))
-        )
-
-    @staticmethod
-    def _check_certificate_fields(tpl: Template, issued: IssuedCertificate | None) -> None:
-        facts = issued.parameters if issued else {}
-        missing = [f for f in tpl.certificate_fields if f not in facts]
-        if missing:
-            raise ResourceRegistrationFailureError(
-                "the certificate's subject lacks "
-                + ", ".join(m.removeprefix(CERTIFICATE_PREFIX) for m in missing)
-                + ", which the template uses",
-                reason="CERTIFICATE_FIELD_MISSING",
-                fields=[FieldProblem(f"Parameters.{m}", "not in the certificate") for m in missing],
-            )
-
-    @staticmethod
-    def _check_ca_pem(signer: CsrSigner, ca_pem: str, logical_id: str) -> x509.Certificate:
-        try:
-            given = x509.load_pem_x509_certificate(ca_pem.encode("utf-8"))
-        except ValueError:
-            given = None
-        if given is None or given not in signer.keys.accepted_cas:
-            raise ResourceRegistrationFailureError(
-                "CACertificatePem is not a CA certificate registered with the registry",
-                reason="CA_CERTIFICATE_NOT_REGISTERED",
-                fields=[
-                    FieldProblem(
-                        f"Resources.{logical_id}.Properties.CACertificatePem",
-                        "not a registered CA certificate",
-                    )
-                ],
-            )
-        return given
 
     def _ask_hook(
         self,
