@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 _REASON_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+#: Reasons already found well-formed (they are a few dozen literals; errors are raised often).
+_CHECKED_REASONS: set[str] = set()
+_CHECKED_REASONS_MAX = 512
 
 EXIT_OK = 0
 EXIT_REJECTED = 1
@@ -63,8 +66,11 @@ class AgentError(Exception):
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
-        if not _REASON_RE.match(self.reason):
-            raise ValueError(f"reason must be UPPER_SNAKE, got {self.reason!r}")
+        if self.reason not in _CHECKED_REASONS:
+            if not _REASON_RE.match(self.reason):
+                raise ValueError(f"reason must be UPPER_SNAKE, got {self.reason!r}")
+            if len(_CHECKED_REASONS) < _CHECKED_REASONS_MAX:  # bounded: peers send reasons too
+                _CHECKED_REASONS.add(self.reason)
         self.fields: tuple[FieldProblem, ...] = tuple(fields)
 
     def to_dict(self) -> dict[str, Any]:

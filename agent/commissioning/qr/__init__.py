@@ -21,7 +21,8 @@ from agent.commissioning.qr.base import (
 from agent.commissioning.qr.dpp import parse_dpp
 from agent.commissioning.qr.matter import parse_matter
 from agent.commissioning.qr.wifi import parse_wifi
-from agent.commissioning.qr.zigbee import looks_like_zigbee, parse_zigbee
+from agent.commissioning.qr.zigbee import parse_zigbee
+from agent.commissioning.qr.zwave import CODE as ZWAVE_CODE
 from agent.commissioning.qr.zwave import is_dsk, looks_like_zwave, parse_dsk, parse_zwave
 
 __all__ = [
@@ -63,17 +64,18 @@ def parse(text: str, *, repair_zigbee_crc: bool = False) -> QrPayload:
     stripped = text.strip()
     if not stripped:
         raise qr_error("the code is empty", "QR_UNKNOWN_FORMAT")
-    if stripped.startswith("90") and stripped.isascii() and stripped.isdigit():
-        return parse_zwave(stripped)
+    if stripped.startswith("90"):
+        match = ZWAVE_CODE.fullmatch(stripped)  # digits only: no other format
+        if match is not None:
+            return parse_zwave(stripped, match)
     prefixed = _PREFIXED.get(stripped[:3]) or _PREFIXED.get(stripped[:4])
     if prefixed is not None:
         return prefixed(stripped)
     if is_dsk(stripped):
         return parse_dsk(stripped)
-    if looks_like_zigbee(stripped):
-        found = parse_zigbee(stripped, repair_crc=repair_zigbee_crc)
-        if found is not None:
-            return found
+    found = parse_zigbee(stripped, repair_crc=repair_zigbee_crc)
+    if found is not None:
+        return found
     compact = "".join(stripped.split())
     if looks_like_zwave(compact):
         return parse_zwave(stripped)

@@ -35,11 +35,11 @@ class _Pending:
 
 #: The placeholder of a derived field (see :class:`QrPayload`).
 PENDING: Any = _Pending()
-_SET = object.__setattr__
+_NO_MASKS: dict[str, str] = {}
 
 
 class QrPayload:
-    """One decoded code (immutable).
+    """One decoded code (immutable: its attributes are read-only properties).
 
     ``fields`` holds the format's JSON fields (camelCase); ``secrets`` names those of them
     that are secret, and ``masks`` gives, for a secret, the redacted form to show instead of
@@ -49,26 +49,12 @@ class QrPayload:
     key from its checked install code) may be given as :data:`PENDING` with ``derive``: the
     first read of :attr:`fields` (or a :meth:`to_dict` that shows secrets) fills it in. A
     redacted :meth:`to_dict` does not need its value, only that it exists.
+
+    Every scan builds one, so it is a plain slotted object with plain assignments in
+    ``__init__`` (read-only by having no setters), not a frozen dataclass.
     """
 
-    __slots__ = (
-        "_derive",
-        "_fields",
-        "authentication_material_type",
-        "format",
-        "masks",
-        "secrets",
-        "source",
-    )
-
-    authentication_material_type: AuthenticationMaterialType | None
-    format: str
-    secrets: frozenset[str]
-    masks: dict[str, str]
-    #: The code as scanned, trimmed (secret for most formats; never part of :meth:`to_dict`).
-    source: str
-    _fields: dict[str, Any]
-    _derive: Callable[[], dict[str, Any]] | None
+    __slots__ = ("_derive", "_fields", "_format", "_masks", "_secrets", "_source", "_type")
 
     def __init__(
         self,
@@ -81,17 +67,38 @@ class QrPayload:
         source: str = "",
         derive: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
-        set_ = _SET
-        set_(self, "authentication_material_type", authentication_material_type)
-        set_(self, "format", format)
-        set_(self, "_fields", fields)
-        set_(self, "secrets", secrets)
-        set_(self, "masks", masks if masks is not None else {})
-        set_(self, "source", source)
-        set_(self, "_derive", derive)
+        self._type = authentication_material_type
+        self._format = format
+        self._fields = fields
+        self._secrets = secrets
+        self._masks = masks if masks is not None else _NO_MASKS
+        self._source = source
+        self._derive = derive
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"QrPayload is immutable (cannot set {name})")
+    @property
+    def authentication_material_type(self) -> AuthenticationMaterialType | None:
+        """The seed's ``AuthenticationMaterialType`` of the code (``None`` for Matter)."""
+        return self._type
+
+    @property
+    def format(self) -> str:
+        """The layout read (``zwave-s2``, ``zigbee-z``, ``wifi``, ``dpp``, ...)."""
+        return self._format
+
+    @property
+    def secrets(self) -> frozenset[str]:
+        """The names of the secret fields."""
+        return self._secrets
+
+    @property
+    def masks(self) -> dict[str, str]:
+        """For a secret, the redacted form shown instead of :data:`REDACTED`."""
+        return dict(self._masks)
+
+    @property
+    def source(self) -> str:
+        """The code as scanned, trimmed (secret for most formats; never in :meth:`to_dict`)."""
+        return self._source
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -102,39 +109,39 @@ class QrPayload:
             fields.update(derive())
             if any(v is PENDING for v in fields.values()):
                 raise ValueError("derive left a pending field")
-            object.__setattr__(self, "_derive", None)
+            self._derive = None
         return self._fields
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, QrPayload):
             return NotImplemented
         return (
-            self.authentication_material_type == other.authentication_material_type
-            and self.format == other.format
+            self._type == other._type
+            and self._format == other._format
             and self.fields == other.fields
-            and self.secrets == other.secrets
-            and self.masks == other.masks
+            and self._secrets == other._secrets
+            and self._masks == other._masks
         )
 
     __hash__ = None  # type: ignore[assignment] # mutable-looking dict inside: not hashable
 
     def __repr__(self) -> str:
         return (
-            f"QrPayload(authentication_material_type={self.authentication_material_type!r}, "
-            f"format={self.format!r}, fields={self._fields!r}, secrets={self.secrets!r}, "
-            f"masks={self.masks!r})"
+            f"QrPayload(authentication_material_type={self._type!r}, "
+            f"format={self._format!r}, fields={self._fields!r}, secrets={self._secrets!r}, "
+            f"masks={self._masks!r})"
         )
 
     def to_dict(self, *, show_secrets: bool = False) -> dict[str, Any]:
         """The JSON form; secrets are redacted unless ``show_secrets``."""
         out: dict[str, Any] = {
-            "authenticationMaterialType": self.authentication_material_type,
-            "format": self.format,
+            "authenticationMaterialType": self._type,
+            "format": self._format,
         }
         if show_secrets:
             out.update(self.fields)
             return out
-        secrets, masks = self.secrets, self.masks
+        secrets, masks = self._secrets, self._masks
         for key, value in self._fields.items():
             if value is not None and key in secrets:
                 out[key] = masks.get(key, REDACTED)
@@ -147,4 +154,4 @@ class QrPayload:
     def secret_values(self) -> list[str]:
         """Every secret value as text (used to prove they never leak)."""
         fields = self.fields
-        return [str(fields[k]) for k in self.secrets if fields.get(k) is not None]
+        return [str(fields[k]) for k in self._secrets if fields.get(k) is not None]

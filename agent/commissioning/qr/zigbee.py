@@ -19,6 +19,7 @@ import binascii
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from agent.commissioning.qr.base import PENDING, QrPayload, qr_error
@@ -40,6 +41,8 @@ class ZigbeeFormat:
     pattern: re.Pattern[str]
     anchored: bool
     hint: str
+    #: The layout carries the link key itself (group ``key``) instead of an install code.
+    link_key: bool = False
 
 
 FORMATS: tuple[ZigbeeFormat, ...] = (
@@ -77,6 +80,7 @@ FORMATS: tuple[ZigbeeFormat, ...] = (
         re.compile(rf"RB01SG{_HEX}{{34}}(?P<ieee>{_HEX}{{16}})DLK(?P<key>{_HEX}{{32}})"),
         anchored=True,
         hint="RB01SG",
+        link_key=True,
     ),
     # Philips Hue: HUE:Z:<code> M:<eui64> and further space-separated records.
     ZigbeeFormat(
@@ -123,9 +127,26 @@ def crc16_x25(data: bytes) -> int:
     return ((_REFLECT[crc & 0xFF] << 8) | _REFLECT[crc >> 8]) ^ 0xFFFF
 
 
+def _residue() -> int:
+    """What :func:`_reflected_crc` gives for any data followed by its right CRC.
+
+    A reflected CRC run over a message and its own CRC (little-endian) always ends on one
+    value, the same for every message; one pass over the whole code then checks it.
+    """
+    crc = crc16_x25(b"").to_bytes(2, "little")
+    return _reflected_crc(crc)
+
+
+def _reflected_crc(data: bytes) -> int:
+    return binascii.crc_hqx(data.translate(_REFLECT), 0xFFFF)
+
+
+_RESIDUE = _residue()
+
+
 def install_code_crc_valid(code: bytes) -> bool:
     """Whether the last two bytes of ``code`` are the CRC of the rest (little-endian)."""
-    return crc16_x25(code[:-2]).to_bytes(2, "little") == code[-2:]
+    return len(code) >= 2 and _reflected_crc(code) == _RESIDUE  # noqa: PLR2004 - the CRC
 
 
 def link_key(code: bytes) -> bytes:
@@ -143,15 +164,9 @@ def link_key(code: bytes) -> bytes:
         raise qr_error("the install code is not valid", path="installCode") from None
 
 
-def looks_like_zigbee(text: str) -> bool:
-    """Cheap test that ``text`` may be one of :data:`FORMATS`."""
-    return "Z:" in text or "Z$A:" in text or "|" in text or text.startswith(("RB01SG", "HUE:"))
-
-
 def ieee_colon(hex16: str) -> str:
     """``0D6F…`` → ``00:0d:6f:…`` (display order, as printed)."""
-    low = hex16.lower()
-    return ":".join(low[i : i + 2] for i in range(0, 16, 2))
+    return bytes.fromhex(hex16).hex(":")
 
 
 def parse_zigbee(text: str, *, repair_crc: bool = False) -> QrPayload | None:
@@ -166,48 +181,52 @@ def parse_zigbee(text: str, *, repair_crc: bool = False) -> QrPayload | None:
         match = fmt.pattern.fullmatch(text) if fmt.anchored else fmt.pattern.search(text)
         if match is None:
             continue
-        groups = match.groupdict()
-        ieee = groups["ieee"]
-        if ieee.lower().endswith("16a720"):
+        ieee = match["ieee"]
+        if ieee[10:].lower() == "16a720":
             # Atlantic heaters print their EUI-64 byte-reversed (zigpy's heuristic).
-            ieee = "".join(reversed([ieee[i : i + 2] for i in range(0, 16, 2)]))
-        fields: dict[str, Any] = {"ieee": ieee_colon(ieee)}
-        if groups.get("key") is not None:
-            fields["installCode"] = None
-            fields["linkKey"] = groups["key"].upper()
+            ieee = bytes.fromhex(ieee)[::-1].hex()
+        if fmt.link_key:
+            fields: dict[str, Any] = {
+                "ieee": ieee_colon(ieee),
+                "installCode": None,
+                "linkKey": match["key"].upper(),
+            }
             return _payload(fmt.name, fields, text)
-        code, repaired = _install_code(groups["code"], repair_crc=repair_crc)
-        fields["installCode"] = code.hex().upper()
-        fields["linkKey"] = PENDING  # derived when first needed: see the module's docstring
+        hex_code = match["code"]
+        code, repaired = _install_code(hex_code, repair_crc=repair_crc)
+        fields = {
+            "ieee": ieee_colon(ieee),
+            "installCode": code.hex().upper() if repaired else hex_code.upper(),
+            "linkKey": PENDING,  # derived when first needed: see the module's docstring
+        }
         if repaired:
             fields["crcRepaired"] = True
-        return _payload(fmt.name, fields, text, _link_key_of(code))
+        return _payload(fmt.name, fields, text, partial(_derive_link_key, code))
     return None
 
 
-def _link_key_of(code: bytes) -> Callable[[], dict[str, Any]]:
-    def derive() -> dict[str, Any]:
-        return {"linkKey": link_key(code).hex().upper()}
-
-    return derive
+def _derive_link_key(code: bytes) -> dict[str, Any]:
+    return {"linkKey": link_key(code).hex().upper()}
 
 
 def _install_code(hex_code: str, *, repair_crc: bool) -> tuple[bytes, bool]:
     """The install code as bytes (CRC checked, or repaired) and whether it was repaired."""
-    if len(hex_code) % 2 or len(hex_code) // 2 not in INSTALL_CODE_SIZES:
+    if len(hex_code) not in _HEX_SIZES:
         raise qr_error(
             "an install code is 6, 8, 12 or 16 bytes plus a 2-byte CRC", path="installCode"
         )
     code = bytes.fromhex(hex_code)
-    repaired = False
-    if not install_code_crc_valid(code):
-        if not repair_crc:
-            raise qr_error(
-                "the install code's CRC does not match", "QR_CHECKSUM_MISMATCH", "installCode"
-            )
-        code = code[:-2] + crc16_x25(code[:-2]).to_bytes(2, "little")
-        repaired = True
-    return code, repaired
+    if _reflected_crc(code) == _RESIDUE:
+        return code, False
+    if not repair_crc:
+        raise qr_error(
+            "the install code's CRC does not match", "QR_CHECKSUM_MISMATCH", "installCode"
+        )
+    return code[:-2] + crc16_x25(code[:-2]).to_bytes(2, "little"), True
+
+
+#: Install code lengths in hex digits.
+_HEX_SIZES = frozenset(2 * size for size in INSTALL_CODE_SIZES)
 
 
 def _payload(

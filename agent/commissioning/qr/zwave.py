@@ -23,6 +23,7 @@ _DIGITS = re.compile(r"[0-9]+")
 _CANDIDATE_START = re.compile(r"90[0-9]{50}")
 _DSK = re.compile(r"[0-9]{5}(?:-[0-9]{5}){7}")
 DSK_PREFIX = "zws2dsk:"
+_DSK_LENGTH = 47
 
 #: Requested-keys bit → zwave-js SecurityClass value (S2 classes 0-2, S0 legacy 7).
 _SECURITY_BITS = {0: 0, 1: 1, 2: 2, 7: 7}
@@ -43,15 +44,19 @@ def looks_like_zwave(compact: str) -> bool:
     return compact.startswith("90") or _CANDIDATE_START.search(compact) is not None
 
 
-def parse_zwave(text: str) -> QrPayload:
+def parse_zwave(text: str, match: re.Match[str] | None = None) -> QrPayload:
     """Parse an S2 or SmartStart code, tolerating scanner noise around it.
+
+    ``match`` is :data:`CODE`'s full match of ``text``, when the caller has it.
 
     Raises:
         QrFormatError: no valid code in ``text``; the reason is that of the whole string.
     """
-    compact = text if text.isdigit() else "".join(text.split())
+    if match is None:
+        match = CODE.fullmatch(text)
+    compact = text if match is not None else "".join(text.split())
     try:
-        return _parse_strict(compact)
+        return from_match(match, compact) if match is not None else _parse_strict(compact)
     except QrFormatError as first:
         found = _extract(compact)
         if found is not None:
@@ -74,7 +79,9 @@ def parse_dsk(text: str) -> QrPayload:
 def is_dsk(text: str) -> bool:
     """Whether ``text`` is shaped like a DSK-only code (its blocks are not yet checked)."""
     value = text.strip()
-    return value.startswith(DSK_PREFIX) or _DSK.fullmatch(value) is not None
+    return value.startswith(DSK_PREFIX) or (
+        len(value) == _DSK_LENGTH and _DSK.fullmatch(value) is not None
+    )
 
 
 def dsk_mask(dsk: str) -> str:
@@ -106,83 +113,103 @@ def _number(qr: str, offset: int, width: int, limit: int, what: str) -> int:
     return value
 
 
-def _checksum(qr: str) -> int:
-    return int.from_bytes(hashlib.sha1(qr[9:].encode("ascii")).digest()[:2], "big")  # noqa: S324 - the format's checksum, not security
-
-
-_FIXED = re.compile(r"90([0-9]{2})([0-9]{5})([0-9]{3})" + r"([0-9]{5})" * 8 + r"[0-9]*")
+#: The fixed part (version, checksum, keys, 8 DSK blocks), then, when present, ProductType
+#: and ProductId non-critical right after the DSK, as codes are printed; then the digits
+#: left for the block-by-block reading. ``[0-9]`` is ASCII only: a match is all digits.
+CODE = re.compile(
+    r"90([0-9]{2})([0-9]{5})([0-9]{3})"
+    + r"([0-9]{5})" * 8
+    + r"(?:0010([0-9]{5})([0-9]{5})0220([0-9]{5})([0-9]{5})([0-9]{5})([0-9]{5}))?"
+    r"[0-9]*"
+)
+_PRODUCT_END = MIN_LENGTH + 38
+_SHA1 = hashlib.sha1
+_FROM_BYTES = int.from_bytes
 
 
 def _parse_strict(qr: str) -> QrPayload:
-    fixed = _FIXED.fullmatch(qr)
-    if fixed is None:
+    match = CODE.fullmatch(qr)
+    if match is None:
         if not qr.startswith("90"):
             raise qr_error("a Z-Wave code starts with 90", "QR_UNKNOWN_FORMAT")
         if len(qr) < MIN_LENGTH:
             raise qr_error("a Z-Wave code has at least 52 digits")
         raise qr_error("a Z-Wave code has only digits")
-    version_text, stored_text, keys_text, *block_texts = fixed.groups()
-    version = int(version_text)
-    if version > 1:
+    return from_match(match, qr)
+
+
+def from_match(match: re.Match[str], qr: str) -> QrPayload:
+    """The code ``qr`` that :data:`CODE` matched, checked and decoded.
+
+    Fixed-width numbers are range-checked as text (text order is number order there),
+    which is cheaper than converting them first.
+    """
+    groups = match.groups()
+    version_text = groups[0]
+    if version_text == "00":
+        fmt, version = "zwave-s2", 0
+    elif version_text == "01":
+        fmt, version = "zwave-smartstart", 1
+    else:
         raise qr_error(
             "Z-Wave code version must be 0 (S2) or 1 (SmartStart)",
             "QR_VERSION_UNSUPPORTED",
             "version",
         )
-    stored = int(stored_text)
-    if stored > _UINT16_MAX or stored != _checksum(qr):
+    stored = groups[1]
+    checksum = _FROM_BYTES(_SHA1(qr[9:].encode("ascii")).digest()[:2], "big")
+    if stored > "65535" or int(stored) != checksum:
         raise qr_error(
             "the Z-Wave code checksum does not match", "QR_CHECKSUM_MISMATCH", "checksum"
         )
-    if max(block_texts) > "65535":  # five digits each: text order is number order
+    blocks = groups[3:11]
+    if max(blocks) > "65535":
         raise qr_error("dsk is out of range", path="dsk")
-    fields: dict[str, Any] = {
-        "version": version,
-        "requestedSecurityClasses": _security_classes(int(keys_text)),
-        "dsk": "-".join(block_texts),
-    }
-    if not _tlvs(qr, fields) >= _REQUIRED_TLVS:
-        raise qr_error(
-            "a Z-Wave code must carry ProductType and ProductId", "QR_FIELD_MISSING", "productId"
-        )
-    fmt = "zwave-smartstart" if version == 1 else "zwave-s2"
-    return _payload(fmt, fields, qr)
-
-
-#: ProductType then ProductId, non-critical, right after the DSK: how codes are printed.
-_PRODUCT_BLOCKS = re.compile(
-    r"0010([0-9]{5})([0-9]{5})0220([0-9]{5})([0-9]{5})([0-9]{5})([0-9]{5})"
-)
-
-
-def _product_blocks(qr: str, fields: dict[str, Any]) -> int:
-    """Read the usual ProductType and ProductId blocks at once; return where they end (or 0).
-
-    Anything else (another order, a critical bit, a number out of range) is left to the
-    block-by-block reading.
-    """
-    match = _PRODUCT_BLOCKS.match(qr, MIN_LENGTH)
-    if match is None or max(match.groups()) > "65535":
-        return 0
-    classes, icon, manufacturer, product_type, product_id, version = map(int, match.groups())
-    fields["genericDeviceClass"] = classes >> 8
-    fields["specificDeviceClass"] = classes & 0xFF
-    fields["installerIconType"] = icon
-    fields["manufacturerId"] = manufacturer
-    fields["productType"] = product_type
-    fields["productId"] = product_id
-    fields["applicationVersion"] = f"{version >> 8}.{version & 0xFF}"
-    return match.end()
-
-
-def _tlvs(qr: str, fields: dict[str, Any]) -> set[int]:
-    """Read the TLV blocks after the DSK into ``fields``; return the types seen."""
-    end = len(qr)
-    offset = _product_blocks(qr, fields)
-    if offset:
-        seen = {_TYPE_PRODUCT_TYPE, _TYPE_PRODUCT_ID}
+    dsk = "-".join(blocks)
+    keys = groups[2]
+    if keys > "255":
+        raise qr_error("requestedSecurityClasses is out of range", path="requestedSecurityClasses")
+    classes = _CLASSES[int(keys)]
+    if classes is None:
+        raise qr_error("unknown security class requested", path="requestedSecurityClasses")
+    product = groups[11:]
+    if product[0] is not None and max(product) <= "65535":
+        device_class, icon, manufacturer, product_type, product_id, app_version = map(int, product)
+        fields: dict[str, Any] = {
+            "version": version,
+            "requestedSecurityClasses": list(classes),
+            "dsk": dsk,
+            "genericDeviceClass": device_class >> 8,
+            "specificDeviceClass": device_class & 0xFF,
+            "installerIconType": icon,
+            "manufacturerId": manufacturer,
+            "productType": product_type,
+            "productId": product_id,
+            "applicationVersion": f"{app_version >> 8}.{app_version & 0xFF}",
+        }
+        if len(qr) > _PRODUCT_END:
+            _tlvs(qr, _PRODUCT_END, fields, set())
     else:
-        offset, seen = MIN_LENGTH, set()
+        fields = {"version": version, "requestedSecurityClasses": list(classes), "dsk": dsk}
+        if not _tlvs(qr, MIN_LENGTH, fields, set()) >= _REQUIRED_TLVS:
+            raise qr_error(
+                "a Z-Wave code must carry ProductType and ProductId",
+                "QR_FIELD_MISSING",
+                "productId",
+            )
+    return QrPayload(
+        "ZWAVE_QR_BAR_CODE",
+        fmt,
+        fields,
+        secrets=_SECRETS,
+        masks={"dsk": "*****" + dsk[5:]},
+        source=qr,
+    )
+
+
+def _tlvs(qr: str, offset: int, fields: dict[str, Any], seen: set[int]) -> set[int]:
+    """Read the TLV blocks from ``offset`` into ``fields``; return ``seen`` and their types."""
+    end = len(qr)
     while offset < end:  # TLV blocks: type<<1|critical (2 digits), length (2), value
         if end - offset < 4:  # noqa: PLR2004 - type and length, 2 digits each
             raise qr_error("incomplete TLV block", path="tlv")
@@ -205,17 +232,14 @@ def _classes_of(keys: int) -> tuple[int, ...] | None:
     return tuple(_SECURITY_BITS[b] for b in classes)
 
 
+#: The digits of a supported-protocols bitmask → the largest value they may hold.
+_PROTOCOL_WIDTHS = {2: _LEVEL_MAX, 3: _UINT8_MAX, 5: _UINT16_MAX}
+#: A byte → the numbers of its set bits (low byte), and the same plus 8 (high byte).
+_BITS_LOW = tuple(tuple(bit for bit in range(8) if byte >> bit & 1) for byte in range(256))
+_BITS_HIGH = tuple(tuple(bit + 8 for bit in bits) for bits in _BITS_LOW)
+
 #: requested-keys byte → its security classes, or None when it names an unknown one.
 _CLASSES = tuple(_classes_of(keys) for keys in range(_UINT8_MAX + 1))
-
-
-def _security_classes(keys: int) -> list[int]:
-    if keys > _UINT8_MAX:
-        raise qr_error("requestedSecurityClasses is out of range", path="requestedSecurityClasses")
-    classes = _CLASSES[keys]
-    if classes is None:
-        raise qr_error("unknown security class requested", path="requestedSecurityClasses")
-    return list(classes)
 
 
 def _tlv_data(kind: int, data: str, fields: dict[str, Any]) -> bool:  # noqa: PLR0911 - one per type
@@ -245,11 +269,11 @@ def _tlv_data(kind: int, data: str, fields: dict[str, Any]) -> bool:  # noqa: PL
         fields["uuid"] = "".join(f"{w:04x}" for w in words)
         return True
     if kind == _TYPE_SUPPORTED_PROTOCOLS:
-        widths = {2: _LEVEL_MAX, 3: _UINT8_MAX, 5: _UINT16_MAX}
-        if len(data) not in widths:
+        limit = _PROTOCOL_WIDTHS.get(len(data))
+        if limit is None:
             return False
-        mask = _number(data, 0, len(data), widths[len(data)], "supportedProtocols")
-        fields["supportedProtocols"] = [bit for bit in range(16) if mask >> bit & 1]
+        mask = _number(data, 0, len(data), limit, "supportedProtocols")
+        fields["supportedProtocols"] = [*_BITS_LOW[mask & 0xFF], *_BITS_HIGH[mask >> 8]]
         return True
     return False
 
@@ -277,6 +301,13 @@ def _product_fast(kind: int, data: str, fields: dict[str, Any]) -> bool:
     return True
 
 
+def _checksum_matches(digits: str) -> bool:
+    """Whether a digit string's stored checksum is that of its tail (nothing else checked)."""
+    stored = digits[4:9]
+    checksum = _FROM_BYTES(_SHA1(digits[9:].encode("ascii")).digest()[:2], "big")
+    return stored <= "65535" and int(stored) == checksum
+
+
 def _boundaries(candidate: str) -> list[int]:
     """Where a code starting at 0 could end: after the DSK and after each whole TLV block."""
     ends = [MIN_LENGTH]
@@ -298,8 +329,11 @@ def _extract(compact: str) -> QrPayload | None:
         while 0 <= start <= len(digits) - MIN_LENGTH:
             candidate = digits[start:]
             for end in reversed(_boundaries(candidate)):
+                code = candidate[:end]
+                if not _checksum_matches(code):
+                    continue  # what most candidates fail: skip them without an exception
                 try:
-                    return _parse_strict(candidate[:end])
+                    return _parse_strict(code)
                 except QrFormatError:
                     continue
             start = digits.find("90", start + 1)
