@@ -10,7 +10,6 @@ version; ``H:`` a host for DPP over TCP (``ip``, ``ip:port``, ``[v6]:port``, def
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import ipaddress
@@ -61,8 +60,8 @@ def _tags(body: str) -> dict[str, str]:
 def _public_key(b64: str) -> dict[str, Any]:
     if not _B64.fullmatch(b64):
         raise qr_error("K: is not base64", path="publicKey")
-    try:
-        der = base64.b64decode(b64, validate=True)
+    try:  # b64decode(validate=True), without its wrapper
+        der = binascii.a2b_base64(b64, strict_mode=True)
     except (binascii.Error, ValueError):
         raise qr_error("K: is not base64", path="publicKey") from None
     try:
@@ -71,16 +70,27 @@ def _public_key(b64: str) -> dict[str, Any]:
         raise qr_error("K: is not a DER public key on a named curve", path="publicKey") from None
     except Exception:  # noqa: BLE001 - the Rust parser raises a few unrelated types
         raise qr_error("K: is not a DER public key", path="publicKey") from None
-    if not isinstance(key, ec.EllipticCurvePublicKey):
+    if not _is_ec_key(type(key)):
         raise qr_error("K: must be an elliptic-curve key", path="publicKey")
-    curve = CURVES.get(key.curve.name)
+    curve = CURVES.get(key.curve.name)  # type: ignore[attr-defined] # an EC key: checked above
     if curve is None:
         raise qr_error("K: uses a curve DPP does not allow", path="publicKey")
     return {
-        "publicKey": base64.b64encode(der).decode("ascii"),
+        "publicKey": binascii.b2a_base64(der, newline=False).decode("ascii"),
         "curve": curve,
         "pkhash": hashlib.sha256(der).hexdigest(),
     }
+
+
+#: Key classes seen so far → whether they are EC public keys (an ABC check is slow).
+_EC_KEY_TYPES: dict[type, bool] = {}
+
+
+def _is_ec_key(cls: type) -> bool:
+    known = _EC_KEY_TYPES.get(cls)
+    if known is None:
+        known = _EC_KEY_TYPES[cls] = issubclass(cls, ec.EllipticCurvePublicKey)
+    return known
 
 
 def _channels(value: str) -> list[list[int]]:
@@ -145,7 +155,7 @@ def parse_dpp(text: str) -> QrPayload:
     mac = tags.get("M")
     if mac is not None and not _MAC.fullmatch(mac):
         raise qr_error("M: is 12 hex digits", path="mac")
-    fields["mac"] = ":".join(mac[i : i + 2] for i in range(0, 12, 2)).lower() if mac else None
+    fields["mac"] = bytes.fromhex(mac).hex(":") if mac else None
     info = tags.get("I")
     if info is not None and not _INFO.fullmatch(info):
         raise qr_error("I: is printable ASCII", path="info")

@@ -38,27 +38,29 @@ def base38_decode(text: str) -> bytes:
         QrFormatError: a character outside the alphabet, a bad tail length or a chunk
             whose value does not fit its bytes.
     """
-    out = bytearray()
     pairs, values = _PAIRS, _VALUES
+    total = shift = 0
     for start in range(0, len(text), 5):
         chunk = text[start : start + 5]
         size = _CHUNK_BYTES.get(len(chunk))
         if size is None:
             raise qr_error("the Matter payload has an invalid length", path="payload")
         try:  # least significant digit first: two digits per look-up
-            value = pairs[chunk[0:2]]
-            if size > 1:
-                value += pairs[chunk[2:4]] * _BASE2
-            if size > 2:  # noqa: PLR2004 - a full chunk: 5 digits, 3 bytes
-                value += values[chunk[4]] * _BASE4
+            if size == 3:  # noqa: PLR2004 - a full chunk: 5 digits, 3 bytes
+                value = pairs[chunk[0:2]] + pairs[chunk[2:4]] * _BASE2 + values[chunk[4]] * _BASE4
+            elif size == 2:  # noqa: PLR2004
+                value = pairs[chunk[0:2]] + pairs[chunk[2:4]] * _BASE2
+            else:
+                value = pairs[chunk]
         except KeyError:
             raise qr_error(
                 "the Matter payload has a character outside base-38", path="payload"
             ) from None
-        if value >= 1 << (8 * size):
+        if value >> (8 * size):
             raise qr_error("the Matter payload has an out-of-range chunk", path="payload")
-        out += value.to_bytes(size, "little")
-    return bytes(out)
+        total |= value << shift
+        shift += 8 * size
+    return total.to_bytes(shift // 8, "little")
 
 
 def _decode_one(body: str) -> dict[str, Any]:
@@ -66,30 +68,28 @@ def _decode_one(body: str) -> dict[str, Any]:
     if len(data) < _FIXED_BYTES:
         raise qr_error("the Matter payload is too short", path="payload")
     bits = int.from_bytes(data[:_FIXED_BYTES], "little")
-    fields: dict[str, Any] = {}
-    offset = 0
-    for name, width in (
-        ("version", 3),
-        ("vendorId", 16),
-        ("productId", 16),
-        ("commissioningFlow", 2),
-        ("discoveryCapabilities", 8),
-        ("discriminator", 12),
-        ("passcode", 27),
-        ("padding", 4),
-    ):
-        fields[name] = (bits >> offset) & ((1 << width) - 1)
-        offset += width
-    if fields.pop("padding") != 0:
+    # version 3 bits, vendor id 16, product id 16, flow 2, discovery 8, discriminator 12,
+    # passcode 27, padding 4
+    if bits >> 84:
         raise qr_error("the Matter payload's padding bits are not zero", path="payload")
-    if fields["version"] != 0:
+    if bits & 7:
         raise qr_error("unknown Matter payload version", "QR_VERSION_UNSUPPORTED", "version")
-    if fields["commissioningFlow"] > _FLOWS:
+    flow = bits >> 35 & 3
+    if flow > _FLOWS:
         raise qr_error("reserved Matter commissioning flow", path="commissioningFlow")
-    passcode = fields["passcode"]
+    passcode = bits >> 57 & 0x7FFFFFF
     if not 0 < passcode <= _PASSCODE_MAX or passcode in _INVALID_PASSCODES:
         raise qr_error("the Matter setup passcode is not allowed", path="passcode")
-    fields["tlv"] = data[_FIXED_BYTES:].hex()
+    fields: dict[str, Any] = {
+        "version": 0,
+        "vendorId": bits >> 3 & 0xFFFF,
+        "productId": bits >> 19 & 0xFFFF,
+        "commissioningFlow": flow,
+        "discoveryCapabilities": bits >> 37 & 0xFF,
+        "discriminator": bits >> 45 & 0xFFF,
+        "passcode": passcode,
+        "tlv": data[_FIXED_BYTES:].hex(),
+    }
     if len(data) > _FIXED_BYTES:
         fields["optionalData"] = decode_optional_data(data[_FIXED_BYTES:])
     return fields

@@ -20,11 +20,25 @@ _HEX_BITMAP = re.compile(r"[0-9A-Fa-f]{1,8}")
 _SECURED = frozenset({"WPA", "WPA2", "WPA3", "SAE", "WEP", "WPA-EAP", "WPA2-EAP", "WPA3-EAP"})
 _OPEN = frozenset({"NOPASS", "OWE"})
 _ENTERPRISE_TAGS = {"E": "eapMethod", "PH2": "phase2", "A": "anonymousIdentity", "I": "identity"}
-_KNOWN_TAGS = frozenset({"T", "S", "P", "H", "R", "K", *_ENTERPRISE_TAGS})
+_KNOWN_TYPES = _SECURED | _OPEN
+#: Tags beyond T, S and P that may add fields (H only when it is not a boolean).
+_EXTRA_TAGS = frozenset({"H", "R", "K", *_ENTERPRISE_TAGS})
 
 
 def _tokens(body: str) -> dict[str, str]:
     """Split ``TAG:value;`` pairs, unescaping values; the first occurrence of a tag wins."""
+    if "\\" not in body:  # nothing escaped (the usual code): each ';' ends a field
+        fields: dict[str, str] = {}
+        for segment in body.split(";"):
+            tag, colon, text = segment.lstrip(" ").partition(":")
+            if colon:
+                fields.setdefault(tag.upper(), text)
+        return fields
+    return _escaped_tokens(body)
+
+
+def _escaped_tokens(body: str) -> dict[str, str]:
+    """:func:`_tokens` for a body with backslashes: read left to right."""
     fields: dict[str, str] = {}
     i, n = 0, len(body)
     while i < n:
@@ -91,26 +105,28 @@ def parse_wifi(text: str) -> QrPayload:
     """
     if not text.startswith(PREFIX):
         raise qr_error("a Wi-Fi code starts with WIFI:", "QR_UNKNOWN_FORMAT")
-    raw = _tokens(text[len(PREFIX) :])
-    fields = {tag: value for tag, value in raw.items() if tag in _KNOWN_TAGS and value != ""}
-    ssid = fields.get("S")
+    fields = _tokens(text[len(PREFIX) :])
+    ssid = fields.get("S") or None
     if ssid is None:
         raise qr_error("the SSID (S:) is empty or missing", "QR_FIELD_MISSING", "ssid")
-    security = fields.get("T", "nopass")
+    security = fields.get("T") or "nopass"
     upper = security.upper()
     if upper == "ADB":
         raise qr_error("an Android debugging pairing code is not a network", path="security")
-    if upper not in _SECURED | _OPEN:
+    if upper not in _KNOWN_TYPES:
         raise qr_error("unknown Wi-Fi security type (T:)", path="security")
-    password = fields.get("P")
-    if upper in _SECURED and password is None:
+    password = fields.get("P") or None
+    if password is None and upper in _SECURED:
         raise qr_error("a secured network needs a password (P:)", "QR_FIELD_MISSING", "password")
+    hidden = fields.get("H") or None
     out: dict[str, Any] = {
         "ssid": ssid,
         "password": password,
         "security": "nopass" if upper == "NOPASS" else security,
+        "hidden": hidden is not None and hidden.lower() == "true",
     }
-    out.update(_extras(fields))
+    if not _EXTRA_TAGS.isdisjoint(fields):
+        _extras(fields, hidden, out)
     return QrPayload(
         authentication_material_type="WIFI_SETUP_QR_BAR_CODE",
         format="wifi",
@@ -120,20 +136,21 @@ def parse_wifi(text: str) -> QrPayload:
     )
 
 
-def _extras(fields: dict[str, str]) -> dict[str, Any]:
-    hidden_raw = fields.get("H")
-    out: dict[str, Any] = {"hidden": hidden_raw is not None and hidden_raw.lower() == "true"}
-    if hidden_raw is not None and hidden_raw.lower() not in {"true", "false"}:
-        out["phase2"] = hidden_raw  # the old generators' H: (phase 2 before PH2: existed)
-    if "R" in fields:
-        if not _HEX_BITMAP.fullmatch(fields["R"]):
+def _extras(fields: dict[str, str], hidden: str | None, out: dict[str, Any]) -> None:
+    """The rarer tags (an old phase-2 ``H:``, ``R:``, enterprise, ``K:``) into ``out``."""
+    if hidden is not None and hidden.lower() not in {"true", "false"}:
+        out["phase2"] = hidden  # the old generators' H: (phase 2 before PH2: existed)
+    transition = fields.get("R") or None
+    if transition is not None:
+        if not _HEX_BITMAP.fullmatch(transition):
             raise qr_error(
                 "the transition-disable bitmap (R:) is not hex", path="transitionDisable"
             )
-        out["transitionDisable"] = bool(int(fields["R"], 16) & 1)
+        out["transitionDisable"] = bool(int(transition, 16) & 1)
     for tag, name in _ENTERPRISE_TAGS.items():
-        if tag in fields:
-            out[name] = fields[tag]
-    if "K" in fields:
-        out["saePublicKey"] = fields["K"]
-    return out
+        value = fields.get(tag)
+        if value:
+            out[name] = value
+    key = fields.get("K")
+    if key:
+        out["saePublicKey"] = key
