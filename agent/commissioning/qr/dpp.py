@@ -14,7 +14,7 @@ import binascii
 import hashlib
 import ipaddress
 import re
-from typing import Any
+from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
@@ -72,7 +72,7 @@ def _public_key(b64: str) -> dict[str, Any]:
         raise qr_error("K: is not a DER public key", path="publicKey") from None
     if not _is_ec_key(type(key)):
         raise qr_error("K: must be an elliptic-curve key", path="publicKey")
-    curve = CURVES.get(key.curve.name)  # type: ignore[attr-defined] # an EC key: checked above
+    curve = CURVES.get(cast(ec.EllipticCurvePublicKey, key).curve.name)
     if curve is None:
         raise qr_error("K: uses a curve DPP does not allow", path="publicKey")
     return {

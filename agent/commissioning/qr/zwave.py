@@ -113,15 +113,21 @@ def _number(qr: str, offset: int, width: int, limit: int, what: str) -> int:
     return value
 
 
-#: The fixed part (version, checksum, keys, 8 DSK blocks), then, when present, ProductType
+#: A 5-digit number up to 65535.
+_U16 = r"(?:[0-5][0-9]{4}|6(?:[0-4][0-9]{3}|5(?:[0-4][0-9]{2}|5(?:[0-2][0-9]|3[0-5]))))"
+#: A code whose fixed part is valid as to form and ranges: version 0 or 1, checksum,
+#: requested keys (up to 255), 8 DSK blocks; then, when present and in range, ProductType
 #: and ProductId non-critical right after the DSK, as codes are printed; then the digits
 #: left for the block-by-block reading. ``[0-9]`` is ASCII only: a match is all digits.
 CODE = re.compile(
-    r"90([0-9]{2})([0-9]{5})([0-9]{3})"
-    + r"([0-9]{5})" * 8
-    + r"(?:0010([0-9]{5})([0-9]{5})0220([0-9]{5})([0-9]{5})([0-9]{5})([0-9]{5}))?"
+    rf"90(0[01])({_U16})([01][0-9]{{2}}|2[0-4][0-9]|25[0-5])"
+    + rf"({_U16})" * 8
+    + rf"(?:0010({_U16})({_U16})0220({_U16})({_U16})({_U16})({_U16}))?"
     r"[0-9]*"
 )
+#: Any code's shape, whatever its numbers: read when :data:`CODE` does not match, to name
+#: what is wrong.
+_SHAPE = re.compile(r"90([0-9]{2})([0-9]{5})([0-9]{3})([0-9]{40})[0-9]*")
 _PRODUCT_END = MIN_LENGTH + 38
 _SHA1 = hashlib.sha1
 _FROM_BYTES = int.from_bytes
@@ -129,51 +135,49 @@ _FROM_BYTES = int.from_bytes
 
 def _parse_strict(qr: str) -> QrPayload:
     match = CODE.fullmatch(qr)
-    if match is None:
+    if match is not None:
+        return from_match(match, qr)
+    shape = _SHAPE.fullmatch(qr)
+    if shape is None:
         if not qr.startswith("90"):
             raise qr_error("a Z-Wave code starts with 90", "QR_UNKNOWN_FORMAT")
         if len(qr) < MIN_LENGTH:
             raise qr_error("a Z-Wave code has at least 52 digits")
         raise qr_error("a Z-Wave code has only digits")
-    return from_match(match, qr)
-
-
-def from_match(match: re.Match[str], qr: str) -> QrPayload:
-    """The code ``qr`` that :data:`CODE` matched, checked and decoded.
-
-    Fixed-width numbers are range-checked as text (text order is number order there),
-    which is cheaper than converting them first.
-    """
-    groups = match.groups()
-    version_text = groups[0]
-    if version_text == "00":
-        fmt, version = "zwave-s2", 0
-    elif version_text == "01":
-        fmt, version = "zwave-smartstart", 1
-    else:
+    version, stored, keys, dsk = shape.groups()
+    if version > "01":
         raise qr_error(
             "Z-Wave code version must be 0 (S2) or 1 (SmartStart)",
             "QR_VERSION_UNSUPPORTED",
             "version",
         )
-    stored = groups[1]
-    checksum = _FROM_BYTES(_SHA1(qr[9:].encode("ascii")).digest()[:2], "big")
-    if stored > "65535" or int(stored) != checksum:
-        raise qr_error(
-            "the Z-Wave code checksum does not match", "QR_CHECKSUM_MISMATCH", "checksum"
-        )
-    blocks = groups[3:11]
-    if max(blocks) > "65535":
+    if stored > "65535" or not _checksum_matches(qr):  # fixed width: text order is number order
+        raise _checksum_error()
+    if max(dsk[i : i + 5] for i in range(0, 40, 5)) > "65535":
         raise qr_error("dsk is out of range", path="dsk")
-    dsk = "-".join(blocks)
-    keys = groups[2]
-    if keys > "255":
-        raise qr_error("requestedSecurityClasses is out of range", path="requestedSecurityClasses")
-    classes = _CLASSES[int(keys)]
+    raise qr_error("requestedSecurityClasses is out of range", path="requestedSecurityClasses")
+
+
+def _checksum_error() -> QrFormatError:
+    return qr_error("the Z-Wave code checksum does not match", "QR_CHECKSUM_MISMATCH", "checksum")
+
+
+def from_match(match: re.Match[str], qr: str) -> QrPayload:
+    """The code ``qr`` that :data:`CODE` matched (so its numbers are in range), decoded."""
+    groups = match.groups()
+    checksum = _FROM_BYTES(_SHA1(qr[9:].encode("ascii")).digest()[:2], "big")
+    if int(groups[1]) != checksum:
+        raise _checksum_error()
+    classes = _CLASSES[int(groups[2])]
     if classes is None:
         raise qr_error("unknown security class requested", path="requestedSecurityClasses")
+    if groups[0] == "00":
+        fmt, version = "zwave-s2", 0
+    else:
+        fmt, version = "zwave-smartstart", 1
+    dsk = "-".join(groups[3:11])
     product = groups[11:]
-    if product[0] is not None and max(product) <= "65535":
+    if product[0] is not None:
         device_class, icon, manufacturer, product_type, product_id, app_version = map(int, product)
         fields: dict[str, Any] = {
             "version": version,
