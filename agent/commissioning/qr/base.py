@@ -35,7 +35,7 @@ class _Pending:
 
 #: The placeholder of a derived field (see :class:`QrPayload`).
 PENDING: Any = _Pending()
-_NO_MASKS: dict[str, str] = {}
+NO_MASKS: dict[str, str] = {}
 
 
 class QrPayload:
@@ -71,7 +71,7 @@ class QrPayload:
         self._format = format
         self._fields = fields
         self._secrets = secrets
-        self._masks = masks if masks is not None else _NO_MASKS
+        self._masks = masks if masks is not None else NO_MASKS
         self._source = source
         self._derive = derive
 
@@ -141,17 +141,43 @@ class QrPayload:
         if show_secrets:
             out.update(self.fields)
             return out
-        secrets, masks = self._secrets, self._masks
-        for key, value in self._fields.items():
-            if value is not None and key in secrets:
+        out.update(self._fields)
+        masks = self._masks
+        for key in self._secrets:
+            if out.get(key) is not None:
                 out[key] = masks.get(key, REDACTED)
-            elif value is PENDING:
-                out[key] = self.fields[key]
-            else:
-                out[key] = value
+        if self._derive is not None and PENDING in out.values():  # a derived public field
+            fields = self.fields
+            for key, value in out.items():
+                if value is PENDING:
+                    out[key] = fields[key]
         return out
 
     def secret_values(self) -> list[str]:
         """Every secret value as text (used to prove they never leak)."""
         fields = self.fields
         return [str(fields[k]) for k in self._secrets if fields.get(k) is not None]
+
+
+_NEW = object.__new__
+
+
+def payload(  # noqa: PLR0917 - positional: the cheap call on the parsers' hot path
+    authentication_material_type: AuthenticationMaterialType | None,
+    fmt: str,
+    fields: dict[str, Any],
+    secrets: frozenset[str],
+    masks: dict[str, str],
+    source: str,
+    derive: Callable[[], dict[str, Any]] | None = None,
+) -> QrPayload:
+    """:class:`QrPayload` built without the keyword call (the parsers' hot path)."""
+    out: QrPayload = _NEW(QrPayload)
+    out._type = authentication_material_type  # noqa: SLF001 - the class's own factory
+    out._format = fmt  # noqa: SLF001
+    out._fields = fields
+    out._secrets = secrets  # noqa: SLF001
+    out._masks = masks  # noqa: SLF001
+    out._source = source  # noqa: SLF001
+    out._derive = derive  # noqa: SLF001
+    return out

@@ -19,7 +19,7 @@ from typing import Any, cast
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from agent.commissioning.qr.base import QrPayload, qr_error
+from agent.commissioning.qr.base import NO_MASKS, QrPayload, payload, qr_error
 
 PREFIX = "DPP:"
 DEFAULT_TCP_PORT = 8908
@@ -72,7 +72,7 @@ def _public_key(b64: str) -> dict[str, Any]:
         raise qr_error("K: is not a DER public key", path="publicKey") from None
     if not _is_ec_key(type(key)):
         raise qr_error("K: must be an elliptic-curve key", path="publicKey")
-    curve = CURVES.get(cast(ec.EllipticCurvePublicKey, key).curve.name)
+    curve = CURVES.get(cast("ec.EllipticCurvePublicKey", key).curve.name)
     if curve is None:
         raise qr_error("K: uses a curve DPP does not allow", path="publicKey")
     return {
@@ -169,9 +169,4 @@ def parse_dpp(text: str) -> QrPayload:
         if not _CURVE_BITMAP.fullmatch(tags["B"]):
             raise qr_error("B: is up to two hex digits", path="supportedCurves")
         fields["supportedCurves"] = tags["B"].lower()
-    return QrPayload(
-        authentication_material_type="WIFI_SETUP_QR_BAR_CODE",
-        format="dpp",
-        fields=fields,
-        source=text,
-    )
+    return payload("WIFI_SETUP_QR_BAR_CODE", "dpp", fields, frozenset(), NO_MASKS, text)

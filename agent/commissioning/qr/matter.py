@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.commissioning.errors import QrFormatError
-from agent.commissioning.qr.base import QrPayload, qr_error
+from agent.commissioning.qr.base import NO_MASKS, QrPayload, payload, qr_error
 
 PREFIX = "MT:"
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ-."
@@ -184,10 +184,7 @@ def parse_matter(text: str) -> QrPayload:
     fields = decoded[0]
     if len(decoded) > 1:
         fields["additionalPayloads"] = len(decoded) - 1
-    return QrPayload(
-        authentication_material_type=None,
-        format="matter",
-        fields=fields,
-        secrets=frozenset({"passcode"}),
-        source=text,
-    )
+    return payload(None, "matter", fields, _SECRETS, NO_MASKS, text)
+
+
+_SECRETS = frozenset({"passcode"})

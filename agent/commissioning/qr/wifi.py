@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from agent.commissioning.qr.base import QrPayload, qr_error
+from agent.commissioning.qr.base import NO_MASKS, QrPayload, payload, qr_error
 
 PREFIX = "WIFI:"
 _HEX_BITMAP = re.compile(r"[0-9A-Fa-f]{1,8}")
@@ -127,13 +127,10 @@ def parse_wifi(text: str) -> QrPayload:
     }
     if not _EXTRA_TAGS.isdisjoint(fields):
         _extras(fields, hidden, out)
-    return QrPayload(
-        authentication_material_type="WIFI_SETUP_QR_BAR_CODE",
-        format="wifi",
-        fields=out,
-        secrets=frozenset({"password"}),
-        source=text,
-    )
+    return payload("WIFI_SETUP_QR_BAR_CODE", "wifi", out, _SECRETS, NO_MASKS, text)
+
+
+_SECRETS = frozenset({"password"})
 
 
 def _extras(fields: dict[str, str], hidden: str | None, out: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from agent.commissioning.qr.base import PENDING, QrPayload, qr_error
+from agent.commissioning.qr.base import NO_MASKS, PENDING, QrPayload, payload, qr_error
 
 _HEX = "[0-9A-Fa-f]"
 #: Install code lengths in bytes, CRC included.
@@ -235,14 +235,7 @@ def _payload(
     source: str,
     derive: Callable[[], dict[str, Any]] | None = None,
 ) -> QrPayload:
-    return QrPayload(
-        authentication_material_type="ZIGBEE_QR_BAR_CODE",
-        format=fmt,
-        fields=fields,
-        secrets=_SECRETS,
-        source=source,
-        derive=derive,
-    )
+    return payload("ZIGBEE_QR_BAR_CODE", fmt, fields, _SECRETS, NO_MASKS, source, derive)
 
 
 _SECRETS = frozenset({"installCode", "linkKey"})

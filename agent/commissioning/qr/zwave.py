@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from agent.commissioning.errors import QrFormatError
-from agent.commissioning.qr.base import QrPayload, qr_error
+from agent.commissioning.qr.base import QrPayload, payload, qr_error
 
 MIN_LENGTH = 52
 _DIGITS = re.compile(r"[0-9]+")
@@ -117,12 +117,14 @@ def _number(qr: str, offset: int, width: int, limit: int, what: str) -> int:
 _U16 = r"(?:[0-5][0-9]{4}|6(?:[0-4][0-9]{3}|5(?:[0-4][0-9]{2}|5(?:[0-2][0-9]|3[0-5]))))"
 #: A code whose fixed part is valid as to form and ranges: version 0 or 1, checksum,
 #: requested keys (up to 255), 8 DSK blocks; then, when present and in range, ProductType
-#: and ProductId non-critical right after the DSK, as codes are printed; then the digits
+#: and ProductId non-critical right after the DSK, as codes are printed, and a
+#: SupportedProtocols block after them (the Z-Wave Long Range codes); then the digits
 #: left for the block-by-block reading. ``[0-9]`` is ASCII only: a match is all digits.
 CODE = re.compile(
     rf"90(0[01])({_U16})([01][0-9]{{2}}|2[0-4][0-9]|25[0-5])"
     + rf"({_U16})" * 8
-    + rf"(?:0010({_U16})({_U16})0220({_U16})({_U16})({_U16})({_U16}))?"
+    + rf"(?:0010({_U16})({_U16})0220({_U16})({_U16})({_U16})({_U16})"
+    r"(?:0803([01][0-9]{2}|2[0-4][0-9]|25[0-5]))?)?"  # and often SupportedProtocols, 8 bits
     r"[0-9]*"
 )
 #: Any code's shape, whatever its numbers: read when :data:`CODE` does not match, to name
@@ -144,7 +146,7 @@ def _parse_strict(qr: str) -> QrPayload:
         if len(qr) < MIN_LENGTH:
             raise qr_error("a Z-Wave code has at least 52 digits")
         raise qr_error("a Z-Wave code has only digits")
-    version, stored, keys, dsk = shape.groups()
+    version, stored, _keys, dsk = shape.groups()
     if version > "01":
         raise qr_error(
             "Z-Wave code version must be 0 (S2) or 1 (SmartStart)",
@@ -176,7 +178,7 @@ def from_match(match: re.Match[str], qr: str) -> QrPayload:
     else:
         fmt, version = "zwave-smartstart", 1
     dsk = "-".join(groups[3:11])
-    product = groups[11:]
+    product = groups[11:17]
     if product[0] is not None:
         device_class, icon, manufacturer, product_type, product_id, app_version = map(int, product)
         fields: dict[str, Any] = {
@@ -191,8 +193,13 @@ def from_match(match: re.Match[str], qr: str) -> QrPayload:
             "productId": product_id,
             "applicationVersion": f"{app_version >> 8}.{app_version & 0xFF}",
         }
-        if len(qr) > _PRODUCT_END:
-            _tlvs(qr, _PRODUCT_END, fields, set())
+        offset = _PRODUCT_END
+        protocols = groups[17]
+        if protocols is not None:
+            fields["supportedProtocols"] = list(_BITS_LOW[int(protocols)])
+            offset += 7
+        if len(qr) > offset:
+            _tlvs(qr, offset, fields, set())
     else:
         fields = {"version": version, "requestedSecurityClasses": list(classes), "dsk": dsk}
         if not _tlvs(qr, MIN_LENGTH, fields, set()) >= _REQUIRED_TLVS:
@@ -201,14 +208,7 @@ def from_match(match: re.Match[str], qr: str) -> QrPayload:
                 "QR_FIELD_MISSING",
                 "productId",
             )
-    return QrPayload(
-        "ZWAVE_QR_BAR_CODE",
-        fmt,
-        fields,
-        secrets=_SECRETS,
-        masks={"dsk": "*****" + dsk[5:]},
-        source=qr,
-    )
+    return payload("ZWAVE_QR_BAR_CODE", fmt, fields, _SECRETS, {"dsk": "*****" + dsk[5:]}, qr)
 
 
 def _tlvs(qr: str, offset: int, fields: dict[str, Any], seen: set[int]) -> set[int]:
