@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from agent.archive.install import current_credentials
+from agent.archive.manifest import COMMON_NAME_MAX
 from agent.errors import EXIT_REJECTED, AgentError, StateError, ValidationError
 from agent.faults import crash_point
 from agent.fsutil import PRIVATE_FILE, PUBLIC_FILE, atomic_write, ensure_dir
@@ -169,11 +170,19 @@ def generate_device_key(
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def make_csr(key: Any, common_name: str) -> bytes:
-    """A PEM CSR with subject CN = ``common_name``."""
-    builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def make_csr(key: Any, thing_name: str) -> bytes:
+    """A PEM CSR whose subject CN is ``thing_name``, or an empty subject for a longer name.
+
+    AWS IoT Core does not read a CSR's subject; the registry requires a CN (the permanent
+    certificate's CN is the device's identity at its operational broker) and refuses a CSR
+    without one, which is then a reported rejection rather than a failure to build the CSR.
+    """
+    attributes = (
+        [x509.NameAttribute(NameOID.COMMON_NAME, thing_name)]
+        if 0 < len(thing_name) <= COMMON_NAME_MAX
+        else []
     )
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(attributes))
     algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
     return builder.sign(key, algorithm).public_bytes(serialization.Encoding.PEM)
 

@@ -432,8 +432,18 @@ class FleetProvisioning:
 
     def _create_keys(self, request: FleetRequest, fmt: Format) -> Steps[dict[str, Any]]:
         decode(request.payload, fmt, allow_empty=True)
+        name = self._claim_common_name(request)
+        if not name:
+            # A claim for a device name longer than a CN holds (64) has none. The permanent
+            # certificate's CN is the device's identity at the operational broker, so a
+            # stand-in shared by such devices would let one act on another's topics.
+            raise RejectedError(
+                400,
+                "InvalidRequest",
+                "the claim certificate has no common name (a device name longer than 64 "
+                "characters): the permanent certificate could not name the device",
+            )
         key = generate_key("ec-p256")
-        name = self._claim_common_name(request) or "device"
         issued = self.registry.sign_csr(_csr_pem(key, name))
 
         def write(tx: SqliteRegistryTransaction) -> str:

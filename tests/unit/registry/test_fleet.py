@@ -16,6 +16,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
+from agent.archive.make import issue_claim_certificate
+from agent.mqtt.fleet import generate_device_key
+from agent.mqtt.fleet import make_csr as appliance_csr
 from agent.registry.ca import CertificateAuthority, cert_to_pem, generate_key, init_ca
 from agent.registry.fleet import (
     FleetProvisioning,
@@ -79,13 +82,15 @@ class World:
     tmp: Path
 
     def claim(self, name: str = "dev-1") -> Claim:
+        """A claim certificate as the archive tool issues it (no CN past 64 characters)."""
         key = generate_key("ec-p256")
         now = dt.datetime.now(dt.UTC)
-        cert = self.ca.claim_issuer.issue(
-            common_name=name,
-            public_key=key.public_key(),
-            not_before=now - dt.timedelta(minutes=5),
-            lifetime=dt.timedelta(days=1),
+        cert = issue_claim_certificate(
+            self.ca.factory(),
+            name,
+            key.public_key(),
+            now - dt.timedelta(minutes=5),
+            dt.timedelta(days=1),
         )
         return Claim(name, cert_to_pem(cert).decode(), cert.fingerprint(hashes.SHA256()).hex())
 
@@ -294,6 +299,32 @@ def test_refused_csrs(world: World, csr: Any, what: str) -> None:
     claim = world.claim("device-aaaa" if what == "signature" else "dev-1")
     reply = answer(world, claim.request(CSR_TOPIC, {"certificateSigningRequest": csr()}))
     assert what in rejected(reply, 400, "InvalidCsr")
+    assert world.count("registry_certificates") == 0
+
+
+LONG_NAME = "cold-store-7-" + "x" * 60  # 73 characters: more than a CN holds
+
+
+def test_the_appliance_csr_is_accepted_for_its_claim(world: World) -> None:
+    """The CSR ``provision fleet`` builds (CN = the thing name) passes the claim rule."""
+    claim = world.claim("hub-17")
+    csr = appliance_csr(generate_device_key("ec-p256"), "hub-17").decode()
+    reply = answer(world, claim.request(CSR_TOPIC, {"certificateSigningRequest": csr}))
+    assert reply.accepted, reply.body
+    cert = x509.load_pem_x509_certificate(reply.body["certificatePem"].encode())
+    assert cert.subject.rfc4514_string() == "CN=hub-17"
+
+
+def test_a_name_longer_than_a_common_name_is_refused_clearly(world: World) -> None:
+    """Such a claim has no CN: the appliance's CSR has an empty subject, refused as such;
+    CreateKeysAndCertificate is refused rather than naming every such device alike."""
+    claim = world.claim(LONG_NAME)
+    csr = appliance_csr(generate_device_key("ec-p256"), LONG_NAME).decode()
+    assert x509.load_pem_x509_csr(csr.encode()).subject.rfc4514_string() == ""
+    reply = answer(world, claim.request(CSR_TOPIC, {"certificateSigningRequest": csr}))
+    assert "no common name" in rejected(reply, 400, "InvalidCsr")
+    reply = answer(world, claim.request(KEYS_TOPIC, None, raw=b"{}"))
+    assert "longer than 64" in rejected(reply, 400, "InvalidRequest")
     assert world.count("registry_certificates") == 0
 
 
