@@ -27,7 +27,6 @@ from agent.commissioning.qr.base import NO_MASKS, PENDING, QrPayload, payload, q
 _HEX = "[0-9A-Fa-f]"
 #: Install code lengths in bytes, CRC included.
 INSTALL_CODE_SIZES = (8, 10, 14, 18)
-_LINK_KEY_BYTES = 16
 
 
 @dataclass(frozen=True, slots=True)
