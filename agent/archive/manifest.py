@@ -37,6 +37,10 @@ MAX_NAME = 255
 #: A claim certificate binds its device name as this URI + Name in its subjectAltName (a
 #: Name holds up to 255 characters, a common name only 64: the CN is set only when it fits).
 DEVICE_NAME_URI_PREFIX = "urn:edge-agent:device:"
+#: What a thing name may not hold: it becomes an MQTT topic level (``edge/<thingName>/``)
+#: and a client id, where '/' adds a level, '+' and '#' are wildcards a topic name may not
+#: carry, and NUL and other control characters are refused or invisible.
+_TOPIC_UNSAFE = re.compile(r"[/+#\x00-\x1f\x7f-\x9f\u2028\u2029]")
 COMMON_NAME_MAX = 64
 
 
@@ -178,6 +182,13 @@ def parse_manifest(data: bytes) -> Manifest:  # noqa: C901, PLR0912, PLR0915 - o
     device_id = _text(raw, "deviceId", out, pattern=NAME_RE)
     arn = _text(raw, "arn", out)
     thing = _text(raw, "iotThingName", out)
+    if _TOPIC_UNSAFE.search(thing):
+        out.append(
+            FieldProblem(
+                "iotThingName",
+                "must not contain '/', '+', '#' or control characters (it names the MQTT topics)",
+            )
+        )
     created = _text(raw, "createdAt", out, max_len=64)
     if created:
         try:

@@ -389,6 +389,20 @@ CASES: list[Case] = [
             c.dir
         ),
     ),
+    *(
+        Case(
+            f"manifest-thing-name-{label}",
+            "MANIFEST_INVALID",
+            lambda c, name=name: c.forge.but(manifest_edits={"iotThingName": name}).write(c.dir),  # type: ignore[misc]
+        )
+        for label, name in (
+            ("plus", "hub+1"),
+            ("hash", "hub#"),
+            ("slash", "site/hub"),
+            ("nul", "hub\x00"),
+            ("newline", "hub\n"),
+        )
+    ),
     Case(
         "manifest-files-incomplete",
         "MANIFEST_INVALID",
