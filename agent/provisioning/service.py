@@ -260,11 +260,7 @@ class ProvisioningService:
     async def _stick_run(self, record: RunRecord, event: StickInserted) -> None:
         with RunLog.capture() as run_log:
             try:
-                async with StickMedia(
-                    event.stick.node,
-                    media_settings(self.config.usb),
-                    runtime_dir=self.config.agent.runtime_dir,
-                ) as media:
+                async with self._media(event) as media:
                     try:
                         archive = await media.fetch_archive()
                     except AgentError as exc:
@@ -305,13 +301,17 @@ class ProvisioningService:
         result = (json.dumps(record.result, indent=2, ensure_ascii=False) + "\n").encode()
         line = f"run {run_id} resumed after a restart: {record.status} {record.reason or ''}"
         with contextlib.suppress(AgentError):
-            async with StickMedia(
-                event.stick.node,
-                media_settings(self.config.usb),
-                runtime_dir=self.config.agent.runtime_dir,
-            ) as media:
+            async with self._media(event) as media:
                 if await media.write_back(result, (line.rstrip() + "\n").encode()):
                     _log.info("run %s: result written to its stick after the restart", run_id)
+
+    def _media(self, event: StickInserted) -> StickMedia:
+        """The stick's file system, mounted as the configuration says (an async context)."""
+        return StickMedia(
+            event.stick.node,
+            media_settings(self.config.usb),
+            runtime_dir=self.config.agent.runtime_dir,
+        )
 
     def _installed_archive(self, record: RunRecord) -> str | None:
         """The SHA-256 of the archive ``record`` installed (None: it installed none)."""
@@ -327,11 +327,7 @@ class ProvisioningService:
     async def _archive_digest(self, event: StickInserted) -> str | None:
         """The SHA-256 of the archive on the stick (None: none can be read)."""
         try:
-            async with StickMedia(
-                event.stick.node,
-                media_settings(self.config.usb),
-                runtime_dir=self.config.agent.runtime_dir,
-            ) as media:
+            async with self._media(event) as media:
                 archive = await media.fetch_archive()
                 return hashlib.sha256(archive.path.read_bytes()).hexdigest()
         except AgentError:
@@ -345,11 +341,7 @@ class ProvisioningService:
         with RunLog.capture() as run_log:
             result = self.provisioner.fail(record, error)
             with contextlib.suppress(AgentError):
-                async with StickMedia(
-                    event.stick.node,
-                    media_settings(self.config.usb),
-                    runtime_dir=self.config.agent.runtime_dir,
-                ) as media:
+                async with self._media(event) as media:
                     await self._write_back(media, result, run_log, event.stick.stick_id)
         self._report_wake.set()
 
