@@ -40,6 +40,7 @@ from agent.config import AgentConfig, CommissioningSection
 from agent.errors import AgentError, StateError
 from agent.fsutil import ensure_dir
 from agent.store import Store
+from agent.tasks import BackgroundTasks
 
 if TYPE_CHECKING:
     from agent.mqtt.outbox import Outbox
@@ -147,7 +148,7 @@ class CommissioningService:
         self._backends: list[RadioBackend] = []
         self._commissioner: Commissioner | None = None
         self._stack = contextlib.AsyncExitStack()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks(_log)
         self._source: SerialScanSource | None = None
         self._scanner_state: dict[str, Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -176,7 +177,7 @@ class CommissioningService:
             if self._store is not None:
                 self._store.close()
             raise
-        self._spawn(self.reporter.run(self._things), "commissioning-reporter")
+        self._tasks.spawn(self.reporter.run(self._things), "commissioning-reporter")
         if self.wanted:
             self._backends = await self._stack.enter_async_context(self._radios(section))
         self._commissioner = Commissioner(
@@ -187,7 +188,7 @@ class CommissioningService:
             assert isinstance(source, SerialScanSource)  # noqa: S101 - stdin is excluded above
             self._source = source
             self._scanner_state = {"source": self.scanner_port, "state": UP}
-            self._spawn(self._scan(source), "commissioning-scanner")
+            self._tasks.spawn(self._scan(source), "commissioning-scanner")
         _log.info(
             "commissioning: backends %s, scanner %s",
             ", ".join(b.name for b in self._backends) or "none",
@@ -203,25 +204,19 @@ class CommissioningService:
     ) -> None:
         if self._source is not None:
             self._source.close()
-        scanner = [t for t in self._tasks if t.get_name() == "commissioning-scanner"]
-        await _cancel(scanner)
+        await self._tasks.cancel("commissioning-scanner")
         if self._scanner_state is not None:
             self._scanner_state["state"] = STOPPED
         if self._commissioner is not None:
             await self._commissioner.stop()
         await self._stack.aclose()
-        await _cancel(list(self._tasks))
+        await self._tasks.cancel()
         if self._store is not None:
             self._store.close()
         self._things = None
         self._commissioner = None
         self._loop = None
         self._led.loop = None
-
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def open_things(self, store: Store) -> ManagedThings:
         """Managed things on ``store`` that report their changes (any thread)."""
@@ -318,9 +313,3 @@ class CommissioningService:
         if self._failure is not None:
             out["error"] = self._failure
         return out
-
-
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)

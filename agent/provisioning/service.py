@@ -34,6 +34,7 @@ from agent.provisioning.store import RunRecord, RunStore, new_run_id
 from agent.status.led import LedPattern, NullLed, SysfsLed, open_led
 from agent.status.result import DeviceStatus, RunResult
 from agent.status.runlog import RunLog
+from agent.tasks import BackgroundTasks
 from agent.usb.base import StickEvent, StickInserted, StickRemoved, StickSource
 from agent.usb.errors import MediaError, StickRemovedError
 from agent.usb.factory import media_settings, open_source
@@ -74,7 +75,7 @@ class ProvisioningService:
         self.provisioner = Provisioner(config, self.store, on_step=self._stepped)
         self.current: str | None = None
         self.network_recovery: dict[str, object] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = BackgroundTasks(_log)
         self._stack = contextlib.AsyncExitStack()
         self._led: SysfsLed | NullLed = NullLed()
         self._source: StickSource | None = None
@@ -102,7 +103,7 @@ class ProvisioningService:
             open_led(board.profile.led, self.config.status)
         )
         await self._open_link()
-        self._spawn(self._reporter(), "provisioning-reporter")
+        self._tasks.spawn(self._reporter(), "provisioning-reporter")
         last = self.store.last()
         if last is not None and last.origin == "stick" and last.stick_id:
             # that stick may still be in: its first insertion is not a new stick
@@ -110,10 +111,10 @@ class ProvisioningService:
         for record in self.store.unfinished():
             self._begin(record.run_id)
             self._resumed.add(record.run_id)
-            self._spawn(self._resume(record), f"resume-{record.run_id}")
+            self._tasks.spawn(self._resume(record), f"resume-{record.run_id}")
         source = open_source(self.config.usb, board.profile.usb)
         self._source = await self._stack.enter_async_context(source)
-        self._spawn(self._sticks(self._source), "provisioning-sticks")
+        self._tasks.spawn(self._sticks(self._source), "provisioning-sticks")
         return self
 
     async def __aexit__(
@@ -122,26 +123,10 @@ class ProvisioningService:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.cancel()
         await self._close_link()
         await self._stack.aclose()
         self.store.close()
-
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            _log.error("%s stopped: %s: %s", task.get_name(), type(exc).__name__, exc)
 
     def reconfigure(self, config: AgentConfig) -> None:
         """A reloaded configuration: the next run uses it (the stick source stays as started)."""
@@ -207,7 +192,7 @@ class ProvisioningService:
             raise RunInProgressError(f"run {self.current} is working; try again once it ends")
         record = self.store.create(new_run_id(), origin="api", stick_id=None)
         self._begin(record.run_id)
-        self._spawn(self._api_run(record, archive), f"run-{record.run_id}")
+        self._tasks.spawn(self._api_run(record, archive), f"run-{record.run_id}")
         return record
 
     async def _api_run(self, record: RunRecord, archive: Path) -> None:
@@ -225,7 +210,7 @@ class ProvisioningService:
                 _log.info("stick %s inserted (%s)", event.stick.stick_id, event.stick.node)
                 earlier = self._still_in.pop(event.stick.stick_id, None)
                 if earlier is not None:
-                    self._spawn(self._still_present(earlier, event), f"still-in-{earlier}")
+                    self._tasks.spawn(self._still_present(earlier, event), f"still-in-{earlier}")
                     continue
                 self._inserted(event)
             elif isinstance(event, StickRemoved):
@@ -235,11 +220,11 @@ class ProvisioningService:
     def _inserted(self, event: StickInserted) -> None:
         """A stick in: a run from it, or its refusal while another run works."""
         if self.current is not None:
-            self._spawn(self._refuse(event), f"refuse-{event.stick.stick_id}")
+            self._tasks.spawn(self._refuse(event), f"refuse-{event.stick.stick_id}")
             return
         record = self.store.create(new_run_id(), origin="stick", stick_id=event.stick.stick_id)
         self._begin(record.run_id)
-        self._spawn(self._stick_run(record, event), f"run-{record.run_id}")
+        self._tasks.spawn(self._stick_run(record, event), f"run-{record.run_id}")
 
     def _stick_removed(self, stick_id: str) -> None:
         """The stick of the working run was pulled: the run stops at its next boundary."""
