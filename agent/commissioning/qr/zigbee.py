@@ -215,7 +215,7 @@ def _install_code(hex_code: str, *, repair_crc: bool) -> tuple[bytes, bool]:
             "an install code is 6, 8, 12 or 16 bytes plus a 2-byte CRC", path="installCode"
         )
     code = bytes.fromhex(hex_code)
-    if _reflected_crc(code) == _RESIDUE:
+    if install_code_crc_valid(code):
         return code, False
     if not repair_crc:
         raise qr_error(

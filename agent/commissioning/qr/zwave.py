@@ -90,13 +90,8 @@ def dsk_mask(dsk: str) -> str:
 
 
 def _payload(fmt: str, fields: dict[str, Any], source: str) -> QrPayload:
-    return QrPayload(
-        "ZWAVE_QR_BAR_CODE",
-        fmt,
-        fields,
-        secrets=_SECRETS,
-        masks={"dsk": "*****" + fields["dsk"][5:]},
-        source=source,
+    return payload(
+        "ZWAVE_QR_BAR_CODE", fmt, fields, _SECRETS, {"dsk": dsk_mask(fields["dsk"])}, source
     )
 
 
@@ -167,8 +162,7 @@ def _checksum_error() -> QrFormatError:
 def from_match(match: re.Match[str], qr: str) -> QrPayload:
     """The code ``qr`` that :data:`CODE` matched (so its numbers are in range), decoded."""
     groups = match.groups()
-    checksum = _FROM_BYTES(_SHA1(qr[9:].encode("ascii")).digest()[:2], "big")
-    if int(groups[1]) != checksum:
+    if int(groups[1]) != _checksum(qr):
         raise _checksum_error()
     classes = _CLASSES[int(groups[2])]
     if classes is None:
@@ -208,7 +202,7 @@ def from_match(match: re.Match[str], qr: str) -> QrPayload:
                 "QR_FIELD_MISSING",
                 "productId",
             )
-    return payload("ZWAVE_QR_BAR_CODE", fmt, fields, _SECRETS, {"dsk": "*****" + dsk[5:]}, qr)
+    return _payload(fmt, fields, qr)
 
 
 def _tlvs(qr: str, offset: int, fields: dict[str, Any], seen: set[int]) -> set[int]:
@@ -305,11 +299,15 @@ def _product_fast(kind: int, data: str, fields: dict[str, Any]) -> bool:
     return True
 
 
+def _checksum(digits: str) -> int:
+    """The checksum of a code: the first 16 bits of SHA-1 over its digits from offset 9."""
+    return _FROM_BYTES(_SHA1(digits[9:].encode("ascii")).digest()[:2], "big")
+
+
 def _checksum_matches(digits: str) -> bool:
     """Whether a digit string's stored checksum is that of its tail (nothing else checked)."""
     stored = digits[4:9]
-    checksum = _FROM_BYTES(_SHA1(digits[9:].encode("ascii")).digest()[:2], "big")
-    return stored <= "65535" and int(stored) == checksum
+    return stored <= "65535" and int(stored) == _checksum(digits)
 
 
 def _boundaries(candidate: str) -> list[int]:
