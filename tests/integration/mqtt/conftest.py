@@ -37,6 +37,18 @@ def validate(schema_name: str, payload: bytes | dict[str, Any], part: str = "") 
     return data
 
 
+def unique_events(payloads: list[bytes]) -> list[dict[str, Any]]:
+    """Events validated against the schema, de-duplicated by eventId (first occurrence kept)."""
+    seen: set[str] = set()
+    out = []
+    for payload in payloads:
+        event = validate("event.schema.json", payload)
+        if event["eventId"] not in seen:
+            seen.add(event["eventId"])
+            out.append(event)
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _schemas_are_valid() -> None:
     for name in SCHEMA_FILES:

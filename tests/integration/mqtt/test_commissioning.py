@@ -29,7 +29,7 @@ from agent.mqtt.client import Endpoint, Session, Settings, connect
 from tests.helpers.identity import install_identity
 from tests.helpers.mosquitto import Broker, Pki, Watcher
 from tests.helpers.zigbee import StubRadioApp, make_app, nwk
-from tests.integration.mqtt.conftest import validate
+from tests.integration.mqtt.conftest import unique_events, validate
 
 pytestmark = pytest.mark.mqtt
 
@@ -80,18 +80,6 @@ def _join(app: StubRadioApp) -> None:
     ieee = t.EUI64.convert(IEEE)
     app.handle_join(nwk(0x2345), ieee, nwk(0))
     app.device_initialized(app.get_device(ieee=ieee))
-
-
-def _events(payloads: list[bytes]) -> list[dict[str, Any]]:
-    """Validated, de-duplicated by eventId (first occurrence kept)."""
-    seen: set[str] = set()
-    out = []
-    for payload in payloads:
-        event = validate("event.schema.json", payload)
-        if event["eventId"] not in seen:
-            seen.add(event["eventId"])
-            out.append(event)
-    return out
 
 
 def _statuses(events: list[dict[str, Any]], thing_id: str) -> list[str]:
@@ -175,6 +163,15 @@ async def _commands(op: Operator, app: StubRadioApp) -> tuple[dict[str, Any], di
     return created, zwave
 
 
+def _service(tmp_path: Path, app: Any, holder: dict[str, ApplianceMqtt]) -> CommissioningService:
+    """The commissioning service, its outbox that of ``holder["mqtt"]`` once it is there."""
+    return CommissioningService(
+        _config(tmp_path),
+        outbox=lambda: holder["mqtt"].outbox if "mqtt" in holder else None,
+        radios=_radios(app),
+    )
+
+
 def test_commands_and_lifecycle_events_in_order(
     tmp_path: Path, state: Path, broker: Broker, pki: Pki
 ) -> None:
@@ -183,11 +180,7 @@ def test_commands_and_lifecycle_events_in_order(
     async def scenario() -> tuple[str, str]:
         app = make_app()
         holder: dict[str, ApplianceMqtt] = {}
-        service = CommissioningService(
-            _config(tmp_path),
-            outbox=lambda: holder["mqtt"].outbox if "mqtt" in holder else None,
-            radios=_radios(app),
-        )
+        service = _service(tmp_path, app, holder)
         mqtt = ApplianceMqtt(state, MqttSection(), operations=service.operations())
         async with mqtt, service:
             holder["mqtt"] = mqtt
@@ -213,7 +206,7 @@ def test_commands_and_lifecycle_events_in_order(
         zigbee_id, zwave_id = asyncio.run(scenario())
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            events = _events(watcher.payloads())
+            events = unique_events(watcher.payloads())
             if len(_statuses(events, zigbee_id)) >= 4 and len(_statuses(events, zwave_id)) >= 2:
                 break
             time.sleep(0.05)
@@ -251,11 +244,7 @@ def test_broker_down_then_events_delivered_when_it_is_back(
     async def scenario() -> str:
         app = make_app()
         holder: dict[str, ApplianceMqtt] = {}
-        service = CommissioningService(
-            _config(tmp_path),
-            outbox=lambda: holder["mqtt"].outbox if "mqtt" in holder else None,
-            radios=_radios(app),
-        )
+        service = _service(tmp_path, app, holder)
         async with service:
             # no operational link yet: the changes wait in managed_thing_changes
             thing_id = str(service.create(_body()).body["Id"])
@@ -281,7 +270,7 @@ def test_broker_down_then_events_delivered_when_it_is_back(
 
     try:
         thing_id = asyncio.run(scenario())
-        events = _events(watcher.wait_for(4, timeout=30))
+        events = unique_events(watcher.wait_for(4, timeout=30))
         assert _statuses(events, thing_id) == LIFECYCLE
         assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
         _no_secrets(watcher.payloads())

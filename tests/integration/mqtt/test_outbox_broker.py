@@ -19,7 +19,7 @@ import pytest
 from agent.mqtt.client import Backoff, Endpoint, Identity, Link, Settings
 from agent.mqtt.outbox import Limits, Outbox, open_outbox
 from tests.helpers.mosquitto import Broker, Pki, Watcher
-from tests.integration.mqtt.conftest import validate
+from tests.integration.mqtt.conftest import unique_events, validate
 
 pytestmark = pytest.mark.mqtt
 
@@ -52,18 +52,6 @@ async def running(
         await outbox.close()
 
 
-def _events(payloads: list[bytes]) -> list[dict[str, Any]]:
-    """Decode, validate against the schema, de-duplicate by eventId (first occurrence)."""
-    seen: set[str] = set()
-    out = []
-    for payload in payloads:
-        event = validate("event.schema.json", payload)
-        if event["eventId"] not in seen:
-            seen.add(event["eventId"])
-            out.append(event)
-    return out
-
-
 def test_events_flow_and_status(tmp_path: Path, broker: Broker, pki: Pki) -> None:
     thing = "hub-flow"
     watcher = Watcher(broker, pki.identity(thing), [f"edge/{thing}/#"])
@@ -78,7 +66,7 @@ def test_events_flow_and_status(tmp_path: Path, broker: Broker, pki: Pki) -> Non
 
     try:
         asyncio.run(scenario())
-        events = _events(watcher.wait_for(51, f"edge/{thing}/events"))
+        events = unique_events(watcher.wait_for(51, f"edge/{thing}/events"))
         assert [e["seq"] for e in events] == list(range(1, 52))
         assert events[-1]["type"] == "RUN_OUTCOME"
         assert {e["thingName"] for e in events} == {thing}
@@ -140,11 +128,11 @@ def test_broker_away_30s_then_all_5000_arrive_in_order(
     try:
         asyncio.run(scenario())
         # the watcher (paho loop thread) reconnects by itself; wait for everything
-        events = _events(watcher.wait_for(total, timeout=60))
+        events = unique_events(watcher.wait_for(total, timeout=60))
         deadline = time.monotonic() + 60
         while len(events) < total and time.monotonic() < deadline:
             time.sleep(0.2)
-            events = _events(watcher.payloads())
+            events = unique_events(watcher.payloads())
         seqs = [e["seq"] for e in events]
         assert seqs == list(range(1, total + 1))
     finally:
@@ -219,7 +207,7 @@ def test_kill_9_with_events_pending_then_delivered_after_restart(
             _wait_line(second, "drained")
         finally:
             _kill(second)
-        events = _events(watcher.wait_for(300, timeout=30))
+        events = unique_events(watcher.wait_for(300, timeout=30))
         assert [e["seq"] for e in events] == list(range(1, 301))
         # seq keeps counting across restarts
         third = _driver(tmp_path, broker, pki, thing, 1)
@@ -246,7 +234,7 @@ def test_kill_9_while_sending_loses_nothing(tmp_path: Path, broker: Broker, pki:
         finally:
             _kill(second)
         time.sleep(0.5)
-        events = _events(watcher.payloads())
+        events = unique_events(watcher.payloads())
         seqs = [e["seq"] for e in events]
         assert seqs == sorted(seqs)
         assert seqs[:durable_floor] == list(range(1, durable_floor + 1))
@@ -281,7 +269,7 @@ def test_full_outbox_drops_oldest_low_priority_never_outcomes(
         snap = asyncio.run(scenario())
         assert snap["pending"] <= 100 + 4  # outcomes and alarms may exceed the bound
         time.sleep(0.5)
-        events = _events(watcher.wait_for(100, timeout=10))
+        events = unique_events(watcher.wait_for(100, timeout=10))
         types = [e["type"] for e in events]
         outcomes = [e["body"]["runId"] for e in events if e["type"] == "RUN_OUTCOME"]
         assert outcomes == ["r0", "r1"]
