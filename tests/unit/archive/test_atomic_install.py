@@ -84,6 +84,25 @@ def _kill_at(step: str, archive: Path, trust: Path, state: Path) -> None:
     assert result.returncode == -signal.SIGKILL, result.stderr.decode()
 
 
+def _killed_after_switch(
+    forge: Forge, trust: Path, state: Path, tmp_path: Path
+) -> tuple[Path, Path]:
+    """Kill an install of a new archive between the switch and the ledger.
+
+    Returns the archive and the credential set then in force.
+    """
+    archive = forge.write(tmp_path)
+    _kill_at("activated", archive, trust, state)
+    new = current_credentials(state)
+    assert new is not None
+    return archive, new
+
+
+def _fingerprint(credential_set: Path) -> str:
+    cert = x509.load_pem_x509_certificate((credential_set / "certificate.pem").read_bytes())
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
 @pytest.fixture
 def trust(ca: CertificateAuthority, tmp_path: Path) -> Path:
     path = tmp_path / "trust.pem"
@@ -132,13 +151,10 @@ def test_killed_after_switch_before_commit(
 ) -> None:
     old = current_credentials(state_dir)
     assert old is not None
-    archive = forge.write(tmp_path)
 
-    _kill_at("activated", archive, trust, state_dir)
+    _, new = _killed_after_switch(forge, trust, state_dir, tmp_path)
 
     # The new set is complete and in force, the previous one kept beside it.
-    new = current_credentials(state_dir)
-    assert new is not None
     assert new != old
     assert _usable(new, ca) == "CN=dev-1"
     assert _usable(old, ca) == "CN=dev-0"
@@ -173,12 +189,8 @@ def test_an_unrecorded_switch_is_undone_by_discard_unrecorded(
 ) -> None:
     old = current_credentials(state_dir)
     assert old is not None
-    archive = forge.write(tmp_path)
-    _kill_at("activated", archive, trust, state_dir)
-    new = current_credentials(state_dir)
-    assert new is not None
-    cert = x509.load_pem_x509_certificate((new / "certificate.pem").read_bytes())
-    fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+    archive, new = _killed_after_switch(forge, trust, state_dir, tmp_path)
+    fingerprint = _fingerprint(new)
 
     done = discard_unrecorded(state_dir, fingerprint)
 
@@ -187,8 +199,7 @@ def test_an_unrecorded_switch_is_undone_by_discard_unrecorded(
     assert any("back to" in line for line in done), done
     assert discard_unrecorded(state_dir, fingerprint) == []  # nothing left to undo
     # a recorded archive is never touched
-    old_cert = x509.load_pem_x509_certificate((old / "certificate.pem").read_bytes())
-    assert discard_unrecorded(state_dir, old_cert.fingerprint(hashes.SHA256()).hex()) == []
+    assert discard_unrecorded(state_dir, _fingerprint(old)) == []
     assert current_credentials(state_dir) == old
     # the archive was not consumed
     _, result = provision_from_file(
@@ -201,12 +212,8 @@ def test_discard_unrecorded_on_a_first_install_leaves_no_set(
     forge: Forge, trust: Path, tmp_path: Path
 ) -> None:
     state = tmp_path / "fresh"
-    archive = forge.write(tmp_path)
-    _kill_at("activated", archive, trust, state)
-    new = current_credentials(state)
-    assert new is not None
-    cert = x509.load_pem_x509_certificate((new / "certificate.pem").read_bytes())
-    discard_unrecorded(state, cert.fingerprint(hashes.SHA256()).hex())
+    _, new = _killed_after_switch(forge, trust, state, tmp_path)
+    discard_unrecorded(state, _fingerprint(new))
     assert current_credentials(state) is None
     assert not (state / "credentials" / "current").is_symlink()
     assert list((state / "credentials" / "sets").iterdir()) == []
