@@ -78,9 +78,9 @@ def arch() -> str:
     ).stdout.strip()
 
 
-OVERLAY = r"""
-set -e
-pkg=$1; work=$2; shift 2
+#: Shell lines laying the package ($pkg) over /usr, /opt and /etc, /var writable with its
+#: changes under $work, and an empty /run (in a private mount namespace).
+MOUNT_PACKAGE = r"""
 mount -t overlay overlay -o "lowerdir=$pkg/usr:/usr" /usr
 mount -t overlay overlay -o "lowerdir=$pkg/opt:/opt" /opt
 layer() {  # layer LOWER... TARGET NAME: writable, its changes in $work/NAME
@@ -89,8 +89,15 @@ layer() {  # layer LOWER... TARGET NAME: writable, its changes in $work/NAME
 layer "$pkg/etc:/etc" /etc etc
 layer /var /var var
 mount -t tmpfs tmpfs /run
-exec "$@"
 """
+
+OVERLAY = (
+    r"""
+set -e
+pkg=$1; work=$2; shift 2"""
+    + MOUNT_PACKAGE
+    + 'exec "$@"\n'
+)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 
 from agent.registry.ca import Issuer, cert_to_pem, generate_key, key_to_pem, load_factory_keys
-from tests.helpers.debpkg import REPO, clean_env
+from tests.helpers.debpkg import MOUNT_PACKAGE, REPO, clean_env
 from tests.helpers.endpoint import EndpointPki, add_template
 from tests.helpers.env import need_binary, need_root, unavailable
 
@@ -91,26 +91,21 @@ done
 try "open:/dev/null" sh -c ': < /dev/null'
 """
 
-BOOT = r"""
+BOOT = (
+    r"""
 set -e
 pkg=$1; work=$2
 mount -t proc proc /proc
-mount --bind -o ro /proc/sys /proc/sys
-mount -t overlay overlay -o "lowerdir=$pkg/usr:/usr" /usr
-mount -t overlay overlay -o "lowerdir=$pkg/opt:/opt" /opt
-layer() {  # layer LOWER... TARGET NAME: writable, its changes in $work/NAME
-  mount -t overlay overlay -o "lowerdir=$1,upperdir=$work/$3/upper,workdir=$work/$3/work" "$2"
-}
-layer "$pkg/etc:/etc" /etc etc
-layer /var /var var
-mount -t tmpfs tmpfs /run
-: > "$work/console.log"
+mount --bind -o ro /proc/sys /proc/sys"""
+    + MOUNT_PACKAGE
+    + r""": > "$work/console.log"
 mount --bind "$work/console.log" /dev/console  # systemd's own log, not this machine's console
 # what systemd-tmpfiles-setup.service does at boot, for the package's file only
 systemd-tmpfiles --create /usr/lib/tmpfiles.d/edge-agent.conf
 exec env container=edge-agent-test /lib/systemd/systemd --system --unit=edge-sandbox.target \
   --log-target=console --log-level=info --show-status=no
 """
+)
 
 #: Moves itself into a cgroup of its own in every hierarchy, then starts the namespaces.
 ENTER = r"""
