@@ -130,42 +130,32 @@ def test_extracted_agent_runs_from_its_own_environment(package: Package, tmp_pat
     python = package.tree / "opt/edge-agent/bin/python"
     script = package.tree / "opt/edge-agent/bin/edge-agent"
     env = clean_env()
-    where = subprocess.run(
-        [str(python), "-c", "import agent, aiohttp; print(agent.__file__, agent.__version__)"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.split()
-    assert Path(where[0]).is_relative_to(package.tree / "opt/edge-agent")
-    assert where[1] == VERSION
-    done = subprocess.run(
-        [str(python), str(script), "--help"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(python), *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+
+    where = run("-c", "import agent, aiohttp; print(agent.__file__, agent.__version__)")
+    assert where.returncode == 0, where.stderr
+    location, version = where.stdout.split()
+    assert Path(location).is_relative_to(package.tree / "opt/edge-agent")
+    assert version == VERSION
+    done = run(str(script), "--help")
     assert done.returncode == 0, done.stderr
     assert "usage: edge-agent" in done.stdout
     payload = tmp_path / "net.json"
     payload.write_text(json.dumps({"Ethernet0": {"ConnectionType": "DHCP"}}), encoding="utf-8")
-    plan = subprocess.run(
-        [
-            *(str(python), str(script)),
-            *("--config", str(package.tree / "etc/edge-agent/agent.toml")),
-            *("net", "plan", str(payload), "--json"),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
+    plan = run(
+        str(script),
+        *("--config", str(package.tree / "etc/edge-agent/agent.toml")),
+        *("net", "plan", str(payload), "--json"),
     )
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert json.loads(plan.stdout)["board"] == "generic"
