@@ -18,8 +18,8 @@ import pytest
 
 from agent.netconf.plan import NtpServer
 from agent.netconf.timesync import ChronyBackend, parse_tracking
+from tests.helpers.network import static_ip
 from tests.integration.netconf.conftest import REPO, Lab, wait_for
-from tests.integration.netconf.test_netlink import static
 
 
 def _free_udp_port() -> int:
@@ -181,7 +181,7 @@ def test_failed_trial_restores_chrony_sources(lab: Lab, chrony: Chrony) -> None:
         }
     )
     payload = {
-        "Ethernet0": static("198.18.1.30", "24", "198.18.1.99"),
+        "Ethernet0": static_ip("198.18.1.30", "24", "198.18.1.99", []),
         "Ntp": {"NtpServers": [f"127.0.0.1:{chrony.server_port}"]},
     }
     result = lab.agent("net", "apply", str(lab.payload_file(payload)), "--probe-timeout", "2")

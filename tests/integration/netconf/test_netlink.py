@@ -9,21 +9,10 @@ from typing import Any
 import pytest
 
 from tests.helpers.env import need_binary
+from tests.helpers.network import static_ip
 from tests.integration.netconf.conftest import DEFAULT_DST, Lab, sh, wait_for
 
 pytestmark = pytest.mark.netns
-
-
-def static(ip: str, mask: str, gateway: str, dns: list[str] | None = None) -> dict[str, Any]:
-    return {
-        "ConnectionType": "STATIC_IP",
-        "StaticIpConnectionInfo": {
-            "IpAddress": ip,
-            "Mask": mask,
-            "DefaultGateway": gateway,
-            "Dns": dns or [],
-        },
-    }
 
 
 def routes(state: dict[str, Any], ifname: str) -> list[tuple[Any, ...]]:
@@ -37,8 +26,8 @@ def routes(state: dict[str, Any], ifname: str) -> list[tuple[Any, ...]]:
 
 def test_static_ip_on_both_ports(lab: Lab) -> None:
     payload = {
-        "Ethernet0": static("198.18.1.20", "255.255.255.0", "198.18.1.1", ["198.18.1.53"]),
-        "Ethernet1": static("198.18.2.20", "/24", "198.18.2.1", ["198.18.2.53", "198.18.1.53"]),
+        "Ethernet0": static_ip("198.18.1.20", "255.255.255.0", "198.18.1.1", ["198.18.1.53"]),
+        "Ethernet1": static_ip("198.18.2.20", "/24", "198.18.2.1", ["198.18.2.53", "198.18.1.53"]),
     }
     result = lab.agent("net", "apply", str(lab.payload_file(payload)), "--json")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -77,7 +66,7 @@ def test_static_ip_on_both_ports(lab: Lab) -> None:
 
 def test_plan_lists_exact_changes_and_touches_nothing(lab: Lab) -> None:
     before = lab.inspect()["exact"]
-    payload = {"Ethernet0": static("198.18.1.20", "24", "198.18.1.1")}
+    payload = {"Ethernet0": static_ip("198.18.1.20", "24", "198.18.1.1", [])}
     result = lab.agent("net", "plan", str(lab.payload_file(payload)), "--json")
     assert result.returncode == 0, result.stderr
     changes = [
@@ -107,8 +96,8 @@ def test_status_shows_no_carrier_as_not_connected(lab: Lab) -> None:
 def test_unreachable_gateway_rolls_back_exactly(lab: Lab) -> None:
     before = lab.inspect()
     payload = {
-        "Ethernet0": static("198.18.1.30", "255.255.255.0", "198.18.1.99"),
-        "Ethernet1": static("198.18.2.30", "255.255.255.0", "198.18.2.1"),
+        "Ethernet0": static_ip("198.18.1.30", "255.255.255.0", "198.18.1.99", []),
+        "Ethernet1": static_ip("198.18.2.30", "255.255.255.0", "198.18.2.1", []),
     }
     result = lab.agent("net", "apply", str(lab.payload_file(payload)), "--probe-timeout", "2")
     assert result.returncode == 3, result.stdout + result.stderr
@@ -124,7 +113,7 @@ def test_unreachable_gateway_rolls_back_exactly(lab: Lab) -> None:
 
 def test_unreachable_tcp_endpoint_rolls_back(lab: Lab) -> None:
     before = lab.inspect()["exact"]
-    payload = {"Ethernet0": static("198.18.1.30", "24", "198.18.1.1")}
+    payload = {"Ethernet0": static_ip("198.18.1.30", "24", "198.18.1.1", [])}
     result = lab.agent(
         "net", "apply", str(lab.payload_file(payload)),
         "--probe-timeout", "1", "--probe-endpoint", "198.18.1.1:8883",
@@ -136,7 +125,7 @@ def test_unreachable_tcp_endpoint_rolls_back(lab: Lab) -> None:
 
 def test_killed_mid_trial_next_start_reverts(lab: Lab) -> None:
     before = lab.inspect()
-    payload = {"Ethernet0": static("198.18.1.40", "255.255.255.0", "198.18.1.99")}
+    payload = {"Ethernet0": static_ip("198.18.1.40", "255.255.255.0", "198.18.1.99", [])}
     proc = lab.start(
         lab.agent_argv("net", "apply", str(lab.payload_file(payload)), "--probe-timeout", "120"),
         "apply",
@@ -172,7 +161,7 @@ def test_killed_mid_trial_next_start_reverts(lab: Lab) -> None:
 
 
 def test_apply_after_crash_reverts_first(lab: Lab) -> None:
-    payload = {"Ethernet0": static("198.18.1.40", "24", "198.18.1.99")}
+    payload = {"Ethernet0": static_ip("198.18.1.40", "24", "198.18.1.99", [])}
     proc = lab.start(
         lab.agent_argv("net", "apply", str(lab.payload_file(payload)), "--probe-timeout", "120"),
         "apply",
@@ -180,7 +169,7 @@ def test_apply_after_crash_reverts_first(lab: Lab) -> None:
     wait_for(lab.marker_row, 30, "the durable trial marker")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    good = {"Ethernet0": static("198.18.1.50", "24", "198.18.1.1")}
+    good = {"Ethernet0": static_ip("198.18.1.50", "24", "198.18.1.1", [])}
     result = lab.agent("net", "apply", str(lab.payload_file(good, "good.json")), "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     assert [h["outcome"] for h in lab.history()] == ["recovered", "committed"]
@@ -189,7 +178,7 @@ def test_apply_after_crash_reverts_first(lab: Lab) -> None:
 
 
 def test_committed_plan_is_reapplied_at_start(lab: Lab) -> None:
-    payload = {"Ethernet0": static("198.18.1.60", "24", "198.18.1.1")}
+    payload = {"Ethernet0": static_ip("198.18.1.60", "24", "198.18.1.1", [])}
     assert lab.agent("net", "apply", str(lab.payload_file(payload))).returncode == 0
     sh("ip", "-n", lab.ns, "addr", "flush", "dev", "eth0")  # as after a reboot
     assert lab.inspect()["view"]["eth0"]["inet"] == []
@@ -260,8 +249,8 @@ def test_missing_interface_is_refused_and_nothing_changes(lab: Lab) -> None:
     board = lab.tmp / "board.toml"
     board.write_text('[Ethernet0]\nname = "eth0"\n[Ethernet1]\nname = "eth9"\n')
     payload = {
-        "Ethernet0": static("198.18.1.30", "24", "198.18.1.1"),
-        "Ethernet1": static("198.18.2.30", "24", "198.18.2.1"),
+        "Ethernet0": static_ip("198.18.1.30", "24", "198.18.1.1", []),
+        "Ethernet1": static_ip("198.18.2.30", "24", "198.18.2.1", []),
     }
     result = lab.agent("net", "apply", str(lab.payload_file(payload)), "--board", str(board))
     assert result.returncode == 3
@@ -280,7 +269,7 @@ def test_board_resolves_ports_by_mac_in_the_namespace(lab: Lab) -> None:
     status = json.loads(lab.agent("net", "status", "--board", str(board), "--json").stdout)
     assert status["interfaces"] == {"Ethernet0": "eth1", "Ethernet1": "eth0"}
     assert status["NetworkingStatus"]["Ethernet0Status"]["HwAddress"] == macs["eth1"]
-    payload = {"Ethernet0": static("198.18.2.40", "24", "198.18.2.1")}
+    payload = {"Ethernet0": static_ip("198.18.2.40", "24", "198.18.2.1", [])}
     result = lab.agent("net", "apply", str(lab.payload_file(payload)), "--board", str(board))
     assert result.returncode == 0, result.stdout + result.stderr
     assert lab.inspect()["view"]["eth1"]["inet"] == [

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.network import static_ip
 from tests.integration.netconf.conftest import DEFAULT_DST, HERE, Lab, sh, wait_for
-from tests.integration.netconf.test_netlink import routes, static
+from tests.integration.netconf.test_netlink import routes
 
 pytestmark = pytest.mark.netns
 
@@ -67,7 +68,9 @@ def _link_state(lab: Lab, state: Path, ifname: str) -> str:
 
 
 def test_networkd_configures_the_link_then_commit_persists(lab: Lab, networkd: Path) -> None:
-    payload = {"Ethernet1": static("198.18.2.20", "255.255.255.0", "198.18.2.1", ["198.18.2.53"])}
+    payload = {
+        "Ethernet1": static_ip("198.18.2.20", "255.255.255.0", "198.18.2.1", ["198.18.2.53"])
+    }
     result = lab.agent(
         "net", "apply", str(lab.payload_file(payload)), "--probe-timeout", "30", "--json"
     )
@@ -95,7 +98,7 @@ def test_networkd_configures_the_link_then_commit_persists(lab: Lab, networkd: P
 def test_networkd_trial_with_dead_gateway_is_reverted(lab: Lab, networkd: Path) -> None:
     before = lab.inspect()
     old = lab.tmp / "etc-network" / "10-edge-agent-ethernet0.network"
-    payload = {"Ethernet0": static("198.18.1.30", "24", "198.18.1.99")}
+    payload = {"Ethernet0": static_ip("198.18.1.30", "24", "198.18.1.99", [])}
     result = lab.agent("net", "apply", str(lab.payload_file(payload)), "--probe-timeout", "3")
     assert result.returncode == 3, result.stdout + result.stderr
     assert json.loads(result.stdout)["error"]["reason"] == "PROBE_GATEWAY_UNREACHABLE"
@@ -119,7 +122,7 @@ def test_a_link_managed_by_a_distribution_file_is_left_to_networkd(
         20,
         "networkd to configure eth0 from the distribution file",
     )
-    payload = {"Ethernet0": static("198.18.1.30", "24", "198.18.1.99")}
+    payload = {"Ethernet0": static_ip("198.18.1.30", "24", "198.18.1.99", [])}
     proc = lab.start(
         lab.agent_argv("net", "apply", str(lab.payload_file(payload)), "--probe-timeout", "3"),
         "apply",

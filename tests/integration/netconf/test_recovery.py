@@ -17,15 +17,15 @@ from typing import Any
 import pytest
 
 from tests.helpers.env import need_binary
+from tests.helpers.network import static_ip
 from tests.integration.netconf.conftest import Lab, sh, wait_for
-from tests.integration.netconf.test_netlink import static
 
 pytestmark = pytest.mark.netns
 
 FOREVER = 4294967295
 DEAD_GATEWAYS = {
-    "Ethernet0": static("198.18.1.30", "24", "198.18.1.99", ["198.18.1.54"]),
-    "Ethernet1": static("198.18.2.30", "24", "198.18.2.99"),
+    "Ethernet0": static_ip("198.18.1.30", "24", "198.18.1.99", ["198.18.1.54"]),
+    "Ethernet1": static_ip("198.18.2.30", "24", "198.18.2.99", []),
 }
 
 
@@ -188,14 +188,14 @@ def test_revert_goes_on_past_a_failing_step_and_ends_the_trial(lab: Lab) -> None
     assert after["route4"] == before["route4"]
     assert after["rule4"] == before["rule4"]
     # and the next apply runs
-    good = {"Ethernet1": static("198.18.2.40", "24", "198.18.2.1")}
+    good = {"Ethernet1": static_ip("198.18.2.40", "24", "198.18.2.1", [])}
     result = apply(lab, good, "--json")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_recover_force_ends_a_trial_whose_process_hangs(lab: Lab) -> None:
     before = dumps(lab)
-    payload = {"Ethernet0": static("198.18.1.40", "24", "198.18.1.99")}
+    payload = {"Ethernet0": static_ip("198.18.1.40", "24", "198.18.1.99", [])}
     proc = lab.start(
         lab.agent_argv("net", "apply", str(lab.payload_file(payload)), "--probe-timeout", "300"),
         "apply",
@@ -287,7 +287,7 @@ def test_committed_plan_uses_its_backend_after_reboot(lab: Lab) -> None:
     start_dnsmasq(lab, 1)
     lab.write_config(network={"backend": "networkd"})
     payload = {
-        "Ethernet0": static("198.18.1.60", "24", "198.18.1.1", ["198.18.1.53"]),
+        "Ethernet0": static_ip("198.18.1.60", "24", "198.18.1.1", ["198.18.1.53"]),
         "Ethernet1": {"ConnectionType": "DHCP"},
     }
     result = apply(lab, payload, "--backend", "netlink", "--probe-timeout", "60")
@@ -320,7 +320,7 @@ def test_symlinked_resolv_conf_stays_a_link(lab: Lab) -> None:
     real.write_text("nameserver 198.18.1.250\n")
     link = lab.tmp / "resolv.conf"
     link.symlink_to(real)
-    good = {"Ethernet0": static("198.18.1.20", "24", "198.18.1.1", ["198.18.1.53"])}
+    good = {"Ethernet0": static_ip("198.18.1.20", "24", "198.18.1.1", ["198.18.1.53"])}
     result = apply(lab, good, "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     assert link.is_symlink()

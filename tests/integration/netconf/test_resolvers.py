@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 
 from tests.helpers.env import unavailable
+from tests.helpers.network import static_ip
 from tests.integration.netconf.conftest import REPO, Lab, wait_for
-from tests.integration.netconf.test_netlink import static
 from tests.integration.netconf.test_recovery import DEAD_GATEWAYS
 
 pytestmark = pytest.mark.netns
@@ -44,8 +44,8 @@ OUR_RECORD = {
     "resolvconf": "nameserver 198.18.1.53\n",
 }
 GOOD = {
-    "Ethernet0": static("198.18.1.20", "24", "198.18.1.1", ["198.18.1.53"]),
-    "Ethernet1": static("198.18.2.20", "24", "198.18.2.1"),
+    "Ethernet0": static_ip("198.18.1.20", "24", "198.18.1.1", ["198.18.1.53"]),
+    "Ethernet1": static_ip("198.18.2.20", "24", "198.18.2.1", []),
 }
 
 # $1 resolver, $2 directory for its run dir, $3 package tree or tool dir, $4 config dir;

@@ -19,21 +19,10 @@ from agent.archive.network import parse_network_payload
 from agent.daemon import api_request
 from agent.errors import StateError
 from agent.registry.ca import CertificateAuthority, cert_to_pem, init_ca
+from tests.helpers.network import static_ip
 from tests.integration.netconf.conftest import Lab, lab  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
-
-
-def _static(ip: str, gateway: str) -> dict[str, Any]:
-    return {
-        "ConnectionType": "STATIC_IP",
-        "StaticIpConnectionInfo": {
-            "IpAddress": ip,
-            "Mask": "255.255.255.0",
-            "DefaultGateway": gateway,
-            "Dns": ["198.18.1.53"],
-        },
-    }
 
 
 def _start(lab: Lab) -> tuple[Path, CertificateAuthority]:  # noqa: F811 - the fixture's type
@@ -90,7 +79,9 @@ def _provision(
 
 def test_probe_failure_rolls_back_and_ends_error(lab: Lab) -> None:  # noqa: F811
     before = lab.inspect()
-    run = _provision(lab, _start(lab), {"Ethernet0": _static("198.18.1.30", "198.18.1.99")})
+    run = _provision(
+        lab, _start(lab), {"Ethernet0": static_ip("198.18.1.30", gateway="198.18.1.99")}
+    )
     assert (run["Status"], run["Reason"]) == ("ERROR", "PROBE_GATEWAY_UNREACHABLE"), run
     assert run["Step"] == "network"
     after = lab.inspect()
@@ -99,7 +90,9 @@ def test_probe_failure_rolls_back_and_ends_error(lab: Lab) -> None:  # noqa: F81
 
 
 def test_committed_network_then_unreachable_endpoint_ends_error(lab: Lab) -> None:  # noqa: F811
-    run = _provision(lab, _start(lab), {"Ethernet0": _static("198.18.1.30", "198.18.1.1")})
+    run = _provision(
+        lab, _start(lab), {"Ethernet0": static_ip("198.18.1.30", gateway="198.18.1.1")}
+    )
     assert (run["Status"], run["Reason"]) == ("ERROR", "MQTT_CONNECT_FAILED"), run
     assert run["Step"] == "fleet"
     assert list(run["Result"]["timings"]) == [

@@ -32,6 +32,7 @@ from agent.errors import StateError
 from tests.helpers.appliance import Fleet, read_stick, stick_image
 from tests.helpers.env import need_binary
 from tests.helpers.netns import inside
+from tests.helpers.network import static_ip
 from tests.integration.endpoint.conftest import need_endpoint
 from tests.integration.netconf.conftest import Lab, lab, sh, wait_for  # noqa: F401 - fixture
 
@@ -40,21 +41,9 @@ pytestmark = [pytest.mark.netns, pytest.mark.mqtt, pytest.mark.slow]
 NTP_SERVER = "198.18.1.123"
 
 
-def _static(ip: str, gateway: str) -> dict[str, Any]:
-    return {
-        "ConnectionType": "STATIC_IP",
-        "StaticIpConnectionInfo": {
-            "IpAddress": ip,
-            "Mask": "255.255.255.0",
-            "DefaultGateway": gateway,
-            "Dns": ["198.18.1.53"],
-        },
-    }
-
-
 NETWORK: dict[str, Any] = {
-    "Ethernet0": _static("198.18.1.30", "198.18.1.1"),
-    "Ethernet1": _static("198.18.2.30", "198.18.2.1"),
+    "Ethernet0": static_ip("198.18.1.30", gateway="198.18.1.1"),
+    "Ethernet1": static_ip("198.18.2.30", gateway="198.18.2.1"),
 }
 
 

@@ -14,6 +14,7 @@ from agent.netconf.plan import (
     parse_mask,
     plan_from_json,
 )
+from tests.helpers.network import static_ip
 
 GENERIC = {"Ethernet0": "eth0", "Ethernet1": "eth1"}
 
@@ -39,23 +40,11 @@ def test_bad_masks(text: str) -> None:
     assert parse_mask(text) is None
 
 
-def _static(ip: str, mask: str, gateway: str, dns: list[str]) -> dict[str, object]:
-    return {
-        "ConnectionType": "STATIC_IP",
-        "StaticIpConnectionInfo": {
-            "IpAddress": ip,
-            "Mask": mask,
-            "DefaultGateway": gateway,
-            "Dns": dns,
-        },
-    }
-
-
 def test_only_ethernet0_default_route_wins() -> None:
     plan = plan_from_json(
         {
-            "Ethernet0": _static("198.18.1.10", "255.255.255.0", "198.18.1.1", ["198.18.1.53"]),
-            "Ethernet1": _static("198.18.2.10", "/24", "198.18.2.1", ["2001:db8::53"]),
+            "Ethernet0": static_ip("198.18.1.10", "255.255.255.0", "198.18.1.1", ["198.18.1.53"]),
+            "Ethernet1": static_ip("198.18.2.10", "/24", "198.18.2.1", ["2001:db8::53"]),
         },
         GENERIC,
     )
@@ -75,7 +64,7 @@ def test_dhcp_ethernet1_alone_keeps_secondary_metric() -> None:
 
 
 def test_point_to_point_prefixes_accept_every_address() -> None:
-    plan = plan_from_json({"Ethernet0": _static("198.18.1.0", "31", "198.18.1.1", [])}, GENERIC)
+    plan = plan_from_json({"Ethernet0": static_ip("198.18.1.0", "31", "198.18.1.1", [])}, GENERIC)
     assert str(plan.ports[0].address) == "198.18.1.0/31"
 
 
@@ -95,7 +84,7 @@ def test_wrapped_documents_and_ntp_ports() -> None:
 def test_plan_round_trips_through_json() -> None:
     payload = parse_network_payload(
         {
-            "Ethernet0": _static("198.18.1.10", "24", "198.18.1.1", ["198.18.1.53"]),
+            "Ethernet0": static_ip("198.18.1.10", "24", "198.18.1.1", ["198.18.1.53"]),
             "Ethernet1": {"ConnectionType": "DHCP"},
             "Ntp": {"NtpServers": ["198.18.1.123:11123"]},
         }

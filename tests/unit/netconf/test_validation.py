@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from agent.cli import main
+from tests.helpers.network import static_ip
 
 E0 = "NetworkingConfiguration.Ethernet0"
 E1 = "NetworkingConfiguration.Ethernet1"
@@ -23,127 +24,110 @@ S1 = f"{E1}.StaticIpConnectionInfo"
 UNSPECIFIED = "0.0.0.0"  # noqa: S104 - an address in a payload, not a bind address
 
 
-def static(
-    ip: str = "198.18.1.10",
-    mask: str = "255.255.255.0",
-    gateway: str = "198.18.1.1",
-    dns: Any = None,
-) -> dict[str, Any]:
-    return {
-        "ConnectionType": "STATIC_IP",
-        "StaticIpConnectionInfo": {
-            "IpAddress": ip,
-            "Mask": mask,
-            "DefaultGateway": gateway,
-            "Dns": dns if dns is not None else ["198.18.1.53"],
-        },
-    }
-
-
 # (id, payload, [(field path, message fragment), ...], extra CLI args)
 CASES: list[tuple[str, Any, list[tuple[str, str]], list[str]]] = [
     (
         "mask-not-contiguous",
-        {"Ethernet0": static(mask="255.0.255.0")},
+        {"Ethernet0": static_ip(mask="255.0.255.0")},
         [(f"{S0}.Mask", "contiguous")],
         [],
     ),
-    ("mask-too-long", {"Ethernet0": static(mask="33")}, [(f"{S0}.Mask", "prefix length")], []),
-    ("mask-zero", {"Ethernet0": static(mask="0")}, [(f"{S0}.Mask", "prefix length")], []),
-    ("mask-words", {"Ethernet0": static(mask="class C")}, [(f"{S0}.Mask", "netmask")], []),
+    ("mask-too-long", {"Ethernet0": static_ip(mask="33")}, [(f"{S0}.Mask", "prefix length")], []),
+    ("mask-zero", {"Ethernet0": static_ip(mask="0")}, [(f"{S0}.Mask", "prefix length")], []),
+    ("mask-words", {"Ethernet0": static_ip(mask="class C")}, [(f"{S0}.Mask", "netmask")], []),
     (
         "address-with-port",
-        {"Ethernet0": static(ip="198.18.1.10:8080")},
+        {"Ethernet0": static_ip(ip="198.18.1.10:8080")},
         [(f"{S0}.IpAddress", ":port")],
         [],
     ),
     (
         "gateway-with-port",
-        {"Ethernet0": static(gateway="198.18.1.1:80")},
+        {"Ethernet0": static_ip(gateway="198.18.1.1:80")},
         [(f"{S0}.DefaultGateway", ":port")],
         [],
     ),
     (
         "gateway-name",
-        {"Ethernet0": static(gateway="router.lan")},
+        {"Ethernet0": static_ip(gateway="router.lan")},
         [(f"{S0}.DefaultGateway", "IPv4")],
         [],
     ),
     (
         "gateway-other-subnet",
-        {"Ethernet0": static(gateway="198.18.2.1")},
+        {"Ethernet0": static_ip(gateway="198.18.2.1")},
         [(f"{S0}.DefaultGateway", "not in the port's subnet")],
         [],
     ),
     (
         "gateway-is-address",
-        {"Ethernet0": static(gateway="198.18.1.10")},
+        {"Ethernet0": static_ip(gateway="198.18.1.10")},
         [(f"{S0}.DefaultGateway", "differ")],
         [],
     ),
     (
         "gateway-network-address",
-        {"Ethernet0": static(gateway="198.18.1.0")},
+        {"Ethernet0": static_ip(gateway="198.18.1.0")},
         [(f"{S0}.DefaultGateway", "network or broadcast")],
         [],
     ),
     (
         "gateway-broadcast",
-        {"Ethernet0": static(gateway="198.18.1.255")},
+        {"Ethernet0": static_ip(gateway="198.18.1.255")},
         [(f"{S0}.DefaultGateway", "network or broadcast")],
         [],
     ),
     (
         "address-network",
-        {"Ethernet0": static(ip="198.18.1.0")},
+        {"Ethernet0": static_ip(ip="198.18.1.0")},
         [(f"{S0}.IpAddress", "not a host address")],
         [],
     ),
     (
         "address-broadcast",
-        {"Ethernet0": static(ip="198.18.1.255")},
+        {"Ethernet0": static_ip(ip="198.18.1.255")},
         [(f"{S0}.IpAddress", "not a host address")],
         [],
     ),
     (
         "address-unspecified",
-        {"Ethernet0": static(ip=UNSPECIFIED)},
+        {"Ethernet0": static_ip(ip=UNSPECIFIED)},
         [(f"{S0}.IpAddress", UNSPECIFIED)],
         [],
     ),
     (
         "address-loopback",
-        {"Ethernet0": static(ip="127.0.0.5", gateway="127.0.0.1")},
+        {"Ethernet0": static_ip(ip="127.0.0.5", gateway="127.0.0.1")},
         [(f"{S0}.IpAddress", "loopback")],
         [],
     ),
     (
         "address-multicast",
-        {"Ethernet0": static(ip="224.0.0.5", gateway="224.0.0.1")},
+        {"Ethernet0": static_ip(ip="224.0.0.5", gateway="224.0.0.1")},
         [(f"{S0}.IpAddress", "unicast")],
         [],
     ),
     (
         "dns-name",
-        {"Ethernet0": static(dns=["dns.example.com"])},
+        {"Ethernet0": static_ip(dns=["dns.example.com"])},
         [(f"{S0}.Dns[0]", "IP address")],
         [],
     ),
     (
         "dns-with-port",
-        {"Ethernet0": static(dns=["198.18.1.53", "198.18.1.54:53"])},
+        {"Ethernet0": static_ip(dns=["198.18.1.53", "198.18.1.54:53"])},
         [(f"{S0}.Dns[1]", "IP address")],
         [],
     ),
     (
         "subnets-overlap",
-        {"Ethernet0": static(), "Ethernet1": static("198.18.1.130", "/25", "198.18.1.129")},
+        {"Ethernet0": static_ip(), "Ethernet1": static_ip("198.18.1.130", "/25", "198.18.1.129")},
         [(f"{S1}.IpAddress", "overlaps Ethernet0")],
         [],
     ),
     (
         "same-subnet-both-ports",
-        {"Ethernet0": static(), "Ethernet1": static("198.18.1.11")},
+        {"Ethernet0": static_ip(), "Ethernet1": static_ip("198.18.1.11")},
         [(f"{S1}.IpAddress", "overlaps")],
         [],
     ),
@@ -177,7 +161,7 @@ CASES: list[tuple[str, Any, list[tuple[str, str]], list[str]]] = [
         [("NetworkingConfiguration.Ntp.NtpServers[0]", "lower-case")],
         [],
     ),
-    ("seed-dns-not-list", {"Ethernet0": static(dns="198.18.1.53")}, [(f"{S0}.Dns", "list")], []),
+    ("seed-dns-not-list", {"Ethernet0": static_ip(dns="198.18.1.53")}, [(f"{S0}.Dns", "list")], []),
     ("not-an-object", ["Ethernet0"], [("NetworkingConfiguration", "object")], []),
     (
         "board-without-ethernet1",
@@ -188,8 +172,8 @@ CASES: list[tuple[str, Any, list[tuple[str, str]], list[str]]] = [
     (
         "everything-at-once",
         {
-            "Ethernet0": static(ip="198.18.1.10:1", mask="255.255.0.255", dns=["x"]),
-            "Ethernet1": static("198.18.2.10", "24", "198.18.3.1"),
+            "Ethernet0": static_ip(ip="198.18.1.10:1", mask="255.255.0.255", dns=["x"]),
+            "Ethernet1": static_ip("198.18.2.10", "24", "198.18.3.1"),
         },
         [
             (f"{S0}.IpAddress", ":port"),
@@ -202,7 +186,7 @@ CASES: list[tuple[str, Any, list[tuple[str, str]], list[str]]] = [
 ]
 
 GOOD = {
-    "Ethernet0": static(),
+    "Ethernet0": static_ip(),
     "Ethernet1": {"ConnectionType": "DHCP"},
     "Ntp": {"NtpServers": ["pool.ntp.org"]},
 }
