@@ -72,3 +72,14 @@ def make_app() -> StubRadioApp:
     stub.state.node_info.ieee = t.EUI64.convert("aa:11:22:bb:33:44:be:ef")
     stub.state.node_info.logical_type = zdo_t.LogicalType.Coordinator
     return stub
+
+
+def create_body(material: str, **changes: Any) -> dict[str, Any]:
+    """A CreateManagedThing body for the Zigbee code ``material`` (a change to None drops)."""
+    out: dict[str, Any] = {
+        "AuthenticationMaterial": material,
+        "AuthenticationMaterialType": "ZIGBEE_QR_BAR_CODE",
+        "Role": "DEVICE",
+        **changes,
+    }
+    return {k: v for k, v in out.items() if v is not None}

@@ -28,7 +28,7 @@ from agent.mqtt.agent_link import ApplianceMqtt
 from agent.mqtt.client import Endpoint, Session, Settings, connect
 from tests.helpers.identity import install_identity
 from tests.helpers.mosquitto import Broker, Pki, Watcher
-from tests.helpers.zigbee import StubRadioApp, make_app, nwk
+from tests.helpers.zigbee import StubRadioApp, create_body, make_app, nwk
 from tests.integration.mqtt.conftest import unique_events, validate
 
 pytestmark = pytest.mark.mqtt
@@ -68,12 +68,7 @@ def _radios(app: StubRadioApp) -> Any:
 
 
 def _body(**overrides: Any) -> dict[str, Any]:
-    return {
-        "AuthenticationMaterial": ZIGBEE,
-        "AuthenticationMaterialType": "ZIGBEE_QR_BAR_CODE",
-        "Role": "DEVICE",
-        **overrides,
-    }
+    return create_body(ZIGBEE, **overrides)
 
 
 def _join(app: StubRadioApp) -> None:

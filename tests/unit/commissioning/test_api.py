@@ -18,7 +18,7 @@ from agent.commissioning.zigbee import ZigbeeBackend
 from agent.config import AgentConfig, CommissioningSection
 from agent.daemon import api_request
 from agent.status.led import SysfsLed
-from tests.helpers.zigbee import StubRadioApp, make_app, nwk
+from tests.helpers.zigbee import StubRadioApp, create_body, make_app, nwk
 
 ZIGBEE = "Z:0102030405060708$I:0102030405060708090A0B0C0D0E0F1090FD"
 INSTALL_CODE = "0102030405060708090A0B0C0D0E0F1090FD"
@@ -30,13 +30,7 @@ WIFI = "WIFI:T:WPA;S:edge-net;P:hunter22;;"
 
 
 def body(**overrides: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "AuthenticationMaterial": ZIGBEE,
-        "AuthenticationMaterialType": "ZIGBEE_QR_BAR_CODE",
-        "Role": "DEVICE",
-    }
-    out.update(overrides)
-    return out
+    return create_body(ZIGBEE, **overrides)
 
 
 class Client:

@@ -24,6 +24,7 @@ from agent.commissioning.things import (
 )
 from agent.errors import ConflictError, ResourceNotFoundError, ValidationError
 from agent.store import Store
+from tests.helpers.zigbee import create_body
 
 ZIGBEE = "Z:0102030405060708$I:0102030405060708090A0B0C0D0E0F1090FD%G$M:S1-R%M:10F2"
 ZWAVE = "900132782003515253545541424344453132333435212223242500100435301537022065520001000000300578"
@@ -31,13 +32,7 @@ WIFI = "WIFI:S:home;T:WPA;P:secret-pass;;"
 
 
 def body(**changes: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "AuthenticationMaterial": ZIGBEE,
-        "AuthenticationMaterialType": "ZIGBEE_QR_BAR_CODE",
-        "Role": "DEVICE",
-    }
-    out.update(changes)
-    return {k: v for k, v in out.items() if v is not None}
+    return create_body(ZIGBEE, **changes)
 
 
 @pytest.fixture
